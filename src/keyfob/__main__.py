@@ -1,0 +1,3 @@
+from keyfob.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""Storage behind one interface: the same repositories on SQLite and PostgreSQL.
+
+Rooms above this package see only ``Store`` and the plain records of ``records.py``;
+nothing outside ``store/`` writes SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keyfob.store.accounts import ProvidersRepo, UsersRepo
+from keyfob.store.apps import ClientsRepo, CodesRepo, GrantsRepo, TokensRepo
+from keyfob.store.engine import create_engine
+from keyfob.store.metering import MeteringRepo
+from keyfob.store.migrate import upgrade
+
+
+@dataclass
+class Store:
+    engine: AsyncEngine
+    users: UsersRepo
+    providers: ProvidersRepo
+    clients: ClientsRepo
+    grants: GrantsRepo
+    codes: CodesRepo
+    tokens: TokensRepo
+    metering: MeteringRepo
+
+    @classmethod
+    def from_engine(cls, engine: AsyncEngine) -> Store:
+        return cls(engine, UsersRepo(engine), ProvidersRepo(engine), ClientsRepo(engine),
+                   GrantsRepo(engine), CodesRepo(engine), TokensRepo(engine),
+                   MeteringRepo(engine))
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect (creating the SQLite file's folder) and apply migrations."""
+        if url.startswith("sqlite") and ":///" in url:
+            from pathlib import Path
+
+            path = Path(url.split(":///", 1)[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        if migrate:
+            await upgrade(engine)
+        return cls.from_engine(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+__all__ = ["Store"]

@@ -1,0 +1,194 @@
+"""Plain records the store hands out: no ORM objects cross the storage boundary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+def _models(raw: str) -> tuple[str, ...]:
+    return tuple(json.loads(raw or "[]"))
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+    password_hash: str
+    timezone: str
+    is_owner: bool
+    created_at: float
+
+    @classmethod
+    def of(cls, row: Any) -> User:
+        m = row._mapping
+        return cls(m["id"], m["username"], m["password_hash"], m["timezone"],
+                   bool(m["is_owner"]), m["created_at"])
+
+    def __repr__(self) -> str:  # keep the hash out of logs
+        return f"User(id={self.id!r}, username={self.username!r})"
+
+
+@dataclass(frozen=True)
+class Provider:
+    id: str
+    user_id: str
+    name: str
+    kind: str
+    base_url: str
+    credential_envelope: str | None
+    credential_kind: str
+    is_local: bool
+    models: tuple[str, ...]
+    created_at: float
+
+    @classmethod
+    def of(cls, row: Any) -> Provider:
+        m = row._mapping
+        return cls(m["id"], m["user_id"], m["name"], m["kind"], m["base_url"],
+                   m["credential_envelope"], m["credential_kind"], bool(m["is_local"]),
+                   _models(m["models_json"]), m["created_at"])
+
+    def __repr__(self) -> str:
+        return f"Provider(id={self.id!r}, name={self.name!r}, base_url={self.base_url!r})"
+
+
+@dataclass(frozen=True)
+class PriceOverride:
+    input_micro_usd_per_mtok: int
+    output_micro_usd_per_mtok: int
+    cached_input_micro_usd_per_mtok: int | None
+
+
+@dataclass(frozen=True)
+class Client:
+    id: str
+    name: str
+    redirect_uris: tuple[str, ...]
+    is_public: bool
+    secret_hash: str | None
+    created_at: float
+
+    @classmethod
+    def of(cls, row: Any) -> Client:
+        m = row._mapping
+        return cls(m["id"], m["name"], _models(m["redirect_uris_json"]), bool(m["is_public"]),
+                   m["secret_hash"], m["created_at"])
+
+
+@dataclass(frozen=True)
+class Grant:
+    id: str
+    user_id: str
+    client_id: str
+    models: tuple[str, ...]
+    cap_micro_usd: int
+    window: str
+    timezone: str
+    created_at: float
+    updated_at: float
+    revoked_at: float | None
+
+    @classmethod
+    def of(cls, row: Any) -> Grant:
+        m = row._mapping
+        return cls(m["id"], m["user_id"], m["client_id"], _models(m["models_json"]),
+                   m["cap_micro_usd"], m["window"], m["timezone"], m["created_at"],
+                   m["updated_at"], m["revoked_at"])
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class AuthCode:
+    code_hash: str
+    client_id: str
+    user_id: str
+    grant_id: str
+    redirect_uri: str
+    code_challenge: str
+    scope: str
+    resource: str | None
+    expires_at: float
+    used_at: float | None
+
+    @classmethod
+    def of(cls, row: Any) -> AuthCode:
+        m = row._mapping
+        return cls(m["code_hash"], m["client_id"], m["user_id"], m["grant_id"],
+                   m["redirect_uri"], m["code_challenge"], m["scope"], m["resource"],
+                   m["expires_at"], m["used_at"])
+
+
+@dataclass(frozen=True)
+class Token:
+    token_hash: str
+    kind: str
+    grant_id: str
+    client_id: str
+    family_id: str
+    scope: str
+    resource: str | None
+    created_at: float
+    expires_at: float
+    used_at: float | None
+    revoked_at: float | None
+
+    @classmethod
+    def of(cls, row: Any) -> Token:
+        m = row._mapping
+        return cls(m["token_hash"], m["kind"], m["grant_id"], m["client_id"], m["family_id"],
+                   m["scope"], m["resource"], m["created_at"], m["expires_at"], m["used_at"],
+                   m["revoked_at"])
+
+
+@dataclass(frozen=True)
+class WindowState:
+    window_key: str
+    cap_micro_usd: int
+    spent_micro_usd: int
+    reserved_micro_usd: int
+
+    @property
+    def left_micro_usd(self) -> int:
+        return max(0, self.cap_micro_usd - self.spent_micro_usd - self.reserved_micro_usd)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: str
+    grant_id: str
+    user_id: str
+    client_id: str
+    provider_id: str | None
+    model: str
+    endpoint: str
+    streamed: bool
+    status: str
+    reserved_micro_usd: int
+    cost_micro_usd: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_input_tokens: int | None
+    reasoning_tokens: int | None
+    usage_source: str | None
+    needs_reconciliation: bool
+    window_keys: tuple[str, ...]
+    upstream_status: int | None
+    error: str | None
+    created_at: float
+    settled_at: float | None
+
+    @classmethod
+    def of(cls, row: Any) -> LedgerEntry:
+        m = row._mapping
+        return cls(m["id"], m["grant_id"], m["user_id"], m["client_id"], m["provider_id"],
+                   m["model"], m["endpoint"], bool(m["streamed"]), m["status"],
+                   m["reserved_micro_usd"], m["cost_micro_usd"], m["input_tokens"],
+                   m["output_tokens"], m["cached_input_tokens"], m["reasoning_tokens"],
+                   m["usage_source"], bool(m["needs_reconciliation"]),
+                   _models(m["window_keys_json"]), m["upstream_status"], m["error"],
+                   m["created_at"], m["settled_at"])

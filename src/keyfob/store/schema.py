@@ -1,0 +1,167 @@
+"""Tables of record, as SQLAlchemy Core metadata shared by SQLite and PostgreSQL.
+
+Conventions: ids are text (random hex or client ids); times are float epoch seconds
+(UTC); money is BigInteger micro-USD with the unit in the column name; JSON lists are
+stored as text so both engines read them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),
+    Column("is_owner", Boolean, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+)
+
+providers = Table(
+    "providers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("base_url", Text, nullable=False),
+    #: AES-GCM envelope (vault.py); NULL for keyless local servers.
+    Column("credential_envelope", Text, nullable=True),
+    Column("credential_kind", String(64), nullable=False, server_default="api_key"),
+    Column("is_local", Boolean, nullable=False, server_default="0"),
+    #: JSON list of model ids this provider serves (as the owner listed or discovered).
+    Column("models_json", Text, nullable=False, server_default="[]"),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("user_id", "name", name="uq_providers_user_name"),
+)
+
+price_overrides = Table(
+    "price_overrides",
+    metadata,
+    Column("provider_id", String(32), ForeignKey("providers.id"), primary_key=True),
+    Column("model", String(255), primary_key=True),
+    Column("input_micro_usd_per_mtok", BigInteger, nullable=False),
+    Column("output_micro_usd_per_mtok", BigInteger, nullable=False),
+    Column("cached_input_micro_usd_per_mtok", BigInteger, nullable=True),
+)
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("redirect_uris_json", Text, nullable=False),
+    Column("is_public", Boolean, nullable=False),
+    Column("secret_hash", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("client_id", String(128), ForeignKey("clients.id"), nullable=False),
+    Column("models_json", Text, nullable=False),
+    Column("cap_micro_usd", BigInteger, nullable=False),
+    Column("window", String(32), nullable=False, server_default="month"),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+Index("ix_grants_user_client", grants.c.user_id, grants.c.client_id)
+
+auth_codes = Table(
+    "auth_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),
+    Column("user_id", String(32), nullable=False),
+    Column("grant_id", String(32), ForeignKey("grants.id"), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("code_challenge", String(128), nullable=False),
+    Column("scope", Text, nullable=False, server_default=""),
+    Column("resource", Text, nullable=True),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("grant_id", String(32), ForeignKey("grants.id"), nullable=False),
+    Column("client_id", String(128), nullable=False),
+    #: Every token descended from one authorization code shares a family (RFC 9700 4.14).
+    Column("family_id", String(64), nullable=False),
+    Column("scope", Text, nullable=False, server_default=""),
+    Column("resource", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+Index("ix_tokens_family", tokens.c.family_id)
+Index("ix_tokens_grant", tokens.c.grant_id)
+
+allowance_windows = Table(
+    "allowance_windows",
+    metadata,
+    Column("grant_id", String(32), ForeignKey("grants.id"), primary_key=True),
+    #: e.g. "month:2026-11" (calendar month in the grant's time zone).
+    Column("window_key", String(64), primary_key=True),
+    Column("cap_micro_usd", BigInteger, nullable=False),
+    Column("spent_micro_usd", BigInteger, nullable=False, server_default="0"),
+    Column("reserved_micro_usd", BigInteger, nullable=False, server_default="0"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("grant_id", String(32), ForeignKey("grants.id"), nullable=False),
+    Column("user_id", String(32), nullable=False),
+    Column("client_id", String(128), nullable=False),
+    Column("provider_id", String(32), nullable=True),
+    Column("model", String(255), nullable=False),
+    Column("endpoint", String(64), nullable=False),
+    Column("streamed", Boolean, nullable=False),
+    #: reserved -> settled | estimated | charged_reservation | failed
+    Column("status", String(32), nullable=False),
+    Column("reserved_micro_usd", BigInteger, nullable=False),
+    Column("cost_micro_usd", BigInteger, nullable=True),
+    Column("input_tokens", Integer, nullable=True),
+    Column("output_tokens", Integer, nullable=True),
+    Column("cached_input_tokens", Integer, nullable=True),
+    Column("reasoning_tokens", Integer, nullable=True),
+    #: upstream | estimated | reservation | none
+    Column("usage_source", String(16), nullable=True),
+    Column("needs_reconciliation", Boolean, nullable=False, server_default="0"),
+    Column("window_keys_json", Text, nullable=False),
+    Column("upstream_status", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("settled_at", Float, nullable=True),
+)
+Index("ix_ledger_grant_created", ledger.c.grant_id, ledger.c.created_at)
+Index("ix_ledger_status", ledger.c.status)

@@ -1,0 +1,50 @@
+"""Opaque credentials Keyfob issues: random, prefixed for secret scanners, stored as hashes.
+
+Every credential has 256 bits from the OS CSPRNG, so a single SHA-256 is the right hash:
+nothing to brute-force, and lookups stay one indexed equality. Passwords (low entropy)
+use argon2 instead (see accounts/passwords.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    ACCESS = "kfat"
+    REFRESH = "kfrt"
+    CODE = "kfac"
+    CLIENT_SECRET = "kfcs"
+    DEVICE = "kfdc"
+
+
+def new_token(kind: Kind) -> str:
+    """A fresh credential such as ``kfat_3q2...``; the prefix names its kind."""
+    return f"{kind.value}_{secrets.token_urlsafe(32)}"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def kind_of(token: str) -> Kind | None:
+    prefix, _, rest = token.partition("_")
+    if not rest:
+        return None
+    try:
+        return Kind(prefix)
+    except ValueError:
+        return None
+
+
+def equal(a: str, b: str) -> bool:
+    """Constant-time comparison of two secrets."""
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def new_id() -> str:
+    """A public identifier (not a secret): 16 random bytes, hex."""
+    return secrets.token_hex(16)
