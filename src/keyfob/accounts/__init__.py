@@ -1,0 +1,1 @@
+"""People: the owner in personal mode, many users in hosted mode."""

@@ -1,0 +1,1 @@
+"""Allowances: how much an app may spend for a person, and the reserve/settle protocol."""

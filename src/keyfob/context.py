@@ -1,0 +1,43 @@
+"""The services one running Keyfob shares between its rooms, built once at start-up."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from keyfob.allowance.service import AllowanceService
+from keyfob.settings import Settings
+from keyfob.store import Store
+from keyfob.vault import Vault
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from keyfob.providers import ProviderRegistry
+
+
+@dataclass
+class Keyfob:
+    settings: Settings
+    store: Store
+    vault: Vault
+    allowance: AllowanceService
+    providers: ProviderRegistry
+    #: One pooled client session for every upstream call (created in the lifespan).
+    http: aiohttp.ClientSession | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Keyfob:
+        from keyfob.providers import ProviderRegistry
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(settings.effective_database_url)
+        vault = Vault.load(settings.data_dir, settings.master_key)
+        return cls(settings, store, vault, AllowanceService(store), ProviderRegistry.load())
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        await self.store.close()

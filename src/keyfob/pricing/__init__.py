@@ -1,0 +1,1 @@
+"""Prices, worst-case quotes and exact costs of calls, in integer micro-USD."""
