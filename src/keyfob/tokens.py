@@ -17,7 +17,7 @@ class Kind(StrEnum):
     ACCESS = "kfat"
     REFRESH = "kfrt"
     CODE = "kfac"
-    CLIENT_SECRET = "kfcs"
+    CLIENT_SECRET = "kfcs"  # noqa: S105 - a prefix, not a secret
     DEVICE = "kfdc"
 
 

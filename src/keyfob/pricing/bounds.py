@@ -43,9 +43,7 @@ def chat_input_bound(body: dict[str, Any], *, image_token_bound: int) -> int:
         total += TOKENS_PER_MESSAGE
         if isinstance(message, dict):
             for key, value in message.items():
-                if key == "content":
-                    total += _text_bytes(value, image_token_bound)
-                elif key != "role":
+                if key == "content" or key != "role":
                     total += _text_bytes(value, image_token_bound)
     for key in ("tools", "functions", "response_format", "tool_choice"):
         if body.get(key) is not None:

@@ -89,6 +89,11 @@ class ProvidersRepo:
                 t.providers.c.user_id == user_id).order_by(t.providers.c.created_at))).all()
         return [Provider.of(r) for r in rows]
 
+    async def list_all(self) -> list[Provider]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(t.providers).order_by(t.providers.c.created_at))).all()
+        return [Provider.of(r) for r in rows]
+
     async def set_models(self, provider_id: str, models: list[str]) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(update(t.providers).where(t.providers.c.id == provider_id)

@@ -1,0 +1,30 @@
+# One entry per task; CI (.ci/run) calls the same ones.
+PYTHON ?= python3
+
+.PHONY: install test test-llama lint typecheck format bench services
+
+install:  ## the project and its test tools, editable
+	$(PYTHON) -m pip install -e '.[dev]'
+
+test:  ## the whole default suite (what the README and CI run)
+	$(PYTHON) -m pytest -q
+
+test-llama:  ## the real-model tests (builds llama-cpp-python the first time)
+	$(PYTHON) -m pytest -q -m llama
+
+lint:
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m ruff format --check src tests bench
+
+typecheck:
+	$(PYTHON) -m mypy
+
+format:
+	$(PYTHON) -m ruff format src tests bench
+	$(PYTHON) -m ruff check --fix src tests bench
+
+services:  ## start PostgreSQL and Redis if they are not running (hosted-mode tests)
+	bash scripts/services.sh
+
+bench:
+	$(PYTHON) -m bench

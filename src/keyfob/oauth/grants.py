@@ -1,0 +1,39 @@
+"""Issuing tokens: one access token and one refresh token, stored only as hashes.
+
+Every token descended from one authorization code carries the code's hash as its
+``family_id``, so a replayed code or refresh token can revoke the whole lineage in one
+statement (RFC 9700 2.2.2 and 4.14).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keyfob.settings import Settings
+from keyfob.store import Store
+from keyfob.store.records import Token
+from keyfob.tokens import Kind, hash_token, new_token
+
+ACCESS = "access"
+REFRESH = "refresh"
+
+
+async def issue_tokens(store: Store, settings: Settings, *, grant_id: str, client_id: str,
+                       family_id: str, scope: str, resource: str | None,
+                       now: float) -> dict[str, Any]:
+    """Create and store a token pair; return the RFC 6749 5.1 response body."""
+    access = new_token(Kind.ACCESS)
+    refresh = new_token(Kind.REFRESH)
+    await store.tokens.save(
+        Token(hash_token(access), ACCESS, grant_id, client_id, family_id, scope, resource,
+              now, now + settings.access_token_ttl_s, None, None),
+        Token(hash_token(refresh), REFRESH, grant_id, client_id, family_id, scope, resource,
+              now, now + settings.refresh_token_ttl_s, None, None),
+    )
+    return {
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": settings.access_token_ttl_s,
+        "refresh_token": refresh,
+        "scope": scope,
+    }
