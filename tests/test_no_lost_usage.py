@@ -1,0 +1,61 @@
+"""Invariant 2, no lost usage: kill -9 the gateway while streams are in flight. After the
+restart every call that reached the upstream is in the ledger exactly once, charged its
+reservation and flagged for reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import openai
+
+from tests.support import FakeLLM, KeyfobServer, ledger_rows, mint_token
+from tests.test_concurrency import MODEL, link_fake
+
+CALLS = 20
+
+
+async def start_streams(url: str, token: str, server: KeyfobServer) -> int:
+    started = 0
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=token, max_retries=0,
+                                  timeout=30) as client:
+
+        async def one() -> None:
+            nonlocal started
+            try:
+                stream = await client.chat.completions.create(
+                    model=MODEL, max_tokens=100, stream=True,
+                    messages=[{"role": "user", "content": "hello"}])
+                started += 1
+                async for _ in stream:
+                    pass
+            except (openai.APIConnectionError, openai.APIError):
+                pass
+
+        tasks = [asyncio.create_task(one()) for _ in range(CALLS)]
+        deadline = time.monotonic() + 20
+        while started < CALLS and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        server.kill9()  # mid-stream: fakellm takes about 10 ms per chunk
+        await asyncio.gather(*tasks)
+    return started
+
+
+def test_kill9_mid_stream_loses_no_usage(server: KeyfobServer, fakellm: FakeLLM) -> None:
+    asyncio.run(link_fake(server.data_dir, fakellm))
+    minted = mint_token(server.data_dir, [MODEL], 10_000_000)
+    before = fakellm.request_count()
+
+    started = asyncio.run(start_streams(server.url, minted["token"], server))
+    reached = fakellm.request_count() - before
+    assert started == CALLS and reached == CALLS
+
+    server.start()  # the restart reconciles what the dead process left open
+    rows = ledger_rows(server.data_dir)
+    assert len(rows) == reached
+    assert len({r["id"] for r in rows}) == reached
+    for r in rows:
+        assert r["status"] in ("charged_reservation", "estimated", "settled"), r
+        if r["status"] == "charged_reservation":
+            assert r["needs_reconciliation"] and r["cost_micro_usd"] == r["reserved_micro_usd"]
+    assert any(r["status"] == "charged_reservation" for r in rows)
