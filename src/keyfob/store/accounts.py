@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 
@@ -89,12 +90,12 @@ class ProvidersRepo:
                 t.providers.c.user_id == user_id).order_by(t.providers.c.created_at))).all()
         return [Provider.of(r) for r in rows]
 
-    async def list_all(self) -> list[Provider]:
+    async def list_all(self) -> builtins.list[Provider]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(t.providers).order_by(t.providers.c.created_at))).all()
         return [Provider.of(r) for r in rows]
 
-    async def set_models(self, provider_id: str, models: list[str]) -> None:
+    async def set_models(self, provider_id: str, models: builtins.list[str]) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(update(t.providers).where(t.providers.c.id == provider_id)
                                .values(models_json=json.dumps(sorted(set(models)))))
