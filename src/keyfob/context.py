@@ -35,7 +35,8 @@ class Keyfob:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(settings.effective_database_url)
         vault = Vault.load(settings.data_dir, settings.master_key)
-        return cls(settings, store, vault, AllowanceService(store), ProviderRegistry.load())
+        allowance = AllowanceService(store, signing_key=vault.derive(b"keyfob-webhooks"))
+        return cls(settings, store, vault, allowance, ProviderRegistry.load())
 
     async def close(self) -> None:
         if self.http is not None:

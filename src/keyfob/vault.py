@@ -119,5 +119,11 @@ class Vault:
         """Re-seal an envelope under the current key (for rotation)."""
         return self.encrypt(self.decrypt(envelope, context), context)
 
+    def derive(self, purpose: bytes) -> bytes:
+        """A stable 32-byte key for ``purpose`` (webhook signing...), from the oldest master
+        key so that rotation does not change what receivers verify against."""
+        oldest = next(iter(self.keys.values()))
+        return hashlib.sha256(b"keyfob-derive:" + purpose + b":" + oldest).digest()
+
     def __repr__(self) -> str:  # never show key material
         return f"Vault(key_ids={sorted(self.keys)}, current={self.current!r})"

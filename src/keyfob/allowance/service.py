@@ -1,32 +1,72 @@
 """Reserve the worst case before the upstream is called; settle the actual afterwards.
 
 This is the only way money leaves an allowance. A call whose worst case does not fit
-what is left is refused before any byte goes upstream, so concurrent calls can never
-overspend: the store's conditional update decides who gets the last cent.
+every limit of the grant's policy is refused before any byte goes upstream, so concurrent
+calls can never overspend: the store's conditional updates decide who gets the last cent.
+What happens on refusal is the person's choice (policy.on_exhausted): ``block`` raises at
+once, ``wait`` holds the call until a limit frees enough (or its wait budget runs out),
+``downgrade`` tells the gateway to serve the person's fallback model instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
-from keyfob.allowance.windows import Window, window_for
+from keyfob.allowance.policy import Policy, PolicyError
+from keyfob.allowance.webhooks import Notifier
+from keyfob.allowance.windows import Window, calendar_month, window_for
 from keyfob.store import Store
-from keyfob.store.metering import CredentialRevoked, Refused, Settlement, WindowLimit
+from keyfob.store.metering import (
+    CredentialRevoked,
+    RateLimits,
+    Refused,
+    RollingLimit,
+    Settlement,
+    WindowLimit,
+    rolling_used,
+)
 from keyfob.store.records import Grant, WindowState
 from keyfob.tokens import new_id
 
-__all__ = ["AllowanceExhausted", "AllowanceService", "CredentialRevoked", "Reservation"]
+__all__ = ["AllowanceExhausted", "AllowanceService", "CredentialRevoked", "LimitState",
+           "Reservation", "policy_of"]
+
+#: How often a held call (policy ``wait``) tries again at most.
+WAIT_POLL_S = 1.0
+
+
+def policy_of(grant: Grant) -> Policy:
+    if grant.policy_json:
+        try:
+            return Policy.from_json(grant.policy_json)
+        except PolicyError:
+            pass  # a stored policy that no longer parses falls back to the plain cap
+    if grant.window in ("day", "week", "month"):
+        from keyfob.allowance.policy import SpendLimit
+
+        return Policy(limits=(SpendLimit(grant.window, grant.cap_micro_usd),))
+    return Policy.monthly(grant.cap_micro_usd)
 
 
 class AllowanceExhausted(Exception):
-    """The worst case of a call does not fit what is left in a window."""
+    """The worst case of a call does not fit a limit.
 
-    def __init__(self, window: Window, state: WindowState, needed_micro_usd: int) -> None:
+    ``window.key`` names the limit's counter, ``label`` says it in words, ``retry_at`` is
+    the earliest moment it could fit (None: only a top-up or the person can change it).
+    ``fallback_model`` is set when the policy says to downgrade rather than refuse."""
+
+    def __init__(self, window: Window, state: WindowState, needed_micro_usd: int, *,
+                 label: str = "", retry_at: float | None = None,
+                 fallback_model: str | None = None) -> None:
         self.window = window
         self.state = state
         self.needed_micro_usd = needed_micro_usd
-        super().__init__(f"allowance window {window.key} exhausted")
+        self.label = label or window.key
+        self.retry_at = retry_at
+        self.fallback_model = fallback_model
+        super().__init__(f"allowance limit {self.label} reached")
 
 
 @dataclass(frozen=True)
@@ -34,44 +74,173 @@ class Reservation:
     entry_id: str
     amount_micro_usd: int
     window: Window
-    #: What is left in the window after this reservation (before it settles).
+    #: What is left in the tightest limit after this reservation (before it settles).
     left_micro_usd: int
+    grant_id: str = ""
+    #: Seconds the call was held by a ``wait`` policy before it fitted.
+    waited_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LimitState:
+    label: str
+    key: str
+    cap_micro_usd: int
+    spent_micro_usd: int
+    reserved_micro_usd: int
+    resets_at: float | None
+
+    @property
+    def left_micro_usd(self) -> int:
+        return max(0, self.cap_micro_usd - self.spent_micro_usd - self.reserved_micro_usd)
 
 
 class AllowanceService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, signing_key: bytes = b"") -> None:
         self.store = store
+        self.notifier = Notifier(store, signing_key)
 
     def current_window(self, grant: Grant, now: float | None = None) -> Window:
-        return window_for(grant.window, time.time() if now is None else now, grant.timezone)
+        now = time.time() if now is None else now
+        return window_for(grant.window if grant.window in ("day", "week", "month") else "month",
+                          now, grant.timezone)
+
+    async def limits(self, grant: Grant, now: float | None = None) -> list[LimitState]:
+        """The state of every grant-wide and per-model limit, tightest first."""
+        now = time.time() if now is None else now
+        policy = policy_of(grant)
+        out: list[LimitState] = []
+        for lim in policy.limits:
+            if lim.period == "rolling":
+                assert lim.seconds is not None
+                used, oldest = await rolling_used(self.store.engine, grant.id, lim.seconds,
+                                                  lim.model, now)
+                out.append(LimitState(lim.label, f"rolling:{lim.seconds}", lim.cap_micro_usd,
+                                      used, 0, (oldest + lim.seconds) if oldest else None))
+                continue
+            w = window_for(lim.period, now, grant.timezone)
+            key = w.key if lim.model is None else f"model:{lim.model}:{w.key}"
+            st = await self.store.metering.window(grant.id, key)
+            out.append(LimitState(lim.label, key, lim.cap_micro_usd, st.spent_micro_usd,
+                                  st.reserved_micro_usd, w.resets_at))
+        out.sort(key=lambda s: s.left_micro_usd)
+        return out
 
     async def remaining(self, grant: Grant) -> tuple[Window, WindowState]:
-        window = self.current_window(grant)
-        state = await self.store.metering.window(grant.id, window.key)
-        if state.cap_micro_usd == 0 and state.spent_micro_usd == 0:
-            state = WindowState(window.key, grant.cap_micro_usd, 0, 0)
-        return window, state
+        """The tightest grant-wide limit, as (window, state), for pages and headers."""
+        now = time.time()
+        states = [s for s in await self.limits(grant, now) if not s.key.startswith("model:")]
+        if not states:
+            window = self.current_window(grant, now)
+            return window, WindowState(window.key, grant.cap_micro_usd, 0, 0)
+        s = states[0]
+        window = Window(s.key, now, s.resets_at or now)
+        return window, WindowState(s.key, s.cap_micro_usd, s.spent_micro_usd,
+                                   s.reserved_micro_usd)
 
     async def reserve(self, *, grant: Grant, token_hash: str, provider_id: str | None,
-                      model: str, endpoint: str, streamed: bool,
-                      amount_micro_usd: int) -> Reservation:
-        """Reserve ``amount_micro_usd`` or raise AllowanceExhausted / CredentialRevoked."""
+                      model: str, endpoint: str, streamed: bool, amount_micro_usd: int,
+                      tokens_bound: int | None = None,
+                      downgraded_from: str | None = None) -> Reservation:
+        """Reserve ``amount_micro_usd`` under the grant's policy.
+
+        Raises AllowanceExhausted (after waiting, if the policy says so) or
+        CredentialRevoked."""
+        policy = policy_of(grant)
+        started = time.monotonic()
+        while True:
+            try:
+                reservation = await self._reserve_once(
+                    grant, policy, token_hash, provider_id, model, endpoint, streamed,
+                    amount_micro_usd, tokens_bound, downgraded_from)
+            except AllowanceExhausted as exc:
+                waited = time.monotonic() - started
+                budget = policy.wait_max_s - waited
+                if policy.on_exhausted == "wait" and budget > 0 and self._may_free(exc, budget):
+                    delay = WAIT_POLL_S
+                    if exc.retry_at is not None:
+                        delay = min(WAIT_POLL_S, max(0.05, exc.retry_at - time.time()))
+                    await asyncio.sleep(min(delay, budget))
+                    continue
+                if (policy.on_exhausted == "downgrade" and downgraded_from is None
+                        and policy.fallback_model and policy.fallback_model != model):
+                    exc.fallback_model = policy.fallback_model
+                self.notifier.refused(grant, policy, exc)
+                raise
+            waited = time.monotonic() - started
+            if waited > 0.001:
+                reservation = Reservation(reservation.entry_id, reservation.amount_micro_usd,
+                                          reservation.window, reservation.left_micro_usd,
+                                          reservation.grant_id, waited)
+            return reservation
+
+    @staticmethod
+    def _may_free(exc: AllowanceExhausted, budget: float) -> bool:
+        """Could waiting help? Calendar resets too far away and per-call ceilings cannot."""
+        if exc.label == "per-call ceiling":
+            return False
+        if exc.window.key == "wallet":
+            return True  # a top-up may arrive at any moment
+        if exc.retry_at is None:
+            return True  # calls in flight may settle below their reservation
+        return exc.retry_at - time.time() <= budget or exc.state.reserved_micro_usd > 0
+
+    async def _reserve_once(self, grant: Grant, policy: Policy, token_hash: str,
+                            provider_id: str | None, model: str, endpoint: str, streamed: bool,
+                            amount: int, tokens_bound: int | None,
+                            downgraded_from: str | None) -> Reservation:
         now = time.time()
-        window = self.current_window(grant, now)
+        ceiling = policy.per_call_ceiling_micro_usd
+        if ceiling is not None and amount > ceiling:
+            w = Window("per_call_ceiling", now, now)
+            raise AllowanceExhausted(w, WindowState("per_call_ceiling", ceiling, 0, 0), amount,
+                                     label="per-call ceiling")
+        windows: list[WindowLimit] = []
+        rolling: list[RollingLimit] = []
+        by_key: dict[str, Window] = {}
+        for lim in policy.limits:
+            if lim.model is not None and lim.model != model:
+                continue
+            if lim.period == "rolling":
+                assert lim.seconds is not None
+                rolling.append(RollingLimit(lim.seconds, lim.cap_micro_usd, lim.model,
+                                            lim.label))
+                continue
+            w = window_for(lim.period, now, grant.timezone)
+            key = w.key if lim.model is None else f"model:{lim.model}:{w.key}"
+            by_key[key] = w
+            windows.append(WindowLimit(key, lim.cap_micro_usd, lim.label, w.resets_at))
+        rates = None
+        if policy.requests_per_minute is not None or policy.tokens_per_minute is not None:
+            rates = RateLimits(policy.requests_per_minute, policy.tokens_per_minute)
+        month = calendar_month(now, grant.timezone)
         entry_id = new_id()
         result = await self.store.metering.reserve(
             entry_id=entry_id, token_hash=token_hash, grant_id=grant.id, user_id=grant.user_id,
             client_id=grant.client_id, provider_id=provider_id, model=model, endpoint=endpoint,
-            streamed=streamed, amount_micro_usd=amount_micro_usd,
-            windows=[WindowLimit(window.key, grant.cap_micro_usd)], now=now)
+            streamed=streamed, amount_micro_usd=amount, windows=windows, rolling=rolling,
+            rates=rates, tokens_reserved=tokens_bound,
+            wallet_user_id=grant.user_id if policy.use_wallet else None,
+            wallet_refill_key=month.key, downgraded_from=downgraded_from, now=now)
         if isinstance(result, Refused):
-            raise AllowanceExhausted(window, result.window, amount_micro_usd)
-        left = min(s.left_micro_usd for s in result.windows)
-        return Reservation(entry_id, amount_micro_usd, window, left)
+            st = result.window
+            retry_at = result.retry_at
+            if st.window_key == "wallet":
+                wallet = await self.store.wallets.get(grant.user_id)
+                retry_at = month.resets_at if wallet.monthly_refill_micro_usd else None
+            w = by_key.get(st.window_key) or Window(st.window_key, now, retry_at or now)
+            raise AllowanceExhausted(w, st, amount, label=result.label, retry_at=retry_at)
+        tightest = min(result.windows, key=lambda s: s.left_micro_usd, default=None)
+        if tightest is None:  # a policy with no spending limit: report the wallet or nothing
+            tightest = WindowState("unlimited", 0, 0, 0)
+        w = by_key.get(tightest.window_key) or Window(tightest.window_key, now, now)
+        return Reservation(entry_id, amount, w, tightest.left_micro_usd, grant.id)
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> int:
-        """Settle and return what is left in the window afterwards (micro-USD)."""
+        """Settle and return what is left in the tightest limit afterwards (micro-USD)."""
         states = await self.store.metering.settle(reservation.entry_id, settlement)
         if not states:
             return reservation.left_micro_usd
+        if reservation.grant_id:
+            self.notifier.settled(reservation.grant_id, states)
         return min(s.left_micro_usd for s in states)

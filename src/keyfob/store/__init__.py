@@ -15,6 +15,7 @@ from keyfob.store.apps import ClientsRepo, CodesRepo, GrantsRepo, TokensRepo
 from keyfob.store.engine import create_engine
 from keyfob.store.metering import MeteringRepo
 from keyfob.store.migrate import upgrade
+from keyfob.store.wallets import WalletsRepo
 
 
 @dataclass
@@ -27,12 +28,13 @@ class Store:
     codes: CodesRepo
     tokens: TokensRepo
     metering: MeteringRepo
+    wallets: WalletsRepo
 
     @classmethod
     def from_engine(cls, engine: AsyncEngine) -> Store:
         return cls(engine, UsersRepo(engine), ProvidersRepo(engine), ClientsRepo(engine),
                    GrantsRepo(engine), CodesRepo(engine), TokensRepo(engine),
-                   MeteringRepo(engine))
+                   MeteringRepo(engine), WalletsRepo(engine))
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:

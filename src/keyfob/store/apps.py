@@ -44,8 +44,12 @@ class GrantsRepo:
         self.engine = engine
 
     async def upsert(self, *, user_id: str, client_id: str, models: list[str],
-                     cap_micro_usd: int, window: str = "month", timezone: str = "UTC") -> Grant:
-        """One active grant per (person, app): a new consent updates it in place."""
+                     cap_micro_usd: int, window: str = "month", timezone: str = "UTC",
+                     policy_json: str | None = None) -> Grant:
+        """One active grant per (person, app): a new consent updates it in place.
+
+        Window rows keep their spend; each reservation checks the cap of the policy in
+        force at that moment, so a raised or lowered cap applies to the next call."""
         now = time.time()
         async with self.engine.begin() as conn:
             row = (await conn.execute(select(t.grants).where(
@@ -55,20 +59,26 @@ class GrantsRepo:
                 grant_id = row.id
                 await conn.execute(update(t.grants).where(t.grants.c.id == grant_id).values(
                     models_json=json.dumps(models), cap_micro_usd=cap_micro_usd, window=window,
-                    timezone=timezone, updated_at=now))
-                # caps of windows already open follow the new allowance
-                await conn.execute(update(t.allowance_windows)
-                                   .where(t.allowance_windows.c.grant_id == grant_id)
-                                   .values(cap_micro_usd=cap_micro_usd))
+                    timezone=timezone, policy_json=policy_json, updated_at=now))
             else:
                 grant_id = new_id()
                 await conn.execute(insert(t.grants).values(
                     id=grant_id, user_id=user_id, client_id=client_id,
                     models_json=json.dumps(models), cap_micro_usd=cap_micro_usd, window=window,
-                    timezone=timezone, created_at=now, updated_at=now, revoked_at=None))
+                    timezone=timezone, created_at=now, updated_at=now, revoked_at=None,
+                    policy_json=policy_json))
         grant = await self.get(grant_id)
         assert grant is not None
         return grant
+
+    async def set_policy(self, grant_id: str, *, policy_json: str, cap_micro_usd: int,
+                         models: list[str] | None = None) -> None:
+        values: dict[str, object] = dict(policy_json=policy_json, cap_micro_usd=cap_micro_usd,
+                                         updated_at=time.time())
+        if models is not None:
+            values["models_json"] = json.dumps(models)
+        async with self.engine.begin() as conn:
+            await conn.execute(update(t.grants).where(t.grants.c.id == grant_id).values(**values))
 
     async def get(self, grant_id: str) -> Grant | None:
         async with self.engine.connect() as conn:
@@ -160,7 +170,8 @@ class TokensRepo:
         grant = Grant(m[t.grants.c.id], m[t.grants.c.user_id], m[t.grants.c.client_id],
                       tuple(json.loads(m[t.grants.c.models_json])), m[t.grants.c.cap_micro_usd],
                       m[t.grants.c.window], m[t.grants.c.timezone], m[t.grants.c.created_at],
-                      m[t.grants.c.updated_at], m[t.grants.c.revoked_at])
+                      m[t.grants.c.updated_at], m[t.grants.c.revoked_at],
+                      m[t.grants.c.policy_json])
         return token, grant
 
     async def mark_used(self, token_hash: str, now: float) -> bool:

@@ -89,13 +89,14 @@ class Grant:
     created_at: float
     updated_at: float
     revoked_at: float | None
+    policy_json: str | None = None
 
     @classmethod
     def of(cls, row: Any) -> Grant:
         m = row._mapping
         return cls(m["id"], m["user_id"], m["client_id"], _models(m["models_json"]),
                    m["cap_micro_usd"], m["window"], m["timezone"], m["created_at"],
-                   m["updated_at"], m["revoked_at"])
+                   m["updated_at"], m["revoked_at"], m["policy_json"])
 
     @property
     def active(self) -> bool:
@@ -181,6 +182,9 @@ class LedgerEntry:
     error: str | None
     created_at: float
     settled_at: float | None
+    tokens_reserved: int | None = None
+    from_wallet: bool = False
+    downgraded_from: str | None = None
 
     @classmethod
     def of(cls, row: Any) -> LedgerEntry:
@@ -191,4 +195,30 @@ class LedgerEntry:
                    m["output_tokens"], m["cached_input_tokens"], m["reasoning_tokens"],
                    m["usage_source"], bool(m["needs_reconciliation"]),
                    _models(m["window_keys_json"]), m["upstream_status"], m["error"],
-                   m["created_at"], m["settled_at"])
+                   m["created_at"], m["settled_at"], m["tokens_reserved"],
+                   bool(m["from_wallet"]), m["downgraded_from"])
+
+
+@dataclass(frozen=True)
+class Wallet:
+    user_id: str
+    balance_micro_usd: int
+    reserved_micro_usd: int
+    monthly_refill_micro_usd: int | None
+    refilled_for: str | None
+
+    @property
+    def available_micro_usd(self) -> int:
+        return max(0, self.balance_micro_usd - self.reserved_micro_usd)
+
+
+@dataclass(frozen=True)
+class WalletTransaction:
+    id: str
+    user_id: str
+    kind: str
+    amount_micro_usd: int
+    balance_after_micro_usd: int
+    ledger_id: str | None
+    note: str | None
+    created_at: float

@@ -87,6 +87,8 @@ grants = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    #: allowance/policy.py as JSON; NULL means "cap_micro_usd per calendar ``window``".
+    Column("policy_json", Text, nullable=True),
 )
 Index("ix_grants_user_client", grants.c.user_id, grants.c.client_id)
 
@@ -162,6 +164,50 @@ ledger = Table(
     Column("error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("settled_at", Float, nullable=True),
+    #: Worst-case tokens held for tokens-per-minute limits until the call settles.
+    Column("tokens_reserved", Integer, nullable=True),
+    #: The reservation is also held on the person's wallet.
+    Column("from_wallet", Boolean, nullable=False, server_default="0"),
+    #: The model the app asked for, when the policy served a fallback instead.
+    Column("downgraded_from", String(255), nullable=True),
 )
 Index("ix_ledger_grant_created", ledger.c.grant_id, ledger.c.created_at)
 Index("ix_ledger_status", ledger.c.status)
+
+wallets = Table(
+    "wallets",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
+    Column("balance_micro_usd", BigInteger, nullable=False, server_default="0"),
+    Column("reserved_micro_usd", BigInteger, nullable=False, server_default="0"),
+    #: Each calendar month (person's zone) the balance is topped up *to* this amount.
+    Column("monthly_refill_micro_usd", BigInteger, nullable=True),
+    Column("refilled_for", String(16), nullable=True),
+)
+
+wallet_transactions = Table(
+    "wallet_transactions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    #: topup | refill | charge
+    Column("kind", String(16), nullable=False),
+    Column("amount_micro_usd", BigInteger, nullable=False),
+    Column("balance_after_micro_usd", BigInteger, nullable=False),
+    Column("ledger_id", String(32), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_wallet_transactions_user", wallet_transactions.c.user_id,
+      wallet_transactions.c.created_at)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("grant_id", String(32), ForeignKey("grants.id"), primary_key=True),
+    Column("window_key", String(64), primary_key=True),
+    Column("threshold", Integer, primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+)

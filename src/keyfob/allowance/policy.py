@@ -1,0 +1,120 @@
+"""What a person allows an app: spending limits, rates, a per-call ceiling, the wallet,
+and what happens when a limit is reached. Stored as JSON on the grant.
+
+Every limit is checked on the call's *worst case* before the upstream is called, so the
+policy can only ever refuse, hold or downgrade a call early, never after money is spent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+CALENDAR_PERIODS = ("day", "week", "month")
+OnExhausted = Literal["block", "wait", "downgrade"]
+MAX_WAIT_S = 300.0
+
+
+class PolicyError(ValueError):
+    """A policy a person (or an app's suggestion) wrote that Keyfob cannot enforce."""
+
+
+@dataclass(frozen=True)
+class SpendLimit:
+    """A cap on spend per window: a calendar period in the person's time zone, or a
+    rolling number of seconds (5 hours, 7 days...). ``model`` restricts it to one model."""
+
+    period: str
+    cap_micro_usd: int
+    seconds: int | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.period == "rolling":
+            if not isinstance(self.seconds, int) or not 60 <= self.seconds <= 366 * 86400:
+                raise PolicyError("a rolling window lasts 60 s to 366 days")
+        elif self.period not in CALENDAR_PERIODS:
+            raise PolicyError(f"unknown window {self.period!r}; use day, week, month or rolling")
+        if not isinstance(self.cap_micro_usd, int) or not 0 <= self.cap_micro_usd <= 10**15:
+            raise PolicyError("a cap is a non-negative amount of micro-USD")
+
+    @property
+    def label(self) -> str:
+        span = self.period
+        if self.period == "rolling" and self.seconds is not None:
+            span = f"rolling {_span(self.seconds)}"
+        return f"{span} on {self.model}" if self.model else span
+
+
+def _span(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class Policy:
+    limits: tuple[SpendLimit, ...] = ()
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    per_call_ceiling_micro_usd: int | None = None
+    #: Draw every call from the person's prepaid wallet as well.
+    use_wallet: bool = False
+    on_exhausted: OnExhausted = "block"
+    #: How long ``wait`` may hold a call before it blocks after all.
+    wait_max_s: float = 30.0
+    #: The canonical model id served instead under ``downgrade``.
+    fallback_model: str | None = None
+    #: Told when a window passes 50, 80 and 100 percent.
+    webhook_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "tokens_per_minute", "per_call_ceiling_micro_usd"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise PolicyError(f"{name} must be a non-negative integer")
+        if self.on_exhausted not in ("block", "wait", "downgrade"):
+            raise PolicyError("on_exhausted is block, wait or downgrade")
+        if not 0 <= float(self.wait_max_s) <= MAX_WAIT_S:
+            raise PolicyError(f"wait_max_s is 0 to {MAX_WAIT_S:.0f} seconds")
+        if self.on_exhausted == "downgrade" and not self.fallback_model:
+            raise PolicyError("downgrade needs a fallback model")
+        if self.webhook_url is not None and not self.webhook_url.startswith(("https://",
+                                                                             "http://")):
+            raise PolicyError("a webhook URL is http(s)")
+
+    @classmethod
+    def monthly(cls, cap_micro_usd: int) -> Policy:
+        return cls(limits=(SpendLimit("month", cap_micro_usd),))
+
+    @property
+    def primary_cap_micro_usd(self) -> int:
+        """The cap shown first (the tightest of the grant-wide limits)."""
+        caps = [lim.cap_micro_usd for lim in self.limits if lim.model is None]
+        return min(caps) if caps else 0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["limits"] = [{k: v for k, v in asdict(lim).items() if v is not None}
+                          for lim in self.limits]
+        data.pop("extra")
+        return json.dumps({k: v for k, v in data.items() if v is not None}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise PolicyError("a policy is a JSON object")
+            limits = tuple(SpendLimit(**lim) for lim in data.pop("limits", []))
+            known = {f for f in cls.__dataclass_fields__ if f not in ("limits", "extra")}
+            unknown = set(data) - known
+            if unknown:
+                raise PolicyError(f"unknown policy fields: {', '.join(sorted(unknown))}")
+            return cls(limits=limits, **data)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise PolicyError(f"malformed policy: {exc}") from None

@@ -1,0 +1,129 @@
+"""Threshold webhooks: tell the person's endpoint when a grant passes 50, 80 and 100
+percent of a window (and when a call is refused by one), once per window and threshold.
+
+Delivery is fire-and-forget from the request path (a task; the call never waits for
+it), recorded in ``webhook_events`` so a threshold is announced once, whatever the number
+of processes. Each POST carries ``X-Keyfob-Signature: sha256=<hex>``, an HMAC of the
+body under the grant's id-derived key, so the receiver can tell it came from Keyfob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from keyfob.money import format_usd
+from keyfob.store.metering import mark_webhook, webhook_delivered
+from keyfob.store.records import WindowState
+
+if TYPE_CHECKING:
+    from keyfob.allowance.policy import Policy
+    from keyfob.allowance.service import AllowanceExhausted
+    from keyfob.store import Store
+    from keyfob.store.records import Grant
+
+log = logging.getLogger("keyfob.webhooks")
+
+THRESHOLDS = (50, 80, 100)
+TIMEOUT_S = 5.0
+
+
+def crossed(state: WindowState) -> list[int]:
+    """The thresholds a window's settled spend has reached."""
+    if state.cap_micro_usd <= 0:
+        return []
+    pct = state.spent_micro_usd * 100 // state.cap_micro_usd
+    return [t for t in THRESHOLDS if pct >= t]
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class Notifier:
+    def __init__(self, store: Store, signing_key: bytes = b"") -> None:
+        self.store = store
+        self.signing_key = signing_key
+        self._seen: set[tuple[str, str, int]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def grant_secret(self, grant_id: str) -> bytes:
+        return hmac.new(self.signing_key, grant_id.encode(), hashlib.sha256).digest()
+
+    def settled(self, grant_id: str, states: tuple[WindowState, ...]) -> None:
+        due = [(s, t) for s in states if s.window_key != "wallet" for t in crossed(s)
+               if (grant_id, s.window_key, t) not in self._seen]
+        if due:
+            self._spawn(self._announce(grant_id, due, refused=False))
+
+    def refused(self, grant: Grant, policy: Policy, exc: AllowanceExhausted) -> None:
+        if not policy.webhook_url or exc.window.key in ("per_call_ceiling", "wallet"):
+            return
+        if (grant.id, exc.window.key, 100) in self._seen:
+            return
+        st = exc.state
+        full = WindowState(st.window_key, st.cap_micro_usd, st.cap_micro_usd, 0)
+        self._spawn(self._announce(grant.id, [(full, 100)], refused=True))
+
+    def _spawn(self, coro: object) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        except RuntimeError:
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for deliveries in flight (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _announce(self, grant_id: str, due: list[tuple[WindowState, int]],
+                        refused: bool) -> None:
+        from keyfob.allowance.service import policy_of
+
+        now = time.time()
+        grant = None
+        for state, threshold in due:
+            self._seen.add((grant_id, state.window_key, threshold))
+            if not await mark_webhook(self.store.engine, grant_id, state.window_key,
+                                      threshold, now):
+                continue
+            if grant is None:
+                grant = await self.store.grants.get(grant_id)
+            if grant is None:
+                return
+            url = policy_of(grant).webhook_url
+            if not url:
+                continue
+            body = json.dumps({
+                "event": "allowance.threshold", "grant_id": grant_id,
+                "client_id": grant.client_id, "window": state.window_key,
+                "threshold_percent": threshold, "refused_call": refused,
+                "cap_usd": format_usd(state.cap_micro_usd),
+                "spent_usd": format_usd(state.spent_micro_usd), "at": now,
+            }, sort_keys=True).encode()
+            error = await self._post(url, body, self.grant_secret(grant_id))
+            await webhook_delivered(self.store.engine, grant_id, state.window_key, threshold,
+                                    error)
+
+    async def _post(self, url: str, body: bytes, secret: bytes) -> str | None:
+        headers = {"Content-Type": "application/json",
+                   "X-Keyfob-Signature": signature(secret, body),
+                   "User-Agent": "keyfob-webhook/1"}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as s:
+                async with s.post(url, data=body, headers=headers, allow_redirects=False) as r:
+                    if r.status >= 300:
+                        return f"HTTP {r.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("webhook to %s failed: %s", url.split("?")[0], type(exc).__name__)
+            return type(exc).__name__
+        return None
