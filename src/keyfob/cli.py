@@ -306,37 +306,253 @@ def apps_revoke(
 
 @app.command()
 def usage(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    by: Annotated[str, typer.Option("--by", help="Group by any of app,model,day.")]
+    = "app,model",
+    output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    since: Annotated[str | None, typer.Option(help="From this date (YYYY-MM-DD, your zone).")]
+    = None,
+    until: Annotated[str | None, typer.Option(help="Before this date (YYYY-MM-DD).")] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Spend per app and model (all time), from the ledger."""
+    """Spend per app, model and/or day, from the ledger; export as JSON or CSV."""
     import json
 
     from rich.table import Table
 
+    from keyfob.allowance.usage import FIELDS, parse_groups, summarize, to_csv
     from keyfob.money import format_usd
+    from keyfob.store.metering import usage_rows
+
+    output = "json" if as_json else output
+    if output not in ("table", "json", "csv"):
+        raise fail("--format is table, json or csv")
+    try:
+        groups = parse_groups(by)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
     async def body(kf: Any) -> list[dict[str, Any]]:
         owner = await _owner(kf)
-        return list(await kf.store.metering.usage_by_app_model(owner.id))
+        rows = await usage_rows(kf.store.engine, user_id=owner.id,
+                                since=_day_start(since, owner.timezone),
+                                until=_day_start(until, owner.timezone))
+        return summarize(rows, groups, owner.timezone)
 
     rows = _with_kf(data_dir, database_url, body)
-    if as_json:
-        for r in rows:
-            r["cost_usd"] = format_usd(int(r["cost_micro_usd"]))
+    if output == "json":
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("app", "model", "calls", "input tokens", "output tokens", "cost (USD)",
+    if output == "csv":
+        typer.echo(to_csv(rows, groups), nl=False)
+        return
+    table = Table(*groups, *(f.replace("_", " ") for f in FIELDS[:3]), "cost (USD)",
                   "to reconcile")
     total = 0
     for r in rows:
         total += int(r["cost_micro_usd"])
-        table.add_row(r["app"], r["model"], str(r["calls"]), str(r["input_tokens"]),
-                      str(r["output_tokens"]), format_usd(int(r["cost_micro_usd"])),
-                      str(r["flagged"] or 0))
+        table.add_row(*(str(r[g]) for g in groups), str(r["calls"]), str(r["input_tokens"]),
+                      str(r["output_tokens"]), r["cost_usd"], str(r["to_reconcile"]))
     console.print(table)
     console.print(f"Total: {format_usd(total)} USD")
+
+
+def _day_start(day: str | None, timezone: str) -> float | None:
+    if day is None:
+        return None
+    from datetime import date, datetime
+
+    from keyfob.allowance.windows import zone
+
+    try:
+        d = date.fromisoformat(day)
+    except ValueError:
+        raise fail(f"not a date (YYYY-MM-DD): {day!r}") from None
+    return datetime(d.year, d.month, d.day, tzinfo=zone(timezone)).timestamp()
+
+
+wallet_app = typer.Typer(help="The prepaid wallet apps can draw from.", no_args_is_help=True)
+app.add_typer(wallet_app, name="wallet")
+
+
+async def _grant_of(kf: Any, app_ref: str) -> Any:
+    owner = await _owner(kf)
+    for c in await kf.store.clients.list():
+        if app_ref in (c.id, c.name):
+            grant = await kf.store.grants.active_for(owner.id, c.id)
+            if grant is not None:
+                return grant
+    raise fail(f"no active grant for app {app_ref!r}")
+
+
+@apps_app.command("policy")
+def apps_policy(
+    app_ref: Annotated[str, typer.Argument(metavar="APP", help="client_id or app name.")],
+    month: Annotated[str | None, typer.Option(help="USD cap per calendar month.")] = None,
+    week: Annotated[str | None, typer.Option(help="USD cap per calendar week.")] = None,
+    day: Annotated[str | None, typer.Option(help="USD cap per calendar day.")] = None,
+    rolling: Annotated[list[str] | None, typer.Option(
+        help="Rolling cap DURATION=USD, e.g. 5h=2 or 7d=10 (repeatable).")] = None,
+    model_cap: Annotated[list[str] | None, typer.Option(
+        "--model-cap", help="Monthly cap on one model: MODEL=USD (repeatable).")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute (worst case).")] = None,
+    per_call: Annotated[str | None, typer.Option(help="USD ceiling per call.")] = None,
+    wallet: Annotated[bool | None, typer.Option("--wallet/--no-wallet",
+                                                help="Also draw from your wallet.")] = None,
+    on_exhausted: Annotated[str | None, typer.Option(
+        help="block, wait or downgrade.")] = None,
+    wait_max: Annotated[float | None, typer.Option(help="Seconds `wait` may hold a call.")]
+    = None,
+    fallback: Annotated[str | None, typer.Option(help="Model served by `downgrade`.")] = None,
+    webhook: Annotated[str | None, typer.Option(help="URL told at 50/80/100 percent.")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Only print the policy.")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show or change an app's allowance: caps per window, rates, wallet, exhaustion."""
+    import dataclasses
+
+    from keyfob.allowance.policy import PolicyError, SpendLimit, parse_duration
+    from keyfob.allowance.service import policy_of
+    from keyfob.money import format_usd, parse_usd
+
+    async def body(kf: Any) -> tuple[Any, list[Any]]:
+        grant = await _grant_of(kf, app_ref)
+        policy = policy_of(grant)
+        if not show:
+            limits = list(policy.limits)
+
+            def replace(period: str, usd: str | None, model: str | None = None,
+                        seconds: int | None = None) -> None:
+                if usd is None:
+                    return
+                limits[:] = [lim for lim in limits if not (
+                    lim.period == period and lim.model == model and lim.seconds == seconds)]
+                if usd.strip() not in ("", "none", "off"):
+                    limits.append(SpendLimit(period, parse_usd(usd), seconds, model))
+
+            replace("month", month)
+            replace("week", week)
+            replace("day", day)
+            for item in rolling or []:
+                span, _, usd = item.partition("=")
+                replace("rolling", usd, seconds=parse_duration(span))
+            for item in model_cap or []:
+                model, _, usd = item.rpartition("=")
+                replace("month", usd, model=model)
+            changes: dict[str, Any] = {"limits": tuple(limits)}
+            if rpm is not None:
+                changes["requests_per_minute"] = rpm or None
+            if tpm is not None:
+                changes["tokens_per_minute"] = tpm or None
+            if per_call is not None:
+                changes["per_call_ceiling_micro_usd"] = parse_usd(per_call) or None
+            if wallet is not None:
+                changes["use_wallet"] = wallet
+            if on_exhausted is not None:
+                changes["on_exhausted"] = on_exhausted
+            if wait_max is not None:
+                changes["wait_max_s"] = wait_max
+            if fallback is not None:
+                changes["fallback_model"] = fallback or None
+            if webhook is not None:
+                changes["webhook_url"] = webhook or None
+            policy = dataclasses.replace(policy, **changes)
+            await kf.store.grants.set_policy(grant.id, policy_json=policy.to_json(),
+                                             cap_micro_usd=policy.primary_cap_micro_usd)
+            grant = await kf.store.grants.get(grant.id)
+        states = await kf.allowance.limits(grant)
+        secret = kf.allowance.notifier.grant_secret(grant.id).hex()
+        return (policy, states, secret)
+
+    try:
+        policy, states, secret = _with_kf(data_dir, database_url, body)
+    except (PolicyError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"policy: {policy.to_json()}")
+    for st in states:
+        console.print(f"  {st.label:<24} cap {format_usd(st.cap_micro_usd)}  "
+                      f"spent {format_usd(st.spent_micro_usd)}  "
+                      f"left {format_usd(st.left_micro_usd)}")
+    if policy.webhook_url:
+        console.print(f"webhook signing secret (HMAC-SHA256): {secret}")
+
+
+@wallet_app.command("show")
+def wallet_show(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Balance, holds of calls in flight, refill, and the history."""
+    from rich.table import Table
+
+    from keyfob.money import format_usd
+
+    async def body(kf: Any) -> tuple[Any, list[Any]]:
+        owner = await _owner(kf)
+        return (await kf.store.wallets.get(owner.id), await kf.store.wallets.history(owner.id))
+
+    wallet, history = _with_kf(data_dir, database_url, body)
+    refill = (format_usd(wallet.monthly_refill_micro_usd)
+              if wallet.monthly_refill_micro_usd is not None else "none")
+    console.print(f"balance {format_usd(wallet.balance_micro_usd)} USD, held by calls in "
+                  f"flight {format_usd(wallet.reserved_micro_usd)}, monthly refill {refill}")
+    table = Table("when (UTC)", "kind", "amount", "balance after", "note")
+    from datetime import UTC, datetime
+
+    for tx in history:
+        table.add_row(datetime.fromtimestamp(tx.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                      tx.kind, format_usd(tx.amount_micro_usd),
+                      format_usd(tx.balance_after_micro_usd), tx.note or "")
+    console.print(table)
+
+
+@wallet_app.command("topup")
+def wallet_topup(
+    amount: Annotated[str, typer.Argument(help="USD to add.")],
+    note: Annotated[str | None, typer.Option(help="A note for the history.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Add money to the wallet (held calls waiting for it continue)."""
+    from keyfob.money import format_usd, parse_usd
+
+    try:
+        micro = parse_usd(amount)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+    async def body(kf: Any) -> Any:
+        owner = await _owner(kf)
+        return await kf.store.wallets.top_up(owner.id, micro, note)
+
+    try:
+        wallet = _with_kf(data_dir, database_url, body)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"Wallet balance: {format_usd(wallet.balance_micro_usd)} USD")
+
+
+@wallet_app.command("refill")
+def wallet_refill(
+    amount: Annotated[str, typer.Argument(help="USD the wallet is topped up to each month; "
+                                          "'off' to stop.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Top the wallet up to AMOUNT at the start of each calendar month (your zone)."""
+    from keyfob.money import parse_usd
+
+    try:
+        micro = None if amount.lower() in ("off", "none") else parse_usd(amount)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+    async def body(kf: Any) -> Any:
+        owner = await _owner(kf)
+        return await kf.store.wallets.set_monthly_refill(owner.id, micro)
+
+    _with_kf(data_dir, database_url, body)
+    console.print("Monthly refill " + ("off." if micro is None else f"set to {amount} USD."))
 
 
 @vault_app.command("rotate")

@@ -118,3 +118,12 @@ class Policy:
             return cls(limits=limits, **data)
         except (TypeError, json.JSONDecodeError) as exc:
             raise PolicyError(f"malformed policy: {exc}") from None
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '30m', '5h', '7d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise PolicyError(f"a duration is a number and s, m, h or d: {text!r}")
+    return int(text[:-1]) * units[text[-1]]

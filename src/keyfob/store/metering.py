@@ -404,3 +404,26 @@ async def webhook_delivered(engine: AsyncEngine, grant_id: str, window_key: str,
         await conn.execute(update(t.webhook_events).where(
             w.grant_id == grant_id, w.window_key == window_key, w.threshold == threshold)
             .values(delivered_at=None if error else time.time(), last_error=error))
+
+
+async def usage_rows(engine: AsyncEngine, *, user_id: str, grant_id: str | None = None,
+                     since: float | None = None, until: float | None = None
+                     ) -> list[dict[str, Any]]:
+    """Ledger rows (joined with the app's name) for usage reports, oldest first."""
+    L = t.ledger.c
+    cond = [L.user_id == user_id]
+    if grant_id is not None:
+        cond.append(L.grant_id == grant_id)
+    if since is not None:
+        cond.append(L.created_at >= since)
+    if until is not None:
+        cond.append(L.created_at < until)
+    q = (select(L.id, L.client_id, t.clients.c.name.label("app"), L.model, L.status,
+                L.created_at, L.cost_micro_usd, L.reserved_micro_usd, L.input_tokens,
+                L.output_tokens, L.cached_input_tokens, L.reasoning_tokens,
+                L.needs_reconciliation, L.downgraded_from, L.streamed, L.endpoint)
+         .join(t.clients, t.clients.c.id == L.client_id, isouter=True)
+         .where(and_(*cond)).order_by(L.created_at))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+    return [dict(r._mapping) for r in rows]
