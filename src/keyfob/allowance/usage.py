@@ -46,7 +46,8 @@ def summarize(rows: list[dict[str, Any]], groups: tuple[str, ...],
             acc[f] += int(r.get(f) or 0)
         cost = r["cost_micro_usd"] if r["status"] != "reserved" else r["reserved_micro_usd"]
         acc["cost_micro_usd"] += int(cost or 0)
-        acc["to_reconcile"] += 1 if r.get("needs_reconciliation") or r["status"] == "reserved" else 0
+        flagged = r.get("needs_reconciliation") or r["status"] == "reserved"
+        acc["to_reconcile"] += 1 if flagged else 0
     out = []
     for key in sorted(totals):
         row: dict[str, Any] = dict(zip(groups, key, strict=True))

@@ -119,10 +119,12 @@ class Notifier:
                    "X-Keyfob-Signature": signature(secret, body),
                    "User-Agent": "keyfob-webhook/1"}
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as s:
-                async with s.post(url, data=body, headers=headers, allow_redirects=False) as r:
-                    if r.status >= 300:
-                        return f"HTTP {r.status}"
+            timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+            async with (aiohttp.ClientSession(timeout=timeout) as session,
+                        session.post(url, data=body, headers=headers,
+                                     allow_redirects=False) as response):
+                if response.status >= 300:
+                    return f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("webhook to %s failed: %s", url.split("?")[0], type(exc).__name__)
             return type(exc).__name__
