@@ -55,9 +55,14 @@ def forms(html: str) -> list[Form]:
     return parser.forms
 
 
-def post_form(session: requests.Session, page: requests.Response, *,
-              fill: dict[str, str] | None = None, button: str | None = None,
-              allow_redirects: bool = False) -> requests.Response:
+def post_form(
+    session: requests.Session,
+    page: requests.Response,
+    *,
+    fill: dict[str, str] | None = None,
+    button: str | None = None,
+    allow_redirects: bool = False,
+) -> requests.Response:
     """Submit the page's first POST form, filling fields whose name contains a key of
     ``fill`` and pressing the button whose value (or name) contains ``button``."""
     candidates = [f for f in forms(page.text) if f.method == "post"]
@@ -73,5 +78,9 @@ def post_form(session: requests.Session, page: requests.Response, *,
         pressed = [b for b in form.buttons if button in b[1].lower() or button in b[0].lower()]
         assert pressed, f"no button like {button!r} in {form.buttons}"
         data.append(pressed[0])
-    return session.post(urljoin(page.url, form.action or page.url), data=data,
-                        allow_redirects=allow_redirects, timeout=30)
+    return session.post(
+        urljoin(page.url, form.action or page.url),
+        data=data,
+        allow_redirects=allow_redirects,
+        timeout=30,
+    )

@@ -89,11 +89,23 @@ def start_fakellm(workdir: Path, yaml_text: str = FAKELLM_YAML) -> FakeLLM:
     config = workdir / "fakellm.yaml"
     config.write_text(yaml_text)
     port = free_port()
-    log = open(workdir / "fakellm.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fakellm.cli", "serve", "--port", str(port), "--config", str(config)],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "FAKELLM_CONFIG": str(config)})
+    with open(workdir / "fakellm.log", "wb") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fakellm.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--config",
+                str(config),
+            ],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "FAKELLM_CONFIG": str(config)},
+        )
     wait_http(f"http://127.0.0.1:{port}/_fakellm/stats", proc=proc)
     return FakeLLM(port, proc, workdir)
 
@@ -104,15 +116,23 @@ def keyfob_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def cli(data_dir: Path, *args: str, input_text: str | None = None,
-        check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    data_dir: Path, *args: str, input_text: str | None = None, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
     """Run ``keyfob ARGS`` as a person would, in a fresh process."""
     result = subprocess.run(
-        [sys.executable, "-m", "keyfob", *args], input=input_text, capture_output=True,
-        text=True, env=keyfob_env(data_dir, COLUMNS="200", **env), timeout=60)
+        [sys.executable, "-m", "keyfob", *args],
+        input=input_text,
+        capture_output=True,
+        text=True,
+        env=keyfob_env(data_dir, COLUMNS="200", **env),
+        timeout=60,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"keyfob {' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"keyfob {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -127,10 +147,13 @@ class KeyfobServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> KeyfobServer:
-        log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keyfob", "serve", "--port", str(self.port)],
-            env=keyfob_env(self.data_dir), stdout=log, stderr=subprocess.STDOUT)
+        with open(self.data_dir / f"server-{self.port}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "keyfob", "serve", "--port", str(self.port)],
+                env=keyfob_env(self.data_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_http(f"{self.url}/healthz", proc=self.proc)
         return self
 
@@ -152,8 +175,9 @@ class KeyfobServer:
         return (self.data_dir / f"server-{self.port}.log").read_text(errors="replace")
 
 
-async def _mint(data_dir: Path, models: list[str], cap_micro_usd: int,
-                client_name: str) -> dict[str, Any]:
+async def _mint(
+    data_dir: Path, models: list[str], cap_micro_usd: int, client_name: str
+) -> dict[str, Any]:
     """Owner + app + grant + access token straight in the store (for gateway-only tests)."""
     from keyfob.settings import Settings
     from keyfob.store import Store
@@ -165,21 +189,44 @@ async def _mint(data_dir: Path, models: list[str], cap_micro_usd: int,
     try:
         owner = await store.users.owner()
         assert owner is not None, "run `keyfob init` first"
-        client = await store.clients.add(name=client_name, redirect_uris=["http://127.0.0.1/cb"],
-                                         is_public=True, secret_hash=None)
-        grant = await store.grants.upsert(user_id=owner.id, client_id=client.id, models=models,
-                                          cap_micro_usd=cap_micro_usd, timezone=owner.timezone)
+        client = await store.clients.add(
+            name=client_name,
+            redirect_uris=["http://127.0.0.1/cb"],
+            is_public=True,
+            secret_hash=None,
+        )
+        grant = await store.grants.upsert(
+            user_id=owner.id,
+            client_id=client.id,
+            models=models,
+            cap_micro_usd=cap_micro_usd,
+            timezone=owner.timezone,
+        )
         token = new_token(Kind.ACCESS)
         now = time.time()
-        await store.tokens.save(Token(hash_token(token), "access", grant.id, client.id, new_id(),
-                                      "", None, now, now + 3600, None, None))
+        await store.tokens.save(
+            Token(
+                hash_token(token),
+                "access",
+                grant.id,
+                client.id,
+                new_id(),
+                "",
+                None,
+                now,
+                now + 3600,
+                None,
+                None,
+            )
+        )
         return {"token": token, "grant_id": grant.id, "client_id": client.id}
     finally:
         await store.close()
 
 
-def mint_token(data_dir: Path, models: list[str], cap_micro_usd: int,
-               client_name: str = "test app") -> dict[str, Any]:
+def mint_token(
+    data_dir: Path, models: list[str], cap_micro_usd: int, client_name: str = "test app"
+) -> dict[str, Any]:
     return asyncio.run(_mint(data_dir, models, cap_micro_usd, client_name))
 
 

@@ -34,42 +34,79 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def grant_with(store: Store, policy: Policy) -> Grant:
     user = await store.users.create(f"u{time.monotonic_ns()}", "x", timezone="Europe/Paris")
-    client = await store.clients.add(name="app", redirect_uris=["http://127.0.0.1/cb"],
-                                     is_public=True, secret_hash=None)
-    grant = await store.grants.upsert(user_id=user.id, client_id=client.id, models=[MODEL],
-                                      cap_micro_usd=policy.primary_cap_micro_usd,
-                                      timezone="Europe/Paris", policy_json=policy.to_json())
-    await store.tokens.save(Token(f"tok-{grant.id}", "access", grant.id, client.id, "f", "",
-                                  None, 0, 10**12, None, None))
+    client = await store.clients.add(
+        name="app", redirect_uris=["http://127.0.0.1/cb"], is_public=True, secret_hash=None
+    )
+    grant = await store.grants.upsert(
+        user_id=user.id,
+        client_id=client.id,
+        models=[MODEL],
+        cap_micro_usd=policy.primary_cap_micro_usd,
+        timezone="Europe/Paris",
+        policy_json=policy.to_json(),
+    )
+    await store.tokens.save(
+        Token(
+            f"tok-{grant.id}", "access", grant.id, client.id, "f", "", None, 0, 10**12, None, None
+        )
+    )
     return grant
 
 
-async def reserve(svc: AllowanceService, grant: Grant, amount: int, model: str = MODEL,
-                  tokens: int | None = None):  # type: ignore[no-untyped-def]
-    return await svc.reserve(grant=grant, token_hash=f"tok-{grant.id}", provider_id=None,
-                             model=model, endpoint="chat", streamed=False,
-                             amount_micro_usd=amount, tokens_bound=tokens)
+async def reserve(
+    svc: AllowanceService, grant: Grant, amount: int, model: str = MODEL, tokens: int | None = None
+):  # type: ignore[no-untyped-def]
+    return await svc.reserve(
+        grant=grant,
+        token_hash=f"tok-{grant.id}",
+        provider_id=None,
+        model=model,
+        endpoint="chat",
+        streamed=False,
+        amount_micro_usd=amount,
+        tokens_bound=tokens,
+    )
 
 
 def test_policy_round_trips_and_refuses_nonsense() -> None:
-    p = Policy(limits=(SpendLimit("month", 5_000_000), SpendLimit("rolling", 1_000_000, 18000),
-                       SpendLimit("month", 100_000, model=MODEL)),
-               requests_per_minute=60, on_exhausted="wait", wait_max_s=5)
+    p = Policy(
+        limits=(
+            SpendLimit("month", 5_000_000),
+            SpendLimit("rolling", 1_000_000, 18000),
+            SpendLimit("month", 100_000, model=MODEL),
+        ),
+        requests_per_minute=60,
+        on_exhausted="wait",
+        wait_max_s=5,
+    )
     assert Policy.from_json(p.to_json()) == p
     assert parse_duration("5h") == 18000 and parse_duration("7d") == 604800
-    for bad in ('{"limits": [{"period": "fortnight", "cap_micro_usd": 1}]}',
-                '{"limits": [{"period": "rolling", "cap_micro_usd": 1, "seconds": 5}]}',
-                '{"on_exhausted": "downgrade"}', '{"surprise": 1}', "[]", "{",
-                '{"requests_per_minute": -1}', '{"wait_max_s": 100000}'):
+    for bad in (
+        '{"limits": [{"period": "fortnight", "cap_micro_usd": 1}]}',
+        '{"limits": [{"period": "rolling", "cap_micro_usd": 1, "seconds": 5}]}',
+        '{"on_exhausted": "downgrade"}',
+        '{"surprise": 1}',
+        "[]",
+        "{",
+        '{"requests_per_minute": -1}',
+        '{"wait_max_s": 100000}',
+    ):
         with pytest.raises(PolicyError):
             Policy.from_json(bad)
 
 
 async def test_the_tightest_of_several_windows_wins(store: Store) -> None:
     svc = AllowanceService(store)
-    g = await grant_with(store, Policy(limits=(SpendLimit("month", 10_000),
-                                               SpendLimit("day", 3_000),
-                                               SpendLimit("rolling", 5_000, 5 * 3600))))
+    g = await grant_with(
+        store,
+        Policy(
+            limits=(
+                SpendLimit("month", 10_000),
+                SpendLimit("day", 3_000),
+                SpendLimit("rolling", 5_000, 5 * 3600),
+            )
+        ),
+    )
     r = await reserve(svc, g, 2_000)
     await svc.settle(r, Settlement("settled", 2_000, "upstream"))
     with pytest.raises(AllowanceExhausted) as refused:
@@ -82,8 +119,10 @@ async def test_the_tightest_of_several_windows_wins(store: Store) -> None:
 
 async def test_per_model_cap_only_binds_that_model(store: Store) -> None:
     svc = AllowanceService(store)
-    g = await grant_with(store, Policy(limits=(SpendLimit("month", 100_000),
-                                               SpendLimit("month", 1_000, model=MODEL))))
+    g = await grant_with(
+        store,
+        Policy(limits=(SpendLimit("month", 100_000), SpendLimit("month", 1_000, model=MODEL))),
+    )
     with pytest.raises(AllowanceExhausted) as refused:
         await reserve(svc, g, 1_001)
     assert refused.value.label == f"month on {MODEL}"
@@ -92,9 +131,15 @@ async def test_per_model_cap_only_binds_that_model(store: Store) -> None:
 
 async def test_rates_and_the_per_call_ceiling(store: Store) -> None:
     svc = AllowanceService(store)
-    g = await grant_with(store, Policy(limits=(SpendLimit("month", 10**9),),
-                                       requests_per_minute=3, tokens_per_minute=1_000,
-                                       per_call_ceiling_micro_usd=5_000))
+    g = await grant_with(
+        store,
+        Policy(
+            limits=(SpendLimit("month", 10**9),),
+            requests_per_minute=3,
+            tokens_per_minute=1_000,
+            per_call_ceiling_micro_usd=5_000,
+        ),
+    )
     with pytest.raises(AllowanceExhausted) as ceiling:
         await reserve(svc, g, 5_001, tokens=10)
     assert ceiling.value.label == "per-call ceiling"
@@ -132,8 +177,9 @@ async def test_wallet_is_drawn_and_refilled_monthly(store: Store) -> None:
 
 async def test_wait_holds_the_call_until_a_settlement_frees_room(store: Store) -> None:
     svc = AllowanceService(store)
-    g = await grant_with(store, Policy(limits=(SpendLimit("month", 1_000),),
-                                       on_exhausted="wait", wait_max_s=10))
+    g = await grant_with(
+        store, Policy(limits=(SpendLimit("month", 1_000),), on_exhausted="wait", wait_max_s=10)
+    )
     first = await reserve(svc, g, 900)
 
     async def settle_later() -> None:
@@ -145,8 +191,9 @@ async def test_wait_holds_the_call_until_a_settlement_frees_room(store: Store) -
     await task
     assert second.waited_s >= 0.25
 
-    quick = await grant_with(store, Policy(limits=(SpendLimit("month", 100),),
-                                           on_exhausted="wait", wait_max_s=0.5))
+    quick = await grant_with(
+        store, Policy(limits=(SpendLimit("month", 100),), on_exhausted="wait", wait_max_s=0.5)
+    )
     started = time.monotonic()
     with pytest.raises(AllowanceExhausted):
         await reserve(svc, quick, 500)  # the month will not reset within half a second
@@ -155,14 +202,27 @@ async def test_wait_holds_the_call_until_a_settlement_frees_room(store: Store) -
 
 async def test_downgrade_names_the_fallback_once(store: Store) -> None:
     svc = AllowanceService(store)
-    g = await grant_with(store, Policy(limits=(SpendLimit("month", 100),),
-                                       on_exhausted="downgrade", fallback_model="local/gemma"))
+    g = await grant_with(
+        store,
+        Policy(
+            limits=(SpendLimit("month", 100),),
+            on_exhausted="downgrade",
+            fallback_model="local/gemma",
+        ),
+    )
     with pytest.raises(AllowanceExhausted) as refused:
         await reserve(svc, g, 500)
     assert refused.value.fallback_model == "local/gemma"
-    r = await svc.reserve(grant=g, token_hash=f"tok-{g.id}", provider_id=None,
-                          model="local/gemma", endpoint="chat", streamed=False,
-                          amount_micro_usd=0, downgraded_from=MODEL)
+    r = await svc.reserve(
+        grant=g,
+        token_hash=f"tok-{g.id}",
+        provider_id=None,
+        model="local/gemma",
+        endpoint="chat",
+        streamed=False,
+        amount_micro_usd=0,
+        downgraded_from=MODEL,
+    )
     entry = await store.metering.entry(r.entry_id)
     assert entry is not None and entry.downgraded_from == MODEL
 
@@ -183,8 +243,12 @@ async def test_threshold_webhooks_fire_once_each_and_are_signed(store: Store) ->
     port = runner.addresses[0][1]
     try:
         svc = AllowanceService(store, signing_key=b"k" * 32)
-        g = await grant_with(store, Policy(limits=(SpendLimit("month", 1_000),),
-                                           webhook_url=f"http://127.0.0.1:{port}/hook"))
+        g = await grant_with(
+            store,
+            Policy(
+                limits=(SpendLimit("month", 1_000),), webhook_url=f"http://127.0.0.1:{port}/hook"
+            ),
+        )
         for cost in (400, 200, 100, 50, 250):  # 40%, 60%, 70%, 75%, 100%
             r = await reserve(svc, g, cost)
             await svc.settle(r, Settlement("settled", cost, "upstream"))

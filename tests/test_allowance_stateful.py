@@ -48,12 +48,15 @@ def test_no_overspend_under_random_interleavings(tmp_path: Path) -> None:
     async def new_grant(wallet_balance: int) -> tuple[str, str]:
         n = next(ids)
         user = await store.users.create(f"user{n}", "x")
-        client = await store.clients.add(name=f"app{n}", redirect_uris=["http://127.0.0.1/cb"],
-                                         is_public=True, secret_hash=None)
-        grant = await store.grants.upsert(user_id=user.id, client_id=client.id, models=["m"],
-                                          cap_micro_usd=0)
-        await store.tokens.save(Token(f"tok{n}", "access", grant.id, client.id, "f", "", None,
-                                      0, 10**12, None, None))
+        client = await store.clients.add(
+            name=f"app{n}", redirect_uris=["http://127.0.0.1/cb"], is_public=True, secret_hash=None
+        )
+        grant = await store.grants.upsert(
+            user_id=user.id, client_id=client.id, models=["m"], cap_micro_usd=0
+        )
+        await store.tokens.save(
+            Token(f"tok{n}", "access", grant.id, client.id, "f", "", None, 0, 10**12, None, None)
+        )
         if wallet_balance:
             await store.wallets.top_up(user.id, wallet_balance)
         return user.id, grant.id
@@ -69,8 +72,11 @@ def test_no_overspend_under_random_interleavings(tmp_path: Path) -> None:
             self.wallet_reserved = 0
             self.user_id = self.grant_id = self.token = ""
 
-        @rule(month_cap=st.integers(0, 60_000), rolling_cap=st.integers(0, 40_000),
-              wallet=st.one_of(st.none(), st.integers(1, 50_000)))
+        @rule(
+            month_cap=st.integers(0, 60_000),
+            rolling_cap=st.integers(0, 40_000),
+            wallet=st.one_of(st.none(), st.integers(1, 50_000)),
+        )
         @precondition(lambda self: not self.grant_id)
         def open_grant(self, month_cap: int, rolling_cap: int, wallet: int | None) -> None:
             self.month_cap, self.rolling_cap, self.wallet = month_cap, rolling_cap, wallet
@@ -85,27 +91,42 @@ def test_no_overspend_under_random_interleavings(tmp_path: Path) -> None:
             return sum(e.cost for e in es if not e.open), sum(e.amount for e in es if e.open)
 
         def rolling_used(self) -> int:
-            return sum(e.amount if e.open else e.cost for e in self.entries
-                       if e.created_at > self.now - ROLLING_S)
+            return sum(
+                e.amount if e.open else e.cost
+                for e in self.entries
+                if e.created_at > self.now - ROLLING_S
+            )
 
         @rule(amount=st.integers(1, 20_000))
         @precondition(lambda self: bool(self.grant_id))
         def reserve(self, amount: int) -> None:
             key = self.month_key()
             spent, held = self.month_used(key)
-            fits = (spent + held + amount <= self.month_cap
-                    and self.rolling_used() + amount <= self.rolling_cap)
+            fits = (
+                spent + held + amount <= self.month_cap
+                and self.rolling_used() + amount <= self.rolling_cap
+            )
             if self.wallet is not None:
                 fits = fits and self.wallet - self.wallet_reserved >= amount
             entry_id = f"e{next(ids)}"
-            result = runner.run(store.metering.reserve(
-                entry_id=entry_id, token_hash=self.token, grant_id=self.grant_id,
-                user_id=self.user_id, client_id="", provider_id=None, model="m",
-                endpoint="chat", streamed=False, amount_micro_usd=amount,
-                windows=[WindowLimit(key, self.month_cap)],
-                rolling=[RollingLimit(ROLLING_S, self.rolling_cap)],
-                wallet_user_id=self.user_id if self.wallet is not None else None,
-                now=self.now))
+            result = runner.run(
+                store.metering.reserve(
+                    entry_id=entry_id,
+                    token_hash=self.token,
+                    grant_id=self.grant_id,
+                    user_id=self.user_id,
+                    client_id="",
+                    provider_id=None,
+                    model="m",
+                    endpoint="chat",
+                    streamed=False,
+                    amount_micro_usd=amount,
+                    windows=[WindowLimit(key, self.month_cap)],
+                    rolling=[RollingLimit(ROLLING_S, self.rolling_cap)],
+                    wallet_user_id=self.user_id if self.wallet is not None else None,
+                    now=self.now,
+                )
+            )
             assert isinstance(result, Reserved) == fits, (result, fits)
             assert isinstance(result, Reserved | Refused)
             if fits:
@@ -118,8 +139,11 @@ def test_no_overspend_under_random_interleavings(tmp_path: Path) -> None:
         def settle(self, data: st.DataObject, refund: bool) -> None:
             entry = data.draw(st.sampled_from([e for e in self.entries if e.open]))
             cost = 0 if refund else data.draw(st.integers(0, entry.amount))
-            runner.run(store.metering.settle(entry.id, Settlement("settled", cost, "upstream"),
-                                             now=self.now))
+            runner.run(
+                store.metering.settle(
+                    entry.id, Settlement("settled", cost, "upstream"), now=self.now
+                )
+            )
             entry.open, entry.cost = False, cost
             if self.wallet is not None:
                 self.wallet_reserved -= entry.amount
@@ -153,8 +177,9 @@ def test_no_overspend_under_random_interleavings(tmp_path: Path) -> None:
                 assert wallet.balance_micro_usd >= wallet.reserved_micro_usd
 
     try:
-        run_state_machine_as_test(Allowance, settings=settings(
-            max_examples=40, stateful_step_count=30, deadline=None))
+        run_state_machine_as_test(
+            Allowance, settings=settings(max_examples=40, stateful_step_count=30, deadline=None)
+        )
     finally:
         runner.run(store.close())
         runner.close()

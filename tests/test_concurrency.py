@@ -23,9 +23,15 @@ async def link_fake(data_dir: Path, fakellm: FakeLLM) -> None:
     try:
         owner = await kf.store.users.owner()
         assert owner is not None
-        await link_provider(kf, user_id=owner.id, name="fake", kind="openai_compatible",
-                            base_url=fakellm.base_url, api_key="sk-test-upstream-key",
-                            models=["gpt-4o-mini"])
+        await link_provider(
+            kf,
+            user_id=owner.id,
+            name="fake",
+            kind="openai_compatible",
+            base_url=fakellm.base_url,
+            api_key="sk-test-upstream-key",
+            models=["gpt-4o-mini"],
+        )
     finally:
         await kf.close()
 
@@ -33,22 +39,28 @@ async def link_fake(data_dir: Path, fakellm: FakeLLM) -> None:
 async def fire(url: str, token: str, calls: int, stream: bool) -> tuple[int, int, list[str]]:
     ok = refused = 0
     problems: list[str] = []
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=token, max_retries=0,
-                                  timeout=60) as client:
+    async with openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key=token, max_retries=0, timeout=60
+    ) as client:
 
         async def one() -> None:
             nonlocal ok, refused
             try:
                 if stream:
                     chunks = await client.chat.completions.create(
-                        model=MODEL, max_tokens=1000, stream=True,
-                        messages=[{"role": "user", "content": "hello"}])
+                        model=MODEL,
+                        max_tokens=1000,
+                        stream=True,
+                        messages=[{"role": "user", "content": "hello"}],
+                    )
                     async for _ in chunks:
                         pass
                 else:
                     await client.chat.completions.create(
-                        model=MODEL, max_tokens=1000,
-                        messages=[{"role": "user", "content": "hello"}])
+                        model=MODEL,
+                        max_tokens=1000,
+                        messages=[{"role": "user", "content": "hello"}],
+                    )
                 ok += 1
             except openai.RateLimitError as exc:
                 body = exc.body if isinstance(exc.body, dict) else {}

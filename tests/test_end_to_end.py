@@ -25,13 +25,15 @@ MODEL = "fake/gpt-4o-mini"
 def sign_in(server: KeyfobServer, client_id: str, cap_usd: str) -> tuple[OAuth2Session, dict]:
     oauth = OAuth2Session(client_id, redirect_uri=REDIRECT, code_challenge_method="S256")
     verifier = generate_token(64)
-    url, state = oauth.create_authorization_url(f"{server.url}/oauth/authorize",
-                                                code_verifier=verifier)
+    url, state = oauth.create_authorization_url(
+        f"{server.url}/oauth/authorize", code_verifier=verifier
+    )
     browser = requests.Session()
     login = browser.get(url, timeout=30)
     assert login.status_code == 200 and "/login" in login.url
-    consent = post_form(browser, login, fill={"user": OWNER, "pass": OWNER_PASSWORD},
-                        allow_redirects=True)
+    consent = post_form(
+        browser, login, fill={"user": OWNER, "pass": OWNER_PASSWORD}, allow_redirects=True
+    )
     assert consent.status_code == 200, consent.text[:500]
     assert "Demo App" in consent.text and "127.0.0.1" in consent.text
     approved = post_form(browser, consent, fill={"cap": cap_usd}, button="approve")
@@ -41,8 +43,9 @@ def sign_in(server: KeyfobServer, client_id: str, cap_usd: str) -> tuple[OAuth2S
     params = parse_qs(urlparse(location).query)
     assert params["state"] == [state]
     assert params["iss"] == [server.url]
-    token = oauth.fetch_token(f"{server.url}/oauth/token", authorization_response=location,
-                              code_verifier=verifier)
+    token = oauth.fetch_token(
+        f"{server.url}/oauth/token", authorization_response=location, code_verifier=verifier
+    )
     browser.close()
     assert token["token_type"].lower() == "bearer"
     assert token["access_token"].startswith("kfat_")
@@ -52,8 +55,17 @@ def sign_in(server: KeyfobServer, client_id: str, cap_usd: str) -> tuple[OAuth2S
 
 def test_sign_in_call_meter_restart_revoke(server: KeyfobServer, fakellm: FakeLLM) -> None:
     data = server.data_dir
-    cli(data, "providers", "add", "fake", "--base-url", fakellm.base_url, "-m", "gpt-4o-mini",
-        KEYFOB_PROVIDER_KEY="sk-test-upstream-secret")
+    cli(
+        data,
+        "providers",
+        "add",
+        "fake",
+        "--base-url",
+        fakellm.base_url,
+        "-m",
+        "gpt-4o-mini",
+        KEYFOB_PROVIDER_KEY="sk-test-upstream-secret",
+    )
     listed = cli(data, "providers", "list").stdout
     assert "fake" in listed and "sk-test-upstream-secret" not in listed
     added = cli(data, "apps", "add", "Demo App", "--redirect-uri", REDIRECT).stdout
@@ -61,13 +73,15 @@ def test_sign_in_call_meter_restart_revoke(server: KeyfobServer, fakellm: FakeLL
 
     oauth, token = sign_in(server, client_id, cap_usd="1")
 
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=token["access_token"],
-                           max_retries=0)
+    client = openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key=token["access_token"], max_retries=0
+    )
     try:
         assert [m.id for m in client.models.list()] == [MODEL]
 
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=50)
+            model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=50
+        )
         reply = raw.parse()
         assert reply.choices[0].message.content == "Hi there! This is a mock response from fakellm."
         # fakellm reports 1 input and 11 output tokens; gpt-4o-mini costs $0.15 and $0.60
@@ -77,8 +91,11 @@ def test_sign_in_call_meter_restart_revoke(server: KeyfobServer, fakellm: FakeLL
         assert raw.headers["x-keyfob-request-id"]
 
         chunks = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}],
-            max_tokens=50, stream=True)
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=50,
+            stream=True,
+        )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == "Hi there! This is a mock response from fakellm."
     finally:
@@ -102,18 +119,19 @@ def test_sign_in_call_meter_restart_revoke(server: KeyfobServer, fakellm: FakeLL
     # Restart: owner, providers, grants, ledger and tokens survive.
     server.stop()
     server.start()
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=new["access_token"],
-                           max_retries=0)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=new["access_token"], max_retries=0)
     try:
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=50)
+            model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=50
+        )
         assert raw.headers["x-keyfob-cost-usd"] == "0.000007"
         assert len(ledger_rows(data)) == 3
 
         cli(data, "apps", "revoke", "Demo App")
         with pytest.raises(openai.AuthenticationError):
             client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=50)
+                model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=50
+            )
         with pytest.raises(openai.AuthenticationError):
             client.models.list()
     finally:

@@ -17,15 +17,19 @@ CALLS = 20
 
 async def start_streams(url: str, token: str, server: KeyfobServer) -> int:
     started = 0
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=token, max_retries=0,
-                                  timeout=30) as client:
+    async with openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key=token, max_retries=0, timeout=30
+    ) as client:
 
         async def one() -> None:
             nonlocal started
             try:
                 stream = await client.chat.completions.create(
-                    model=MODEL, max_tokens=100, stream=True,
-                    messages=[{"role": "user", "content": "hello"}])
+                    model=MODEL,
+                    max_tokens=100,
+                    stream=True,
+                    messages=[{"role": "user", "content": "hello"}],
+                )
                 started += 1
                 async for _ in stream:
                     pass

@@ -37,12 +37,27 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 async def seed(store: Store, cap: int) -> tuple[str, str, str, str]:
     user = await store.users.create(f"u{secrets.token_hex(3)}", "x", is_owner=True)
-    client = await store.clients.add(name="app", redirect_uris=["http://127.0.0.1/cb"],
-                                     is_public=True, secret_hash=None)
-    grant = await store.grants.upsert(user_id=user.id, client_id=client.id, models=["m"],
-                                      cap_micro_usd=cap)
-    await store.tokens.save(Token("tok", "access", grant.id, client.id, "fam", "", None,
-                                  time.time(), time.time() + 3600, None, None))
+    client = await store.clients.add(
+        name="app", redirect_uris=["http://127.0.0.1/cb"], is_public=True, secret_hash=None
+    )
+    grant = await store.grants.upsert(
+        user_id=user.id, client_id=client.id, models=["m"], cap_micro_usd=cap
+    )
+    await store.tokens.save(
+        Token(
+            "tok",
+            "access",
+            grant.id,
+            client.id,
+            "fam",
+            "",
+            None,
+            time.time(),
+            time.time() + 3600,
+            None,
+            None,
+        )
+    )
     return user.id, client.id, grant.id, "tok"
 
 
@@ -57,9 +72,18 @@ async def test_concurrent_reservations_never_exceed_the_cap(store_url: str) -> N
         async def call(i: int) -> bool:
             store = stores[i % len(stores)]
             r = await store.metering.reserve(
-                entry_id=f"e{i}", token_hash=token, grant_id=grant_id, user_id=user_id,
-                client_id=client_id, provider_id=None, model="m", endpoint="chat",
-                streamed=False, amount_micro_usd=worst, windows=window)
+                entry_id=f"e{i}",
+                token_hash=token,
+                grant_id=grant_id,
+                user_id=user_id,
+                client_id=client_id,
+                provider_id=None,
+                model="m",
+                endpoint="chat",
+                streamed=False,
+                amount_micro_usd=worst,
+                windows=window,
+            )
             if isinstance(r, Refused):
                 return False
             assert isinstance(r, Reserved)
@@ -85,9 +109,18 @@ async def test_settle_is_idempotent_and_revocation_refuses(store_url: str) -> No
     try:
         user_id, client_id, grant_id, token = await seed(store, 10_000)
         window = [WindowLimit("month:2026-11", 10_000)]
-        kwargs = dict(token_hash=token, grant_id=grant_id, user_id=user_id,
-                      client_id=client_id, provider_id=None, model="m", endpoint="chat",
-                      streamed=False, amount_micro_usd=3_000, windows=window)
+        kwargs = dict(
+            token_hash=token,
+            grant_id=grant_id,
+            user_id=user_id,
+            client_id=client_id,
+            provider_id=None,
+            model="m",
+            endpoint="chat",
+            streamed=False,
+            amount_micro_usd=3_000,
+            windows=window,
+        )
         assert isinstance(await store.metering.reserve(entry_id="a", **kwargs), Reserved)
         await store.metering.settle("a", Settlement("settled", 1_000, "upstream"))
         assert await store.metering.settle("a", Settlement("settled", 1_000, "upstream")) == ()
@@ -116,9 +149,18 @@ async def test_dead_reservations_are_charged_once(store_url: str) -> None:
         user_id, client_id, grant_id, token = await seed(store, 10_000)
         window = [WindowLimit("month:2026-11", 10_000)]
         await store.metering.reserve(
-            entry_id="dead", token_hash=token, grant_id=grant_id, user_id=user_id,
-            client_id=client_id, provider_id=None, model="m", endpoint="chat", streamed=True,
-            amount_micro_usd=2_500, windows=window)
+            entry_id="dead",
+            token_hash=token,
+            grant_id=grant_id,
+            user_id=user_id,
+            client_id=client_id,
+            provider_id=None,
+            model="m",
+            endpoint="chat",
+            streamed=True,
+            amount_micro_usd=2_500,
+            windows=window,
+        )
         assert await store.metering.reconcile_dead(time.time() + 1) == 1
         assert await store.metering.reconcile_dead(time.time() + 1) == 0
         entry = await store.metering.entry("dead")

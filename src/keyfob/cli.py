@@ -14,23 +14,32 @@ from rich.console import Console
 
 from keyfob.settings import Settings, UnsafeSettings
 
-app = typer.Typer(help="Keyfob: bring your own AI account to any app.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Keyfob: bring your own AI account to any app.", no_args_is_help=True, add_completion=False
+)
 console = Console()
 err = Console(stderr=True)
 
 T = TypeVar("T")
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where Keyfob keeps its files.",
-                                                envvar="KEYFOB_DATA_DIR")]
-DatabaseUrl = Annotated[str | None, typer.Option("--database-url", envvar="KEYFOB_DATABASE_URL",
-                                                 help="SQLAlchemy URL; SQLite file by default.")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where Keyfob keeps its files.", envvar="KEYFOB_DATA_DIR"),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="KEYFOB_DATABASE_URL",
+        help="SQLAlchemy URL; SQLite file by default.",
+    ),
+]
 
 
-def settings_for(data_dir: Path | None = None, database_url: str | None = None,
-                 **more: Any) -> Settings:
-    return Settings.from_env().with_overrides(data_dir=data_dir, database_url=database_url,
-                                              **more)
+def settings_for(
+    data_dir: Path | None = None, database_url: str | None = None, **more: Any
+) -> Settings:
+    return Settings.from_env().with_overrides(data_dir=data_dir, database_url=database_url, **more)
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -61,9 +70,16 @@ def serve(
     except UnsafeSettings as exc:
         raise fail(str(exc)) from None
     console.print(f"Keyfob on [bold]{settings.issuer}[/bold] (data: {settings.data_dir})")
-    uvicorn.run(application, host=settings.host, port=settings.port, loop="uvloop",
-                http="httptools", log_level=settings.log_level, access_log=False,
-                server_header=False)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+    )
 
 
 @app.command()
@@ -96,10 +112,12 @@ def init(
 
 # --- shared plumbing for commands that work on the store --------------------------------
 
-providers_app = typer.Typer(help="Link and list the AI providers apps may use.",
-                            no_args_is_help=True)
-apps_app = typer.Typer(help="Register apps and manage what they were granted.",
-                       no_args_is_help=True)
+providers_app = typer.Typer(
+    help="Link and list the AI providers apps may use.", no_args_is_help=True
+)
+apps_app = typer.Typer(
+    help="Register apps and manage what they were granted.", no_args_is_help=True
+)
 vault_app = typer.Typer(help="Master keys of the credential vault.", no_args_is_help=True)
 app.add_typer(providers_app, name="providers")
 app.add_typer(apps_app, name="apps")
@@ -119,8 +137,9 @@ async def _owner(kf: Any) -> Any:
     return owner
 
 
-def _with_kf(data_dir: Path | None, database_url: str | None,
-             body: Callable[[Any], Awaitable[T]]) -> T:
+def _with_kf(
+    data_dir: Path | None, database_url: str | None, body: Callable[[Any], Awaitable[T]]
+) -> T:
     async def go() -> T:
         kf = await _open(data_dir, database_url)
         try:
@@ -134,13 +153,18 @@ def _with_kf(data_dir: Path | None, database_url: str | None,
 @providers_app.command("add")
 def providers_add(
     name: Annotated[str, typer.Argument(help="A short name, e.g. openai or local.")],
-    base_url: Annotated[str, typer.Option("--base-url", help="OpenAI-compatible base URL, "
-                                          "e.g. https://api.openai.com/v1")],
-    models: Annotated[list[str] | None, typer.Option("--model", "-m",
-                                                     help="A model it serves (repeatable).")]
-    = None,
-    local: Annotated[bool, typer.Option("--local", help="Your own hardware: priced 0 by "
-                                        "default, no key needed.")] = False,
+    base_url: Annotated[
+        str,
+        typer.Option(
+            "--base-url", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
+        ),
+    ],
+    models: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="A model it serves (repeatable).")
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Your own hardware: priced 0 by default, no key needed.")
+    ] = False,
     no_key: Annotated[bool, typer.Option("--no-key", help="The endpoint needs no key.")] = False,
     kind: Annotated[str, typer.Option(help="Adapter kind.")] = "openai_compatible",
     data_dir: DataDir = None,
@@ -157,9 +181,16 @@ def providers_add(
 
     async def body(kf: Any) -> Any:
         owner = await _owner(kf)
-        return await link_provider(kf, user_id=owner.id, name=name, kind=kind,
-                                   base_url=base_url, api_key=api_key, models=list(models or []),
-                                   is_local=local)
+        return await link_provider(
+            kf,
+            user_id=owner.id,
+            name=name,
+            kind=kind,
+            base_url=base_url,
+            api_key=api_key,
+            models=list(models or []),
+            is_local=local,
+        )
 
     try:
         provider = _with_kf(data_dir, database_url, body)
@@ -180,8 +211,14 @@ def providers_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -
 
     table = Table("name", "kind", "base URL", "key", "local", "models")
     for p in _with_kf(data_dir, database_url, body):
-        table.add_row(p.name, p.kind, p.base_url, "stored" if p.credential_envelope else "-",
-                      "yes" if p.is_local else "no", ", ".join(p.models))
+        table.add_row(
+            p.name,
+            p.kind,
+            p.base_url,
+            "stored" if p.credential_envelope else "-",
+            "yes" if p.is_local else "no",
+            ", ".join(p.models),
+        )
     console.print(table)
 
 
@@ -191,9 +228,9 @@ def providers_price(
     model: Annotated[str, typer.Argument(help="Model name at that provider.")],
     input_usd: Annotated[str, typer.Option("--input", help="USD per million input tokens.")],
     output_usd: Annotated[str, typer.Option("--output", help="USD per million output tokens.")],
-    cached_usd: Annotated[str | None, typer.Option("--cached-input",
-                                                   help="USD per million cached input tokens.")]
-    = None,
+    cached_usd: Annotated[
+        str | None, typer.Option("--cached-input", help="USD per million cached input tokens.")
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -201,8 +238,11 @@ def providers_price(
     from keyfob.money import parse_usd
 
     try:
-        prices = (parse_usd(input_usd), parse_usd(output_usd),
-                  parse_usd(cached_usd) if cached_usd is not None else None)
+        prices = (
+            parse_usd(input_usd),
+            parse_usd(output_usd),
+            parse_usd(cached_usd) if cached_usd is not None else None,
+        )
     except ValueError as exc:
         raise fail(str(exc)) from None
 
@@ -212,8 +252,12 @@ def providers_price(
         if provider is None:
             raise fail(f"no provider named {name!r}")
         await kf.store.providers.set_price(
-            provider.id, model, input_micro_usd_per_mtok=prices[0],
-            output_micro_usd_per_mtok=prices[1], cached_input_micro_usd_per_mtok=prices[2])
+            provider.id,
+            model,
+            input_micro_usd_per_mtok=prices[0],
+            output_micro_usd_per_mtok=prices[1],
+            cached_input_micro_usd_per_mtok=prices[2],
+        )
 
     _with_kf(data_dir, database_url, body)
     console.print(f"Price of {name}/{model} set.")
@@ -222,11 +266,16 @@ def providers_price(
 @apps_app.command("add")
 def apps_add(
     name: Annotated[str, typer.Argument(help="The app's name, shown on the consent screen.")],
-    redirect_uris: Annotated[list[str], typer.Option("--redirect-uri", "-r",
-                                                     help="An exact redirect URI (repeatable).")],
-    confidential: Annotated[bool, typer.Option("--confidential", help="A server-side app with "
-                                               "a client secret (default: public, PKCE only).")]
-    = False,
+    redirect_uris: Annotated[
+        list[str], typer.Option("--redirect-uri", "-r", help="An exact redirect URI (repeatable).")
+    ],
+    confidential: Annotated[
+        bool,
+        typer.Option(
+            "--confidential",
+            help="A server-side app with a client secret (default: public, PKCE only).",
+        ),
+    ] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -234,8 +283,9 @@ def apps_add(
     from keyfob.oauth.clients import register_app
 
     async def body(kf: Any) -> tuple[Any, str | None]:
-        return await register_app(kf.store, name=name, redirect_uris=list(redirect_uris),
-                                  public=not confidential)
+        return await register_app(
+            kf.store, name=name, redirect_uris=list(redirect_uris), public=not confidential
+        )
 
     try:
         client, secret = _with_kf(data_dir, database_url, body)
@@ -273,9 +323,16 @@ def apps_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
         if g is None:
             table.add_row(c.name, c.id, kind, "no", "-", "-", "-", "")
         else:
-            table.add_row(c.name, c.id, kind, "yes", format_usd(g.cap_micro_usd),
-                          format_usd(state.spent_micro_usd), format_usd(state.left_micro_usd),
-                          ", ".join(g.models))
+            table.add_row(
+                c.name,
+                c.id,
+                kind,
+                "yes",
+                format_usd(g.cap_micro_usd),
+                format_usd(state.spent_micro_usd),
+                format_usd(state.left_micro_usd),
+                ", ".join(g.models),
+            )
     console.print(table)
 
 
@@ -306,12 +363,12 @@ def apps_revoke(
 
 @app.command()
 def usage(
-    by: Annotated[str, typer.Option("--by", help="Group by any of app,model,day.")]
-    = "app,model",
+    by: Annotated[str, typer.Option("--by", help="Group by any of app,model,day.")] = "app,model",
     output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
-    since: Annotated[str | None, typer.Option(help="From this date (YYYY-MM-DD, your zone).")]
-    = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this date (YYYY-MM-DD, your zone).")
+    ] = None,
     until: Annotated[str | None, typer.Option(help="Before this date (YYYY-MM-DD).")] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -335,9 +392,12 @@ def usage(
 
     async def body(kf: Any) -> list[dict[str, Any]]:
         owner = await _owner(kf)
-        rows = await usage_rows(kf.store.engine, user_id=owner.id,
-                                since=_day_start(since, owner.timezone),
-                                until=_day_start(until, owner.timezone))
+        rows = await usage_rows(
+            kf.store.engine,
+            user_id=owner.id,
+            since=_day_start(since, owner.timezone),
+            until=_day_start(until, owner.timezone),
+        )
         return summarize(rows, groups, owner.timezone)
 
     rows = _with_kf(data_dir, database_url, body)
@@ -347,13 +407,18 @@ def usage(
     if output == "csv":
         typer.echo(to_csv(rows, groups), nl=False)
         return
-    table = Table(*groups, *(f.replace("_", " ") for f in FIELDS[:3]), "cost (USD)",
-                  "to reconcile")
+    table = Table(*groups, *(f.replace("_", " ") for f in FIELDS[:3]), "cost (USD)", "to reconcile")
     total = 0
     for r in rows:
         total += int(r["cost_micro_usd"])
-        table.add_row(*(str(r[g]) for g in groups), str(r["calls"]), str(r["input_tokens"]),
-                      str(r["output_tokens"]), r["cost_usd"], str(r["to_reconcile"]))
+        table.add_row(
+            *(str(r[g]) for g in groups),
+            str(r["calls"]),
+            str(r["input_tokens"]),
+            str(r["output_tokens"]),
+            r["cost_usd"],
+            str(r["to_reconcile"]),
+        )
     console.print(table)
     console.print(f"Total: {format_usd(total)} USD")
 
@@ -392,19 +457,22 @@ def apps_policy(
     month: Annotated[str | None, typer.Option(help="USD cap per calendar month.")] = None,
     week: Annotated[str | None, typer.Option(help="USD cap per calendar week.")] = None,
     day: Annotated[str | None, typer.Option(help="USD cap per calendar day.")] = None,
-    rolling: Annotated[list[str] | None, typer.Option(
-        help="Rolling cap DURATION=USD, e.g. 5h=2 or 7d=10 (repeatable).")] = None,
-    model_cap: Annotated[list[str] | None, typer.Option(
-        "--model-cap", help="Monthly cap on one model: MODEL=USD (repeatable).")] = None,
+    rolling: Annotated[
+        list[str] | None,
+        typer.Option(help="Rolling cap DURATION=USD, e.g. 5h=2 or 7d=10 (repeatable)."),
+    ] = None,
+    model_cap: Annotated[
+        list[str] | None,
+        typer.Option("--model-cap", help="Monthly cap on one model: MODEL=USD (repeatable)."),
+    ] = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute (worst case).")] = None,
     per_call: Annotated[str | None, typer.Option(help="USD ceiling per call.")] = None,
-    wallet: Annotated[bool | None, typer.Option("--wallet/--no-wallet",
-                                                help="Also draw from your wallet.")] = None,
-    on_exhausted: Annotated[str | None, typer.Option(
-        help="block, wait or downgrade.")] = None,
-    wait_max: Annotated[float | None, typer.Option(help="Seconds `wait` may hold a call.")]
-    = None,
+    wallet: Annotated[
+        bool | None, typer.Option("--wallet/--no-wallet", help="Also draw from your wallet.")
+    ] = None,
+    on_exhausted: Annotated[str | None, typer.Option(help="block, wait or downgrade.")] = None,
+    wait_max: Annotated[float | None, typer.Option(help="Seconds `wait` may hold a call.")] = None,
     fallback: Annotated[str | None, typer.Option(help="Model served by `downgrade`.")] = None,
     webhook: Annotated[str | None, typer.Option(help="URL told at 50/80/100 percent.")] = None,
     show: Annotated[bool, typer.Option("--show", help="Only print the policy.")] = False,
@@ -418,18 +486,22 @@ def apps_policy(
     from keyfob.allowance.service import policy_of
     from keyfob.money import format_usd, parse_usd
 
-    async def body(kf: Any) -> tuple[Any, list[Any]]:
+    async def body(kf: Any) -> tuple[Any, list[Any], str]:
         grant = await _grant_of(kf, app_ref)
         policy = policy_of(grant)
         if not show:
             limits = list(policy.limits)
 
-            def replace(period: str, usd: str | None, model: str | None = None,
-                        seconds: int | None = None) -> None:
+            def replace(
+                period: str, usd: str | None, model: str | None = None, seconds: int | None = None
+            ) -> None:
                 if usd is None:
                     return
-                limits[:] = [lim for lim in limits if not (
-                    lim.period == period and lim.model == model and lim.seconds == seconds)]
+                limits[:] = [
+                    lim
+                    for lim in limits
+                    if not (lim.period == period and lim.model == model and lim.seconds == seconds)
+                ]
                 if usd.strip() not in ("", "none", "off"):
                     limits.append(SpendLimit(period, parse_usd(usd), seconds, model))
 
@@ -460,8 +532,9 @@ def apps_policy(
             if webhook is not None:
                 changes["webhook_url"] = webhook or None
             policy = dataclasses.replace(policy, **changes)
-            await kf.store.grants.set_policy(grant.id, policy_json=policy.to_json(),
-                                             cap_micro_usd=policy.primary_cap_micro_usd)
+            await kf.store.grants.set_policy(
+                grant.id, policy_json=policy.to_json(), cap_micro_usd=policy.primary_cap_micro_usd
+            )
             grant = await kf.store.grants.get(grant.id)
         states = await kf.allowance.limits(grant)
         secret = kf.allowance.notifier.grant_secret(grant.id).hex()
@@ -473,9 +546,11 @@ def apps_policy(
         raise fail(str(exc)) from None
     console.print(f"policy: {policy.to_json()}")
     for st in states:
-        console.print(f"  {st.label:<24} cap {format_usd(st.cap_micro_usd)}  "
-                      f"spent {format_usd(st.spent_micro_usd)}  "
-                      f"left {format_usd(st.left_micro_usd)}")
+        console.print(
+            f"  {st.label:<24} cap {format_usd(st.cap_micro_usd)}  "
+            f"spent {format_usd(st.spent_micro_usd)}  "
+            f"left {format_usd(st.left_micro_usd)}"
+        )
     if policy.webhook_url:
         console.print(f"webhook signing secret (HMAC-SHA256): {secret}")
 
@@ -492,17 +567,26 @@ def wallet_show(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
         return (await kf.store.wallets.get(owner.id), await kf.store.wallets.history(owner.id))
 
     wallet, history = _with_kf(data_dir, database_url, body)
-    refill = (format_usd(wallet.monthly_refill_micro_usd)
-              if wallet.monthly_refill_micro_usd is not None else "none")
-    console.print(f"balance {format_usd(wallet.balance_micro_usd)} USD, held by calls in "
-                  f"flight {format_usd(wallet.reserved_micro_usd)}, monthly refill {refill}")
+    refill = (
+        format_usd(wallet.monthly_refill_micro_usd)
+        if wallet.monthly_refill_micro_usd is not None
+        else "none"
+    )
+    console.print(
+        f"balance {format_usd(wallet.balance_micro_usd)} USD, held by calls in "
+        f"flight {format_usd(wallet.reserved_micro_usd)}, monthly refill {refill}"
+    )
     table = Table("when (UTC)", "kind", "amount", "balance after", "note")
     from datetime import UTC, datetime
 
     for tx in history:
-        table.add_row(datetime.fromtimestamp(tx.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                      tx.kind, format_usd(tx.amount_micro_usd),
-                      format_usd(tx.balance_after_micro_usd), tx.note or "")
+        table.add_row(
+            datetime.fromtimestamp(tx.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            tx.kind,
+            format_usd(tx.amount_micro_usd),
+            format_usd(tx.balance_after_micro_usd),
+            tx.note or "",
+        )
     console.print(table)
 
 
@@ -534,8 +618,9 @@ def wallet_topup(
 
 @wallet_app.command("refill")
 def wallet_refill(
-    amount: Annotated[str, typer.Argument(help="USD the wallet is topped up to each month; "
-                                          "'off' to stop.")],
+    amount: Annotated[
+        str, typer.Argument(help="USD the wallet is topped up to each month; 'off' to stop.")
+    ],
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -562,8 +647,10 @@ def vault_rotate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> 
 
     settings = settings_for(data_dir, database_url)
     if settings.master_key:
-        raise fail("the master key comes from KEYFOB_MASTER_KEY: append a new key there "
-                   "(comma-separated, newest last) and run this again")
+        raise fail(
+            "the master key comes from KEYFOB_MASTER_KEY: append a new key there "
+            "(comma-separated, newest last) and run this again"
+        )
     key_id = Vault.rotate_file(settings.data_dir)
 
     async def body(kf: Any) -> int:
@@ -571,7 +658,8 @@ def vault_rotate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> 
         for p in await kf.store.providers.list_all():
             if p.credential_envelope:
                 await kf.store.providers.set_credential(
-                    p.id, kf.vault.rewrap(p.credential_envelope, p.id))
+                    p.id, kf.vault.rewrap(p.credential_envelope, p.id)
+                )
                 count += 1
         return count
 

@@ -68,8 +68,11 @@ def create_app(settings: Settings) -> Starlette:
             log.warning("charged %d unsettled reservations from a previous run", charged)
         kf.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout_s,
-                                          sock_read=settings.upstream_read_timeout_s),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.upstream_connect_timeout_s,
+                sock_read=settings.upstream_read_timeout_s,
+            ),
         )
         app.state.kf = kf
         try:
@@ -79,9 +82,14 @@ def create_app(settings: Settings) -> Starlette:
 
     secure = settings.issuer.startswith("https://")
     middleware = [
-        Middleware(SessionMiddleware, secret_key=session_secret(settings),
-                   session_cookie="keyfob_session", same_site="lax", https_only=secure,
-                   max_age=14 * 24 * 3600),
+        Middleware(
+            SessionMiddleware,
+            secret_key=session_secret(settings),
+            session_cookie="keyfob_session",
+            same_site="lax",
+            https_only=secure,
+            max_age=14 * 24 * 3600,
+        ),
     ]
     app = Starlette(routes=collect_routes(), middleware=middleware, lifespan=lifespan)
     app.state.settings = settings

@@ -16,16 +16,16 @@ class AccountError(ValueError):
     pass
 
 
-async def create_owner(store: Store, username: str, password: str,
-                       timezone: str = "UTC") -> User:
+async def create_owner(store: Store, username: str, password: str, timezone: str = "UTC") -> User:
     if not USERNAME.match(username):
         raise AccountError("a username is 1-64 letters, digits or . _ @ -")
     if await store.users.owner() is not None:
         raise AccountError("this Keyfob already has an owner")
     if zone(timezone).key != timezone:
         raise AccountError(f"unknown time zone {timezone!r}")
-    return await store.users.create(username, hash_password(password), timezone=timezone,
-                                    is_owner=True)
+    return await store.users.create(
+        username, hash_password(password), timezone=timezone, is_owner=True
+    )
 
 
 async def authenticate(store: Store, username: str, password: str) -> User | None:

@@ -83,8 +83,9 @@ class Policy:
             raise PolicyError(f"wait_max_s is 0 to {MAX_WAIT_S:.0f} seconds")
         if self.on_exhausted == "downgrade" and not self.fallback_model:
             raise PolicyError("downgrade needs a fallback model")
-        if self.webhook_url is not None and not self.webhook_url.startswith(("https://",
-                                                                             "http://")):
+        if self.webhook_url is not None and not self.webhook_url.startswith(
+            ("https://", "http://")
+        ):
             raise PolicyError("a webhook URL is http(s)")
 
     @classmethod
@@ -99,8 +100,9 @@ class Policy:
 
     def to_json(self) -> str:
         data = asdict(self)
-        data["limits"] = [{k: v for k, v in asdict(lim).items() if v is not None}
-                          for lim in self.limits]
+        data["limits"] = [
+            {k: v for k, v in asdict(lim).items() if v is not None} for lim in self.limits
+        ]
         data.pop("extra")
         return json.dumps({k: v for k, v in data.items() if v is not None}, sort_keys=True)
 

@@ -30,8 +30,14 @@ from keyfob.store.metering import (
 from keyfob.store.records import Grant, WindowState
 from keyfob.tokens import new_id
 
-__all__ = ["AllowanceExhausted", "AllowanceService", "CredentialRevoked", "LimitState",
-           "Reservation", "policy_of"]
+__all__ = [
+    "AllowanceExhausted",
+    "AllowanceService",
+    "CredentialRevoked",
+    "LimitState",
+    "Reservation",
+    "policy_of",
+]
 
 #: How often a held call (policy ``wait``) tries again at most.
 WAIT_POLL_S = 1.0
@@ -57,9 +63,16 @@ class AllowanceExhausted(Exception):
     the earliest moment it could fit (None: only a top-up or the person can change it).
     ``fallback_model`` is set when the policy says to downgrade rather than refuse."""
 
-    def __init__(self, window: Window, state: WindowState, needed_micro_usd: int, *,
-                 label: str = "", retry_at: float | None = None,
-                 fallback_model: str | None = None) -> None:
+    def __init__(
+        self,
+        window: Window,
+        state: WindowState,
+        needed_micro_usd: int,
+        *,
+        label: str = "",
+        retry_at: float | None = None,
+        fallback_model: str | None = None,
+    ) -> None:
         self.window = window
         self.state = state
         self.needed_micro_usd = needed_micro_usd
@@ -102,8 +115,11 @@ class AllowanceService:
 
     def current_window(self, grant: Grant, now: float | None = None) -> Window:
         now = time.time() if now is None else now
-        return window_for(grant.window if grant.window in ("day", "week", "month") else "month",
-                          now, grant.timezone)
+        return window_for(
+            grant.window if grant.window in ("day", "week", "month") else "month",
+            now,
+            grant.timezone,
+        )
 
     async def limits(self, grant: Grant, now: float | None = None) -> list[LimitState]:
         """The state of every grant-wide and per-model limit, tightest first."""
@@ -113,16 +129,33 @@ class AllowanceService:
         for lim in policy.limits:
             if lim.period == "rolling":
                 assert lim.seconds is not None
-                used, oldest = await rolling_used(self.store.engine, grant.id, lim.seconds,
-                                                  lim.model, now)
-                out.append(LimitState(lim.label, f"rolling:{lim.seconds}", lim.cap_micro_usd,
-                                      used, 0, (oldest + lim.seconds) if oldest else None))
+                used, oldest = await rolling_used(
+                    self.store.engine, grant.id, lim.seconds, lim.model, now
+                )
+                out.append(
+                    LimitState(
+                        lim.label,
+                        f"rolling:{lim.seconds}",
+                        lim.cap_micro_usd,
+                        used,
+                        0,
+                        (oldest + lim.seconds) if oldest else None,
+                    )
+                )
                 continue
             w = window_for(lim.period, now, grant.timezone)
             key = w.key if lim.model is None else f"model:{lim.model}:{w.key}"
             st = await self.store.metering.window(grant.id, key)
-            out.append(LimitState(lim.label, key, lim.cap_micro_usd, st.spent_micro_usd,
-                                  st.reserved_micro_usd, w.resets_at))
+            out.append(
+                LimitState(
+                    lim.label,
+                    key,
+                    lim.cap_micro_usd,
+                    st.spent_micro_usd,
+                    st.reserved_micro_usd,
+                    w.resets_at,
+                )
+            )
         out.sort(key=lambda s: s.left_micro_usd)
         return out
 
@@ -135,13 +168,21 @@ class AllowanceService:
             return window, WindowState(window.key, grant.cap_micro_usd, 0, 0)
         s = states[0]
         window = Window(s.key, now, s.resets_at or now)
-        return window, WindowState(s.key, s.cap_micro_usd, s.spent_micro_usd,
-                                   s.reserved_micro_usd)
+        return window, WindowState(s.key, s.cap_micro_usd, s.spent_micro_usd, s.reserved_micro_usd)
 
-    async def reserve(self, *, grant: Grant, token_hash: str, provider_id: str | None,
-                      model: str, endpoint: str, streamed: bool, amount_micro_usd: int,
-                      tokens_bound: int | None = None,
-                      downgraded_from: str | None = None) -> Reservation:
+    async def reserve(
+        self,
+        *,
+        grant: Grant,
+        token_hash: str,
+        provider_id: str | None,
+        model: str,
+        endpoint: str,
+        streamed: bool,
+        amount_micro_usd: int,
+        tokens_bound: int | None = None,
+        downgraded_from: str | None = None,
+    ) -> Reservation:
         """Reserve ``amount_micro_usd`` under the grant's policy.
 
         Raises AllowanceExhausted (after waiting, if the policy says so) or
@@ -151,8 +192,17 @@ class AllowanceService:
         while True:
             try:
                 reservation = await self._reserve_once(
-                    grant, policy, token_hash, provider_id, model, endpoint, streamed,
-                    amount_micro_usd, tokens_bound, downgraded_from)
+                    grant,
+                    policy,
+                    token_hash,
+                    provider_id,
+                    model,
+                    endpoint,
+                    streamed,
+                    amount_micro_usd,
+                    tokens_bound,
+                    downgraded_from,
+                )
             except AllowanceExhausted as exc:
                 waited = time.monotonic() - started
                 budget = policy.wait_max_s - waited
@@ -162,16 +212,25 @@ class AllowanceService:
                         delay = min(WAIT_POLL_S, max(0.05, exc.retry_at - time.time()))
                     await asyncio.sleep(min(delay, budget))
                     continue
-                if (policy.on_exhausted == "downgrade" and downgraded_from is None
-                        and policy.fallback_model and policy.fallback_model != model):
+                if (
+                    policy.on_exhausted == "downgrade"
+                    and downgraded_from is None
+                    and policy.fallback_model
+                    and policy.fallback_model != model
+                ):
                     exc.fallback_model = policy.fallback_model
                 self.notifier.refused(grant, policy, exc)
                 raise
             waited = time.monotonic() - started
             if waited > 0.001:
-                reservation = Reservation(reservation.entry_id, reservation.amount_micro_usd,
-                                          reservation.window, reservation.left_micro_usd,
-                                          reservation.grant_id, waited)
+                reservation = Reservation(
+                    reservation.entry_id,
+                    reservation.amount_micro_usd,
+                    reservation.window,
+                    reservation.left_micro_usd,
+                    reservation.grant_id,
+                    waited,
+                )
             return reservation
 
     @staticmethod
@@ -185,16 +244,26 @@ class AllowanceService:
             return True  # calls in flight may settle below their reservation
         return exc.retry_at - time.time() <= budget or exc.state.reserved_micro_usd > 0
 
-    async def _reserve_once(self, grant: Grant, policy: Policy, token_hash: str,
-                            provider_id: str | None, model: str, endpoint: str, streamed: bool,
-                            amount: int, tokens_bound: int | None,
-                            downgraded_from: str | None) -> Reservation:
+    async def _reserve_once(
+        self,
+        grant: Grant,
+        policy: Policy,
+        token_hash: str,
+        provider_id: str | None,
+        model: str,
+        endpoint: str,
+        streamed: bool,
+        amount: int,
+        tokens_bound: int | None,
+        downgraded_from: str | None,
+    ) -> Reservation:
         now = time.time()
         ceiling = policy.per_call_ceiling_micro_usd
         if ceiling is not None and amount > ceiling:
             w = Window("per_call_ceiling", now, now)
-            raise AllowanceExhausted(w, WindowState("per_call_ceiling", ceiling, 0, 0), amount,
-                                     label="per-call ceiling")
+            raise AllowanceExhausted(
+                w, WindowState("per_call_ceiling", ceiling, 0, 0), amount, label="per-call ceiling"
+            )
         windows: list[WindowLimit] = []
         rolling: list[RollingLimit] = []
         by_key: dict[str, Window] = {}
@@ -203,8 +272,7 @@ class AllowanceService:
                 continue
             if lim.period == "rolling":
                 assert lim.seconds is not None
-                rolling.append(RollingLimit(lim.seconds, lim.cap_micro_usd, lim.model,
-                                            lim.label))
+                rolling.append(RollingLimit(lim.seconds, lim.cap_micro_usd, lim.model, lim.label))
                 continue
             w = window_for(lim.period, now, grant.timezone)
             key = w.key if lim.model is None else f"model:{lim.model}:{w.key}"
@@ -216,12 +284,25 @@ class AllowanceService:
         month = calendar_month(now, grant.timezone)
         entry_id = new_id()
         result = await self.store.metering.reserve(
-            entry_id=entry_id, token_hash=token_hash, grant_id=grant.id, user_id=grant.user_id,
-            client_id=grant.client_id, provider_id=provider_id, model=model, endpoint=endpoint,
-            streamed=streamed, amount_micro_usd=amount, windows=windows, rolling=rolling,
-            rates=rates, tokens_reserved=tokens_bound,
+            entry_id=entry_id,
+            token_hash=token_hash,
+            grant_id=grant.id,
+            user_id=grant.user_id,
+            client_id=grant.client_id,
+            provider_id=provider_id,
+            model=model,
+            endpoint=endpoint,
+            streamed=streamed,
+            amount_micro_usd=amount,
+            windows=windows,
+            rolling=rolling,
+            rates=rates,
+            tokens_reserved=tokens_bound,
             wallet_user_id=grant.user_id if policy.use_wallet else None,
-            wallet_refill_key=month.key, downgraded_from=downgraded_from, now=now)
+            wallet_refill_key=month.key,
+            downgraded_from=downgraded_from,
+            now=now,
+        )
         if isinstance(result, Refused):
             st = result.window
             retry_at = result.retry_at

@@ -13,8 +13,15 @@ from keyfob.allowance.windows import zone
 from keyfob.money import format_usd
 
 GROUPS = ("app", "model", "day")
-FIELDS = ("calls", "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens",
-          "cost_micro_usd", "to_reconcile")
+FIELDS = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "cost_micro_usd",
+    "to_reconcile",
+)
 
 
 def parse_groups(text: str) -> tuple[str, ...]:
@@ -25,8 +32,9 @@ def parse_groups(text: str) -> tuple[str, ...]:
     return groups
 
 
-def summarize(rows: list[dict[str, Any]], groups: tuple[str, ...],
-              timezone: str = "UTC") -> list[dict[str, Any]]:
+def summarize(
+    rows: list[dict[str, Any]], groups: tuple[str, ...], timezone: str = "UTC"
+) -> list[dict[str, Any]]:
     """Aggregate ledger rows. Calls still in flight count at their reservation."""
     tz = zone(timezone)
     totals: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIELDS, 0))
@@ -59,8 +67,7 @@ def summarize(rows: list[dict[str, Any]], groups: tuple[str, ...],
 
 def to_csv(rows: list[dict[str, Any]], groups: tuple[str, ...]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*groups, *FIELDS, "cost_usd"],
-                            lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*groups, *FIELDS, "cost_usd"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

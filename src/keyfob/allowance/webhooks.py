@@ -15,7 +15,8 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -58,8 +59,13 @@ class Notifier:
         return hmac.new(self.signing_key, grant_id.encode(), hashlib.sha256).digest()
 
     def settled(self, grant_id: str, states: tuple[WindowState, ...]) -> None:
-        due = [(s, t) for s in states if s.window_key != "wallet" for t in crossed(s)
-               if (grant_id, s.window_key, t) not in self._seen]
+        due = [
+            (s, t)
+            for s in states
+            if s.window_key != "wallet"
+            for t in crossed(s)
+            if (grant_id, s.window_key, t) not in self._seen
+        ]
         if due:
             self._spawn(self._announce(grant_id, due, refused=False))
 
@@ -72,9 +78,9 @@ class Notifier:
         full = WindowState(st.window_key, st.cap_micro_usd, st.cap_micro_usd, 0)
         self._spawn(self._announce(grant.id, [(full, 100)], refused=True))
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
-            task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+            task = asyncio.get_running_loop().create_task(coro)
         except RuntimeError:
             return
         self._tasks.add(task)
@@ -85,16 +91,18 @@ class Notifier:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _announce(self, grant_id: str, due: list[tuple[WindowState, int]],
-                        refused: bool) -> None:
+    async def _announce(
+        self, grant_id: str, due: list[tuple[WindowState, int]], refused: bool
+    ) -> None:
         from keyfob.allowance.service import policy_of
 
         now = time.time()
         grant = None
         for state, threshold in due:
             self._seen.add((grant_id, state.window_key, threshold))
-            if not await mark_webhook(self.store.engine, grant_id, state.window_key,
-                                      threshold, now):
+            if not await mark_webhook(
+                self.store.engine, grant_id, state.window_key, threshold, now
+            ):
                 continue
             if grant is None:
                 grant = await self.store.grants.get(grant_id)
@@ -103,26 +111,35 @@ class Notifier:
             url = policy_of(grant).webhook_url
             if not url:
                 continue
-            body = json.dumps({
-                "event": "allowance.threshold", "grant_id": grant_id,
-                "client_id": grant.client_id, "window": state.window_key,
-                "threshold_percent": threshold, "refused_call": refused,
-                "cap_usd": format_usd(state.cap_micro_usd),
-                "spent_usd": format_usd(state.spent_micro_usd), "at": now,
-            }, sort_keys=True).encode()
+            body = json.dumps(
+                {
+                    "event": "allowance.threshold",
+                    "grant_id": grant_id,
+                    "client_id": grant.client_id,
+                    "window": state.window_key,
+                    "threshold_percent": threshold,
+                    "refused_call": refused,
+                    "cap_usd": format_usd(state.cap_micro_usd),
+                    "spent_usd": format_usd(state.spent_micro_usd),
+                    "at": now,
+                },
+                sort_keys=True,
+            ).encode()
             error = await self._post(url, body, self.grant_secret(grant_id))
-            await webhook_delivered(self.store.engine, grant_id, state.window_key, threshold,
-                                    error)
+            await webhook_delivered(self.store.engine, grant_id, state.window_key, threshold, error)
 
     async def _post(self, url: str, body: bytes, secret: bytes) -> str | None:
-        headers = {"Content-Type": "application/json",
-                   "X-Keyfob-Signature": signature(secret, body),
-                   "User-Agent": "keyfob-webhook/1"}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Keyfob-Signature": signature(secret, body),
+            "User-Agent": "keyfob-webhook/1",
+        }
         try:
             timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
-            async with (aiohttp.ClientSession(timeout=timeout) as session,
-                        session.post(url, data=body, headers=headers,
-                                     allow_redirects=False) as response):
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(url, data=body, headers=headers, allow_redirects=False) as response,
+            ):
                 if response.status >= 300:
                     return f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:

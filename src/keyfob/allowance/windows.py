@@ -32,8 +32,11 @@ def calendar_month(now: float, tz_name: str) -> Window:
     tz = zone(tz_name)
     local = datetime.fromtimestamp(now, UTC).astimezone(tz)
     start = _local_midnight(local.replace(day=1), tz)
-    nxt = (datetime(start.year + 1, 1, 1, tzinfo=tz) if start.month == 12
-           else datetime(start.year, start.month + 1, 1, tzinfo=tz))
+    nxt = (
+        datetime(start.year + 1, 1, 1, tzinfo=tz)
+        if start.month == 12
+        else datetime(start.year, start.month + 1, 1, tzinfo=tz)
+    )
     return Window(f"month:{start:%Y-%m}", start.timestamp(), nxt.timestamp())
 
 

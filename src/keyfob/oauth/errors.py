@@ -10,8 +10,15 @@ from __future__ import annotations
 
 
 class OAuthError(Exception):
-    def __init__(self, error: str, description: str = "", status: int = 400, *,
-                 redirect_uri: str | None = None, state: str | None = None) -> None:
+    def __init__(
+        self,
+        error: str,
+        description: str = "",
+        status: int = 400,
+        *,
+        redirect_uri: str | None = None,
+        state: str | None = None,
+    ) -> None:
         super().__init__(f"{error}: {description}" if description else error)
         self.error = error
         self.description = description
@@ -25,10 +32,6 @@ class OAuthError(Exception):
         if self.description:
             body["error_description"] = self.description
         return body
-
-
-def invalid_request(description: str, **kw: str | None) -> OAuthError:
-    return OAuthError("invalid_request", description, **kw)  # type: ignore[arg-type]
 
 
 def invalid_client(description: str = "client authentication failed") -> OAuthError:

@@ -18,17 +18,47 @@ ACCESS = "access"
 REFRESH = "refresh"
 
 
-async def issue_tokens(store: Store, settings: Settings, *, grant_id: str, client_id: str,
-                       family_id: str, scope: str, resource: str | None,
-                       now: float) -> dict[str, Any]:
+async def issue_tokens(
+    store: Store,
+    settings: Settings,
+    *,
+    grant_id: str,
+    client_id: str,
+    family_id: str,
+    scope: str,
+    resource: str | None,
+    now: float,
+) -> dict[str, Any]:
     """Create and store a token pair; return the RFC 6749 5.1 response body."""
     access = new_token(Kind.ACCESS)
     refresh = new_token(Kind.REFRESH)
     await store.tokens.save(
-        Token(hash_token(access), ACCESS, grant_id, client_id, family_id, scope, resource,
-              now, now + settings.access_token_ttl_s, None, None),
-        Token(hash_token(refresh), REFRESH, grant_id, client_id, family_id, scope, resource,
-              now, now + settings.refresh_token_ttl_s, None, None),
+        Token(
+            hash_token(access),
+            ACCESS,
+            grant_id,
+            client_id,
+            family_id,
+            scope,
+            resource,
+            now,
+            now + settings.access_token_ttl_s,
+            None,
+            None,
+        ),
+        Token(
+            hash_token(refresh),
+            REFRESH,
+            grant_id,
+            client_id,
+            family_id,
+            scope,
+            resource,
+            now,
+            now + settings.refresh_token_ttl_s,
+            None,
+            None,
+        ),
     )
     return {
         "access_token": access,

@@ -34,8 +34,9 @@ def check_challenge(challenge: str | None, method: str | None) -> str:
         raise OAuthError("invalid_request", "code_challenge is required (PKCE, S256)")
     if method != "S256":
         # RFC 7636 4.3 defaults a missing method to "plain", which is refused too.
-        raise OAuthError("invalid_request",
-                         "code_challenge_method must be S256 (plain is not supported)")
+        raise OAuthError(
+            "invalid_request", "code_challenge_method must be S256 (plain is not supported)"
+        )
     if not S256_CHALLENGE.match(challenge):
         raise OAuthError("invalid_request", "code_challenge is not a S256 challenge")
     return challenge

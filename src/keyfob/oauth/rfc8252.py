@@ -50,12 +50,16 @@ def check_registrable(uri: str) -> str:
         if not parts.hostname:
             raise BadRedirectURI(f"redirect URI has no host: {uri!r}")
         if scheme == "http" and not is_loopback(uri) and parts.hostname != "localhost":
-            raise BadRedirectURI("plain http is allowed only for loopback redirect URIs "
-                                 "(http://127.0.0.1 or http://[::1]); use https")
+            raise BadRedirectURI(
+                "plain http is allowed only for loopback redirect URIs "
+                "(http://127.0.0.1 or http://[::1]); use https"
+            )
     elif "." not in scheme:
         # RFC 8252 7.1: private-use schemes are reverse domain names (com.example.app:/cb).
-        raise BadRedirectURI("a private-use URI scheme must be a reverse domain name "
-                             f"such as com.example.app: got {scheme!r}")
+        raise BadRedirectURI(
+            "a private-use URI scheme must be a reverse domain name "
+            f"such as com.example.app: got {scheme!r}"
+        )
     return uri
 
 
@@ -63,12 +67,12 @@ def is_loopback(uri: str) -> bool:
     """True for ``http://127.0.0.1[:port]/...`` and ``http://[::1][:port]/...``."""
     if not uri.startswith("http://"):
         return False
-    authority = uri[len("http://"):].split("/", 1)[0].split("?", 1)[0]
+    authority = uri[len("http://") :].split("/", 1)[0].split("?", 1)[0]
     return _LOOPBACK_AUTHORITY.match(authority) is not None
 
 
 def _without_port(uri: str) -> str:
-    rest = uri[len("http://"):]
+    rest = uri[len("http://") :]
     cut = len(rest)
     for sep in ("/", "?"):
         i = rest.find(sep)
@@ -90,7 +94,8 @@ def matches(requested: str, registered: Iterable[str]) -> bool:
             return True
         if requested_loopback and is_loopback(candidate):
             port = _LOOPBACK_AUTHORITY.match(
-                requested[len("http://"):].split("/", 1)[0].split("?", 1)[0])
+                requested[len("http://") :].split("/", 1)[0].split("?", 1)[0]
+            )
             if port and port.group(2) is not None and not 0 < int(port.group(2)) < 65536:
                 continue
             if _without_port(requested) == _without_port(candidate):

@@ -11,7 +11,7 @@ from typing import Any
 from keyfob.settings import Settings
 
 AUTHORIZATION_PATH = "/oauth/authorize"
-TOKEN_PATH = "/oauth/token"
+TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path, not a secret
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 
@@ -26,6 +26,9 @@ def metadata(settings: Settings) -> dict[str, Any]:
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": [
-            "none", "client_secret_basic", "client_secret_post"],
+            "none",
+            "client_secret_basic",
+            "client_secret_post",
+        ],
         "authorization_response_iss_parameter_supported": True,
     }

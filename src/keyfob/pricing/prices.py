@@ -42,10 +42,14 @@ class Price:
 
     def cost_micro_usd(self, u: TokenUsage) -> int:
         if self.model_price is not None:
-            calc = self.model_price.calc_price(Usage(
-                input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                cache_read_tokens=u.cache_read_tokens or None,
-                cache_write_tokens=u.cache_write_tokens or None))
+            calc = self.model_price.calc_price(
+                Usage(
+                    input_tokens=u.input_tokens,
+                    output_tokens=u.output_tokens,
+                    cache_read_tokens=u.cache_read_tokens or None,
+                    cache_write_tokens=u.cache_write_tokens or None,
+                )
+            )
             return _ceil_micro(Decimal(calc["total_price"]) * 1_000_000)
         read_rate = self.cache_read_per_mtok
         write_rate = self.cache_write_per_mtok
@@ -71,36 +75,48 @@ def _flat(value: Any) -> Decimal | None:
 @lru_cache(maxsize=4096)
 def _library_price(model: str, provider_hint: str | None) -> Price | None:
     try:
-        found = calc_price(Usage(input_tokens=0, output_tokens=0), model,
-                           provider_id=provider_hint)
+        found = calc_price(Usage(input_tokens=0, output_tokens=0), model, provider_id=provider_hint)
     except LookupError:
         if provider_hint is None:
             return None
         return _library_price(model, None)
     mp = found.model_price
     try:
-        return Price("genai-prices", _flat(mp.input_mtok) or Decimal(0),
-                     _flat(mp.output_mtok) or Decimal(0), _flat(mp.cache_read_mtok),
-                     _flat(getattr(mp, "cache_write_mtok", None)))
+        return Price(
+            "genai-prices",
+            _flat(mp.input_mtok) or Decimal(0),
+            _flat(mp.output_mtok) or Decimal(0),
+            _flat(mp.cache_read_mtok),
+            _flat(getattr(mp, "cache_write_mtok", None)),
+        )
     except TypeError:
         return Price("genai-prices", model_price=mp)
 
 
-def price_for(model: str, *, overrides: dict[str, PriceOverride], is_local: bool,
-              provider_hint: str | None = None) -> Price:
+def price_for(
+    model: str,
+    *,
+    overrides: dict[str, PriceOverride],
+    is_local: bool,
+    provider_hint: str | None = None,
+) -> Price:
     """The price of ``model``: override first, then the snapshot, then free if local."""
     o = overrides.get(model)
     if o is not None:
         cached = o.cached_input_micro_usd_per_mtok
         million = Decimal(1_000_000)
-        return Price("override", Decimal(o.input_micro_usd_per_mtok) / million,
-                     Decimal(o.output_micro_usd_per_mtok) / million,
-                     Decimal(cached) / million if cached is not None else None)
+        return Price(
+            "override",
+            Decimal(o.input_micro_usd_per_mtok) / million,
+            Decimal(o.output_micro_usd_per_mtok) / million,
+            Decimal(cached) / million if cached is not None else None,
+        )
     if is_local:
         return Price("local")
     found = _library_price(model, provider_hint)
     if found is None:
         raise UnknownPrice(
             f"no price is known for model {model!r}; set one with "
-            f"`keyfob providers price PROVIDER {model} --input USD_PER_MTOK --output USD_PER_MTOK`")
+            f"`keyfob providers price PROVIDER {model} --input USD_PER_MTOK --output USD_PER_MTOK`"
+        )
     return found

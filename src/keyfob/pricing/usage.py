@@ -27,8 +27,11 @@ class TokenUsage:
             details = usage.get("prompt_tokens_details") or {}
             cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
             out_details = usage.get("completion_tokens_details") or {}
-            reasoning = (int(out_details.get("reasoning_tokens") or 0)
-                         if isinstance(out_details, dict) else 0)
+            reasoning = (
+                int(out_details.get("reasoning_tokens") or 0)
+                if isinstance(out_details, dict)
+                else 0
+            )
         except (TypeError, ValueError, AttributeError):
             return None
         if prompt < 0 or completion < 0 or cached < 0 or reasoning < 0:

@@ -23,8 +23,7 @@ ENTRY_POINT_GROUP = "keyfob.providers"
 class UpstreamError(Exception):
     """The upstream could not be reached or failed before answering."""
 
-    def __init__(self, message: str, *, status: int | None = None,
-                 reached: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None, reached: bool = False) -> None:
         super().__init__(message)
         self.status = status
         #: True when the request may have reached the upstream (it may have done work).
@@ -39,12 +38,17 @@ class ProviderAdapter(Protocol):
 
     def __init__(self, settings: Settings) -> None: ...
 
-    async def list_models(self, http: aiohttp.ClientSession, provider: Provider,
-                          api_key: str | None) -> list[str]: ...
+    async def list_models(
+        self, http: aiohttp.ClientSession, provider: Provider, api_key: str | None
+    ) -> list[str]: ...
 
-    async def chat_completions(self, http: aiohttp.ClientSession, provider: Provider,
-                               api_key: str | None, body: dict[str, Any]
-                               ) -> aiohttp.ClientResponse: ...
+    async def chat_completions(
+        self,
+        http: aiohttp.ClientSession,
+        provider: Provider,
+        api_key: str | None,
+        body: dict[str, Any],
+    ) -> aiohttp.ClientResponse: ...
 
 
 @dataclass
@@ -66,5 +70,7 @@ class ProviderRegistry:
         try:
             return self.adapters[kind]
         except KeyError:
-            raise KeyError(f"no provider adapter of kind {kind!r}; "
-                           f"installed: {', '.join(self.kinds()) or 'none'}") from None
+            raise KeyError(
+                f"no provider adapter of kind {kind!r}; "
+                f"installed: {', '.join(self.kinds()) or 'none'}"
+            ) from None

@@ -32,9 +32,17 @@ class Store:
 
     @classmethod
     def from_engine(cls, engine: AsyncEngine) -> Store:
-        return cls(engine, UsersRepo(engine), ProvidersRepo(engine), ClientsRepo(engine),
-                   GrantsRepo(engine), CodesRepo(engine), TokensRepo(engine),
-                   MeteringRepo(engine), WalletsRepo(engine))
+        return cls(
+            engine,
+            UsersRepo(engine),
+            ProvidersRepo(engine),
+            ClientsRepo(engine),
+            GrantsRepo(engine),
+            CodesRepo(engine),
+            TokensRepo(engine),
+            MeteringRepo(engine),
+            WalletsRepo(engine),
+        )
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:

@@ -18,10 +18,17 @@ class UsersRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def create(self, username: str, password_hash: str, *, timezone: str = "UTC",
-                     is_owner: bool = False) -> User:
-        values = dict(id=new_id(), username=username, password_hash=password_hash,
-                      timezone=timezone, is_owner=is_owner, created_at=time.time())
+    async def create(
+        self, username: str, password_hash: str, *, timezone: str = "UTC", is_owner: bool = False
+    ) -> User:
+        values = dict(
+            id=new_id(),
+            username=username,
+            password_hash=password_hash,
+            timezone=timezone,
+            is_owner=is_owner,
+            created_at=time.time(),
+        )
         async with self.engine.begin() as conn:
             await conn.execute(insert(t.users).values(**values))
         return User(**values)  # type: ignore[arg-type]
@@ -33,15 +40,21 @@ class UsersRepo:
 
     async def by_username(self, username: str) -> User | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                select(t.users).where(t.users.c.username == username))).first()
+            row = (
+                await conn.execute(select(t.users).where(t.users.c.username == username))
+            ).first()
         return User.of(row) if row else None
 
     async def owner(self) -> User | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                select(t.users).where(t.users.c.is_owner.is_(True))
-                .order_by(t.users.c.created_at).limit(1))).first()
+            row = (
+                await conn.execute(
+                    select(t.users)
+                    .where(t.users.c.is_owner.is_(True))
+                    .order_by(t.users.c.created_at)
+                    .limit(1)
+                )
+            ).first()
         return User.of(row) if row else None
 
     async def count(self) -> int:
@@ -50,22 +63,40 @@ class UsersRepo:
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(t.users).where(t.users.c.id == user_id)
-                               .values(password_hash=password_hash))
+            await conn.execute(
+                update(t.users).where(t.users.c.id == user_id).values(password_hash=password_hash)
+            )
 
 
 class ProvidersRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def add(self, *, user_id: str, name: str, kind: str, base_url: str,
-                  credential_envelope: str | None, credential_kind: str = "api_key",
-                  is_local: bool = False, models: list[str] | None = None,
-                  provider_id: str | None = None) -> Provider:
-        values = dict(id=provider_id or new_id(), user_id=user_id, name=name, kind=kind,
-                      base_url=base_url, credential_envelope=credential_envelope,
-                      credential_kind=credential_kind, is_local=is_local,
-                      models_json=json.dumps(sorted(set(models or []))), created_at=time.time())
+    async def add(
+        self,
+        *,
+        user_id: str,
+        name: str,
+        kind: str,
+        base_url: str,
+        credential_envelope: str | None,
+        credential_kind: str = "api_key",
+        is_local: bool = False,
+        models: list[str] | None = None,
+        provider_id: str | None = None,
+    ) -> Provider:
+        values = dict(
+            id=provider_id or new_id(),
+            user_id=user_id,
+            name=name,
+            kind=kind,
+            base_url=base_url,
+            credential_envelope=credential_envelope,
+            credential_kind=credential_kind,
+            is_local=is_local,
+            models_json=json.dumps(sorted(set(models or []))),
+            created_at=time.time(),
+        )
         async with self.engine.begin() as conn:
             await conn.execute(insert(t.providers).values(**values))
         row = await self.get(str(values["id"]))
@@ -74,59 +105,101 @@ class ProvidersRepo:
 
     async def get(self, provider_id: str) -> Provider | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                select(t.providers).where(t.providers.c.id == provider_id))).first()
+            row = (
+                await conn.execute(select(t.providers).where(t.providers.c.id == provider_id))
+            ).first()
         return Provider.of(row) if row else None
 
     async def by_name(self, user_id: str, name: str) -> Provider | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(t.providers).where(
-                t.providers.c.user_id == user_id, t.providers.c.name == name))).first()
+            row = (
+                await conn.execute(
+                    select(t.providers).where(
+                        t.providers.c.user_id == user_id, t.providers.c.name == name
+                    )
+                )
+            ).first()
         return Provider.of(row) if row else None
 
     async def list(self, user_id: str) -> list[Provider]:
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(t.providers).where(
-                t.providers.c.user_id == user_id).order_by(t.providers.c.created_at))).all()
+            rows = (
+                await conn.execute(
+                    select(t.providers)
+                    .where(t.providers.c.user_id == user_id)
+                    .order_by(t.providers.c.created_at)
+                )
+            ).all()
         return [Provider.of(r) for r in rows]
 
     async def list_all(self) -> builtins.list[Provider]:
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(t.providers).order_by(t.providers.c.created_at))).all()
+            rows = (
+                await conn.execute(select(t.providers).order_by(t.providers.c.created_at))
+            ).all()
         return [Provider.of(r) for r in rows]
 
     async def set_models(self, provider_id: str, models: builtins.list[str]) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(t.providers).where(t.providers.c.id == provider_id)
-                               .values(models_json=json.dumps(sorted(set(models)))))
+            await conn.execute(
+                update(t.providers)
+                .where(t.providers.c.id == provider_id)
+                .values(models_json=json.dumps(sorted(set(models))))
+            )
 
     async def set_credential(self, provider_id: str, envelope: str | None) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(t.providers).where(t.providers.c.id == provider_id)
-                               .values(credential_envelope=envelope))
+            await conn.execute(
+                update(t.providers)
+                .where(t.providers.c.id == provider_id)
+                .values(credential_envelope=envelope)
+            )
 
     async def remove(self, provider_id: str) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(delete(t.price_overrides)
-                               .where(t.price_overrides.c.provider_id == provider_id))
+            await conn.execute(
+                delete(t.price_overrides).where(t.price_overrides.c.provider_id == provider_id)
+            )
             await conn.execute(delete(t.providers).where(t.providers.c.id == provider_id))
 
-    async def set_price(self, provider_id: str, model: str, *, input_micro_usd_per_mtok: int,
-                        output_micro_usd_per_mtok: int,
-                        cached_input_micro_usd_per_mtok: int | None = None) -> None:
+    async def set_price(
+        self,
+        provider_id: str,
+        model: str,
+        *,
+        input_micro_usd_per_mtok: int,
+        output_micro_usd_per_mtok: int,
+        cached_input_micro_usd_per_mtok: int | None = None,
+    ) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(delete(t.price_overrides).where(
-                t.price_overrides.c.provider_id == provider_id,
-                t.price_overrides.c.model == model))
-            await conn.execute(insert(t.price_overrides).values(
-                provider_id=provider_id, model=model,
-                input_micro_usd_per_mtok=input_micro_usd_per_mtok,
-                output_micro_usd_per_mtok=output_micro_usd_per_mtok,
-                cached_input_micro_usd_per_mtok=cached_input_micro_usd_per_mtok))
+            await conn.execute(
+                delete(t.price_overrides).where(
+                    t.price_overrides.c.provider_id == provider_id,
+                    t.price_overrides.c.model == model,
+                )
+            )
+            await conn.execute(
+                insert(t.price_overrides).values(
+                    provider_id=provider_id,
+                    model=model,
+                    input_micro_usd_per_mtok=input_micro_usd_per_mtok,
+                    output_micro_usd_per_mtok=output_micro_usd_per_mtok,
+                    cached_input_micro_usd_per_mtok=cached_input_micro_usd_per_mtok,
+                )
+            )
 
     async def prices(self, provider_id: str) -> dict[str, PriceOverride]:
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(t.price_overrides).where(
-                t.price_overrides.c.provider_id == provider_id))).all()
-        return {r.model: PriceOverride(r.input_micro_usd_per_mtok, r.output_micro_usd_per_mtok,
-                                       r.cached_input_micro_usd_per_mtok) for r in rows}
+            rows = (
+                await conn.execute(
+                    select(t.price_overrides).where(t.price_overrides.c.provider_id == provider_id)
+                )
+            ).all()
+        return {
+            r.model: PriceOverride(
+                r.input_micro_usd_per_mtok,
+                r.output_micro_usd_per_mtok,
+                r.cached_input_micro_usd_per_mtok,
+            )
+            for r in rows
+        }

@@ -17,11 +17,23 @@ class ClientsRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def add(self, *, name: str, redirect_uris: list[str], is_public: bool,
-                  secret_hash: str | None, client_id: str | None = None) -> Client:
-        values = dict(id=client_id or f"kfapp_{new_id()[:20]}", name=name,
-                      redirect_uris_json=json.dumps(redirect_uris), is_public=is_public,
-                      secret_hash=secret_hash, created_at=time.time())
+    async def add(
+        self,
+        *,
+        name: str,
+        redirect_uris: list[str],
+        is_public: bool,
+        secret_hash: str | None,
+        client_id: str | None = None,
+    ) -> Client:
+        values = dict(
+            id=client_id or f"kfapp_{new_id()[:20]}",
+            name=name,
+            redirect_uris_json=json.dumps(redirect_uris),
+            is_public=is_public,
+            secret_hash=secret_hash,
+            created_at=time.time(),
+        )
         async with self.engine.begin() as conn:
             await conn.execute(insert(t.clients).values(**values))
         client = await self.get(str(values["id"]))
@@ -43,38 +55,78 @@ class GrantsRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def upsert(self, *, user_id: str, client_id: str, models: list[str],
-                     cap_micro_usd: int, window: str = "month", timezone: str = "UTC",
-                     policy_json: str | None = None) -> Grant:
+    async def upsert(
+        self,
+        *,
+        user_id: str,
+        client_id: str,
+        models: list[str],
+        cap_micro_usd: int,
+        window: str = "month",
+        timezone: str = "UTC",
+        policy_json: str | None = None,
+    ) -> Grant:
         """One active grant per (person, app): a new consent updates it in place.
 
         Window rows keep their spend; each reservation checks the cap of the policy in
         force at that moment, so a raised or lowered cap applies to the next call."""
         now = time.time()
         async with self.engine.begin() as conn:
-            row = (await conn.execute(select(t.grants).where(
-                t.grants.c.user_id == user_id, t.grants.c.client_id == client_id,
-                t.grants.c.revoked_at.is_(None)))).first()
+            row = (
+                await conn.execute(
+                    select(t.grants).where(
+                        t.grants.c.user_id == user_id,
+                        t.grants.c.client_id == client_id,
+                        t.grants.c.revoked_at.is_(None),
+                    )
+                )
+            ).first()
             if row:
                 grant_id = row.id
-                await conn.execute(update(t.grants).where(t.grants.c.id == grant_id).values(
-                    models_json=json.dumps(models), cap_micro_usd=cap_micro_usd, window=window,
-                    timezone=timezone, policy_json=policy_json, updated_at=now))
+                await conn.execute(
+                    update(t.grants)
+                    .where(t.grants.c.id == grant_id)
+                    .values(
+                        models_json=json.dumps(models),
+                        cap_micro_usd=cap_micro_usd,
+                        window=window,
+                        timezone=timezone,
+                        policy_json=policy_json,
+                        updated_at=now,
+                    )
+                )
             else:
                 grant_id = new_id()
-                await conn.execute(insert(t.grants).values(
-                    id=grant_id, user_id=user_id, client_id=client_id,
-                    models_json=json.dumps(models), cap_micro_usd=cap_micro_usd, window=window,
-                    timezone=timezone, created_at=now, updated_at=now, revoked_at=None,
-                    policy_json=policy_json))
+                await conn.execute(
+                    insert(t.grants).values(
+                        id=grant_id,
+                        user_id=user_id,
+                        client_id=client_id,
+                        models_json=json.dumps(models),
+                        cap_micro_usd=cap_micro_usd,
+                        window=window,
+                        timezone=timezone,
+                        created_at=now,
+                        updated_at=now,
+                        revoked_at=None,
+                        policy_json=policy_json,
+                    )
+                )
         grant = await self.get(grant_id)
         assert grant is not None
         return grant
 
-    async def set_policy(self, grant_id: str, *, policy_json: str, cap_micro_usd: int,
-                         models: list[str] | None = None) -> None:
-        values: dict[str, object] = dict(policy_json=policy_json, cap_micro_usd=cap_micro_usd,
-                                         updated_at=time.time())
+    async def set_policy(
+        self,
+        grant_id: str,
+        *,
+        policy_json: str,
+        cap_micro_usd: int,
+        models: list[str] | None = None,
+    ) -> None:
+        values: dict[str, object] = dict(
+            policy_json=policy_json, cap_micro_usd=cap_micro_usd, updated_at=time.time()
+        )
         if models is not None:
             values["models_json"] = json.dumps(models)
         async with self.engine.begin() as conn:
@@ -87,9 +139,15 @@ class GrantsRepo:
 
     async def active_for(self, user_id: str, client_id: str) -> Grant | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(t.grants).where(
-                t.grants.c.user_id == user_id, t.grants.c.client_id == client_id,
-                t.grants.c.revoked_at.is_(None)))).first()
+            row = (
+                await conn.execute(
+                    select(t.grants).where(
+                        t.grants.c.user_id == user_id,
+                        t.grants.c.client_id == client_id,
+                        t.grants.c.revoked_at.is_(None),
+                    )
+                )
+            ).first()
         return Grant.of(row) if row else None
 
     async def list(self, user_id: str, *, include_revoked: bool = False) -> list[Grant]:
@@ -104,11 +162,16 @@ class GrantsRepo:
         """End a grant and every token issued under it, in one transaction."""
         now = time.time()
         async with self.engine.begin() as conn:
-            await conn.execute(update(t.grants).where(
-                t.grants.c.id == grant_id, t.grants.c.revoked_at.is_(None)).values(revoked_at=now))
-            await conn.execute(update(t.tokens).where(
-                t.tokens.c.grant_id == grant_id, t.tokens.c.revoked_at.is_(None))
-                .values(revoked_at=now))
+            await conn.execute(
+                update(t.grants)
+                .where(t.grants.c.id == grant_id, t.grants.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            await conn.execute(
+                update(t.tokens)
+                .where(t.tokens.c.grant_id == grant_id, t.tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
 
 
 class CodesRepo:
@@ -122,11 +185,16 @@ class CodesRepo:
     async def consume(self, code_hash: str, now: float) -> tuple[AuthCode | None, bool]:
         """Mark a code used. Returns (code, first_use); first_use is False on replay."""
         async with self.engine.begin() as conn:
-            result = await conn.execute(update(t.auth_codes).where(
-                t.auth_codes.c.code_hash == code_hash, t.auth_codes.c.used_at.is_(None))
-                .values(used_at=now))
-            row = (await conn.execute(select(t.auth_codes).where(
-                t.auth_codes.c.code_hash == code_hash))).first()
+            result = await conn.execute(
+                update(t.auth_codes)
+                .where(t.auth_codes.c.code_hash == code_hash, t.auth_codes.c.used_at.is_(None))
+                .values(used_at=now)
+            )
+            row = (
+                await conn.execute(
+                    select(t.auth_codes).where(t.auth_codes.c.code_hash == code_hash)
+                )
+            ).first()
         if row is None:
             return None, False
         return AuthCode.of(row), result.rowcount == 1
@@ -146,50 +214,83 @@ class TokensRepo:
 
     async def get(self, token_hash: str) -> Token | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(t.tokens).where(
-                t.tokens.c.token_hash == token_hash))).first()
+            row = (
+                await conn.execute(select(t.tokens).where(t.tokens.c.token_hash == token_hash))
+            ).first()
         return Token.of(row) if row else None
 
-    async def active_with_grant(self, token_hash: str, kind: str,
-                                now: float) -> tuple[Token, Grant] | None:
+    async def active_with_grant(
+        self, token_hash: str, kind: str, now: float
+    ) -> tuple[Token, Grant] | None:
         """A live token of ``kind`` and its live grant, or None (one indexed join)."""
-        q = (select(t.tokens, t.grants)
-             .join(t.grants, t.grants.c.id == t.tokens.c.grant_id)
-             .where(and_(t.tokens.c.token_hash == token_hash, t.tokens.c.kind == kind,
-                         t.tokens.c.revoked_at.is_(None), t.tokens.c.expires_at > now,
-                         t.grants.c.revoked_at.is_(None))))
+        q = (
+            select(t.tokens, t.grants)
+            .join(t.grants, t.grants.c.id == t.tokens.c.grant_id)
+            .where(
+                and_(
+                    t.tokens.c.token_hash == token_hash,
+                    t.tokens.c.kind == kind,
+                    t.tokens.c.revoked_at.is_(None),
+                    t.tokens.c.expires_at > now,
+                    t.grants.c.revoked_at.is_(None),
+                )
+            )
+        )
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).first()
         if row is None:
             return None
         m = row._mapping
-        token = Token(m[t.tokens.c.token_hash], m[t.tokens.c.kind], m[t.tokens.c.grant_id],
-                      m[t.tokens.c.client_id], m[t.tokens.c.family_id], m[t.tokens.c.scope],
-                      m[t.tokens.c.resource], m[t.tokens.c.created_at], m[t.tokens.c.expires_at],
-                      m[t.tokens.c.used_at], m[t.tokens.c.revoked_at])
-        grant = Grant(m[t.grants.c.id], m[t.grants.c.user_id], m[t.grants.c.client_id],
-                      tuple(json.loads(m[t.grants.c.models_json])), m[t.grants.c.cap_micro_usd],
-                      m[t.grants.c.window], m[t.grants.c.timezone], m[t.grants.c.created_at],
-                      m[t.grants.c.updated_at], m[t.grants.c.revoked_at],
-                      m[t.grants.c.policy_json])
+        token = Token(
+            m[t.tokens.c.token_hash],
+            m[t.tokens.c.kind],
+            m[t.tokens.c.grant_id],
+            m[t.tokens.c.client_id],
+            m[t.tokens.c.family_id],
+            m[t.tokens.c.scope],
+            m[t.tokens.c.resource],
+            m[t.tokens.c.created_at],
+            m[t.tokens.c.expires_at],
+            m[t.tokens.c.used_at],
+            m[t.tokens.c.revoked_at],
+        )
+        grant = Grant(
+            m[t.grants.c.id],
+            m[t.grants.c.user_id],
+            m[t.grants.c.client_id],
+            tuple(json.loads(m[t.grants.c.models_json])),
+            m[t.grants.c.cap_micro_usd],
+            m[t.grants.c.window],
+            m[t.grants.c.timezone],
+            m[t.grants.c.created_at],
+            m[t.grants.c.updated_at],
+            m[t.grants.c.revoked_at],
+            m[t.grants.c.policy_json],
+        )
         return token, grant
 
     async def mark_used(self, token_hash: str, now: float) -> bool:
         """Mark a refresh token used; False when it was used before (a replay)."""
         async with self.engine.begin() as conn:
-            result = await conn.execute(update(t.tokens).where(
-                t.tokens.c.token_hash == token_hash, t.tokens.c.used_at.is_(None))
-                .values(used_at=now))
+            result = await conn.execute(
+                update(t.tokens)
+                .where(t.tokens.c.token_hash == token_hash, t.tokens.c.used_at.is_(None))
+                .values(used_at=now)
+            )
         return result.rowcount == 1
 
     async def revoke(self, token_hash: str) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(t.tokens).where(
-                t.tokens.c.token_hash == token_hash, t.tokens.c.revoked_at.is_(None))
-                .values(revoked_at=time.time()))
+            await conn.execute(
+                update(t.tokens)
+                .where(t.tokens.c.token_hash == token_hash, t.tokens.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
 
     async def revoke_family(self, family_id: str) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(t.tokens).where(
-                t.tokens.c.family_id == family_id, t.tokens.c.revoked_at.is_(None))
-                .values(revoked_at=time.time()))
+            await conn.execute(
+                update(t.tokens)
+                .where(t.tokens.c.family_id == family_id, t.tokens.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )

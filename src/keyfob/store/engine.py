@@ -28,7 +28,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(
-            url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0,
+            url,
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=1,
+            max_overflow=0,
             pool_timeout=60,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

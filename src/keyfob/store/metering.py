@@ -89,20 +89,39 @@ class MeteringRepo:
         self.engine = engine
 
     def _insert_window(self, conn: AsyncConnection, grant_id: str, w: WindowLimit) -> Any:
-        values = dict(grant_id=grant_id, window_key=w.window_key, cap_micro_usd=w.cap_micro_usd,
-                      spent_micro_usd=0, reserved_micro_usd=0)
+        values = dict(
+            grant_id=grant_id,
+            window_key=w.window_key,
+            cap_micro_usd=w.cap_micro_usd,
+            spent_micro_usd=0,
+            reserved_micro_usd=0,
+        )
         if conn.dialect.name == "postgresql":
             return postgresql.insert(t.allowance_windows).values(**values).on_conflict_do_nothing()
         return sqlite.insert(t.allowance_windows).values(**values).on_conflict_do_nothing()
 
-    async def reserve(self, *, entry_id: str, token_hash: str, grant_id: str, user_id: str,
-                      client_id: str, provider_id: str | None, model: str, endpoint: str,
-                      streamed: bool, amount_micro_usd: int, windows: list[WindowLimit],
-                      rolling: list[RollingLimit] | None = None,
-                      rates: RateLimits | None = None, tokens_reserved: int | None = None,
-                      wallet_user_id: str | None = None, wallet_refill_key: str | None = None,
-                      downgraded_from: str | None = None,
-                      now: float | None = None) -> Reserved | Refused:
+    async def reserve(
+        self,
+        *,
+        entry_id: str,
+        token_hash: str,
+        grant_id: str,
+        user_id: str,
+        client_id: str,
+        provider_id: str | None,
+        model: str,
+        endpoint: str,
+        streamed: bool,
+        amount_micro_usd: int,
+        windows: list[WindowLimit],
+        rolling: list[RollingLimit] | None = None,
+        rates: RateLimits | None = None,
+        tokens_reserved: int | None = None,
+        wallet_user_id: str | None = None,
+        wallet_refill_key: str | None = None,
+        downgraded_from: str | None = None,
+        now: float | None = None,
+    ) -> Reserved | Refused:
         """Check every limit and hold ``amount_micro_usd`` on each, all or nothing."""
         now = time.time() if now is None else now
         async with self.engine.connect() as conn:
@@ -111,17 +130,25 @@ class MeteringRepo:
                 # FOR UPDATE (PostgreSQL) serialises the reservations of one grant, which
                 # makes the ledger sums of rolling and rate limits exact; SQLite has one
                 # writer anyway and SQLAlchemy leaves the clause out there.
-                alive = (await conn.execute(
-                    select(t.tokens.c.token_hash)
-                    .join(t.grants, t.grants.c.id == t.tokens.c.grant_id)
-                    .where(t.tokens.c.token_hash == token_hash,
-                           t.tokens.c.revoked_at.is_(None), t.tokens.c.expires_at > now,
-                           t.grants.c.id == grant_id, t.grants.c.revoked_at.is_(None))
-                    .with_for_update(of=t.grants))).first()
+                alive = (
+                    await conn.execute(
+                        select(t.tokens.c.token_hash)
+                        .join(t.grants, t.grants.c.id == t.tokens.c.grant_id)
+                        .where(
+                            t.tokens.c.token_hash == token_hash,
+                            t.tokens.c.revoked_at.is_(None),
+                            t.tokens.c.expires_at > now,
+                            t.grants.c.id == grant_id,
+                            t.grants.c.revoked_at.is_(None),
+                        )
+                        .with_for_update(of=t.grants)
+                    )
+                ).first()
                 if alive is None:
                     raise CredentialRevoked
                 refusal = await self._check_ledger_limits(
-                    conn, grant_id, amount_micro_usd, rolling or [], rates, tokens_reserved, now)
+                    conn, grant_id, amount_micro_usd, rolling or [], rates, tokens_reserved, now
+                )
                 if refusal is not None:
                     await trans.rollback()
                     return refusal
@@ -131,35 +158,63 @@ class MeteringRepo:
                     win = t.allowance_windows.c
                     result = await conn.execute(
                         update(t.allowance_windows)
-                        .where(win.grant_id == grant_id, win.window_key == w.window_key,
-                               win.spent_micro_usd + win.reserved_micro_usd + amount_micro_usd
-                               <= w.cap_micro_usd)
-                        .values(reserved_micro_usd=win.reserved_micro_usd + amount_micro_usd,
-                                cap_micro_usd=w.cap_micro_usd)
-                        .returning(win.window_key, win.cap_micro_usd, win.spent_micro_usd,
-                                   win.reserved_micro_usd))
+                        .where(
+                            win.grant_id == grant_id,
+                            win.window_key == w.window_key,
+                            win.spent_micro_usd + win.reserved_micro_usd + amount_micro_usd
+                            <= w.cap_micro_usd,
+                        )
+                        .values(
+                            reserved_micro_usd=win.reserved_micro_usd + amount_micro_usd,
+                            cap_micro_usd=w.cap_micro_usd,
+                        )
+                        .returning(
+                            win.window_key,
+                            win.cap_micro_usd,
+                            win.spent_micro_usd,
+                            win.reserved_micro_usd,
+                        )
+                    )
                     row = result.first()
                     if row is None:
                         state = await self._window(conn, grant_id, w.window_key)
                         await trans.rollback()
-                        state = WindowState(state.window_key, w.cap_micro_usd,
-                                            state.spent_micro_usd, state.reserved_micro_usd)
+                        state = WindowState(
+                            state.window_key,
+                            w.cap_micro_usd,
+                            state.spent_micro_usd,
+                            state.reserved_micro_usd,
+                        )
                         return Refused(state, w.label or w.window_key, w.resets_at)
                     states.append(WindowState(*row))
                 if wallet_user_id is not None:
                     wallet_state = await self._hold_wallet(
-                        conn, wallet_user_id, amount_micro_usd, wallet_refill_key, now)
+                        conn, wallet_user_id, amount_micro_usd, wallet_refill_key, now
+                    )
                     if isinstance(wallet_state, Refused):
                         await trans.rollback()
                         return wallet_state
                     states.append(wallet_state)
-                await conn.execute(insert(t.ledger).values(
-                    id=entry_id, grant_id=grant_id, user_id=user_id, client_id=client_id,
-                    provider_id=provider_id, model=model, endpoint=endpoint, streamed=streamed,
-                    status="reserved", reserved_micro_usd=amount_micro_usd,
-                    window_keys_json=json.dumps([w.window_key for w in windows]),
-                    needs_reconciliation=False, created_at=now, tokens_reserved=tokens_reserved,
-                    from_wallet=wallet_user_id is not None, downgraded_from=downgraded_from))
+                await conn.execute(
+                    insert(t.ledger).values(
+                        id=entry_id,
+                        grant_id=grant_id,
+                        user_id=user_id,
+                        client_id=client_id,
+                        provider_id=provider_id,
+                        model=model,
+                        endpoint=endpoint,
+                        streamed=streamed,
+                        status="reserved",
+                        reserved_micro_usd=amount_micro_usd,
+                        window_keys_json=json.dumps([w.window_key for w in windows]),
+                        needs_reconciliation=False,
+                        created_at=now,
+                        tokens_reserved=tokens_reserved,
+                        from_wallet=wallet_user_id is not None,
+                        downgraded_from=downgraded_from,
+                    )
+                )
                 await trans.commit()
                 return Reserved(entry_id, tuple(states))
             except BaseException:
@@ -167,19 +222,30 @@ class MeteringRepo:
                     await trans.rollback()
                 raise
 
-    async def _check_ledger_limits(self, conn: AsyncConnection, grant_id: str, amount: int,
-                                   rolling: list[RollingLimit], rates: RateLimits | None,
-                                   tokens: int | None, now: float) -> Refused | None:
+    async def _check_ledger_limits(
+        self,
+        conn: AsyncConnection,
+        grant_id: str,
+        amount: int,
+        rolling: list[RollingLimit],
+        rates: RateLimits | None,
+        tokens: int | None,
+        now: float,
+    ) -> Refused | None:
         L = t.ledger.c
-        held = case((L.status == "reserved", L.reserved_micro_usd),
-                    else_=func.coalesce(L.cost_micro_usd, 0))
+        held = case(
+            (L.status == "reserved", L.reserved_micro_usd), else_=func.coalesce(L.cost_micro_usd, 0)
+        )
         for lim in rolling:
             since = now - lim.seconds
             cond = [L.grant_id == grant_id, L.created_at > since]
             if lim.model is not None:
                 cond.append(L.model == lim.model)
-            row = (await conn.execute(select(func.coalesce(func.sum(held), 0),
-                                             func.min(L.created_at)).where(*cond))).first()
+            row = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(held), 0), func.min(L.created_at)).where(*cond)
+                )
+            ).first()
             used = int(row[0]) if row else 0
             if used + amount > lim.cap_micro_usd:
                 oldest = row[1] if row and row[1] is not None else now
@@ -190,8 +256,9 @@ class MeteringRepo:
         since = now - 60
         recent = [L.grant_id == grant_id, L.created_at > since]
         if rates.requests_per_minute is not None:
-            row = (await conn.execute(select(func.count(), func.min(L.created_at))
-                                      .where(*recent))).first()
+            row = (
+                await conn.execute(select(func.count(), func.min(L.created_at)).where(*recent))
+            ).first()
             count = int(row[0]) if row else 0
             if count + 1 > rates.requests_per_minute:
                 oldest = row[1] if row and row[1] is not None else now
@@ -200,9 +267,15 @@ class MeteringRepo:
         if rates.tokens_per_minute is not None and tokens is not None:
             used_tokens = case(
                 (L.status == "reserved", func.coalesce(L.tokens_reserved, 0)),
-                else_=func.coalesce(L.input_tokens, 0) + func.coalesce(L.output_tokens, 0))
-            row = (await conn.execute(select(func.coalesce(func.sum(used_tokens), 0),
-                                             func.min(L.created_at)).where(*recent))).first()
+                else_=func.coalesce(L.input_tokens, 0) + func.coalesce(L.output_tokens, 0),
+            )
+            row = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(used_tokens), 0), func.min(L.created_at)).where(
+                        *recent
+                    )
+                )
+            ).first()
             used = int(row[0]) if row else 0
             if used + tokens > rates.tokens_per_minute:
                 oldest = row[1] if row and row[1] is not None else now
@@ -211,77 +284,125 @@ class MeteringRepo:
                 return Refused(state, "tokens per minute", retry)
         return None
 
-    async def _hold_wallet(self, conn: AsyncConnection, user_id: str, amount: int,
-                           refill_key: str | None, now: float) -> WindowState | Refused:
+    async def _hold_wallet(
+        self, conn: AsyncConnection, user_id: str, amount: int, refill_key: str | None, now: float
+    ) -> WindowState | Refused:
         w = t.wallets.c
         if refill_key is not None:
             await self._apply_refill(conn, user_id, refill_key, now)
-        row = (await conn.execute(
-            update(t.wallets)
-            .where(w.user_id == user_id,
-                   w.balance_micro_usd - w.reserved_micro_usd >= amount)
-            .values(reserved_micro_usd=w.reserved_micro_usd + amount)
-            .returning(w.balance_micro_usd, w.reserved_micro_usd))).first()
+        row = (
+            await conn.execute(
+                update(t.wallets)
+                .where(w.user_id == user_id, w.balance_micro_usd - w.reserved_micro_usd >= amount)
+                .values(reserved_micro_usd=w.reserved_micro_usd + amount)
+                .returning(w.balance_micro_usd, w.reserved_micro_usd)
+            )
+        ).first()
         if row is None:
-            cur = (await conn.execute(select(w.balance_micro_usd, w.reserved_micro_usd)
-                                      .where(w.user_id == user_id))).first()
+            cur = (
+                await conn.execute(
+                    select(w.balance_micro_usd, w.reserved_micro_usd).where(w.user_id == user_id)
+                )
+            ).first()
             balance, reserved = (int(cur[0]), int(cur[1])) if cur else (0, 0)
             return Refused(WindowState("wallet", balance, 0, reserved), "wallet", None)
         return WindowState("wallet", int(row[0]), 0, int(row[1]))
 
-    async def _apply_refill(self, conn: AsyncConnection, user_id: str, key: str,
-                            now: float) -> None:
+    async def _apply_refill(
+        self, conn: AsyncConnection, user_id: str, key: str, now: float
+    ) -> None:
         """Top the wallet up *to* its monthly refill, once per calendar month."""
         w = t.wallets.c
-        row = (await conn.execute(select(w.balance_micro_usd, w.monthly_refill_micro_usd,
-                                         w.refilled_for).where(w.user_id == user_id))).first()
+        row = (
+            await conn.execute(
+                select(w.balance_micro_usd, w.monthly_refill_micro_usd, w.refilled_for).where(
+                    w.user_id == user_id
+                )
+            )
+        ).first()
         if row is None or row.monthly_refill_micro_usd is None or row.refilled_for == key:
             return
         new_balance = max(int(row.balance_micro_usd), int(row.monthly_refill_micro_usd))
-        done = await conn.execute(update(t.wallets).where(
-            w.user_id == user_id, or_(w.refilled_for.is_(None), w.refilled_for != key))
-            .values(balance_micro_usd=new_balance, refilled_for=key))
+        done = await conn.execute(
+            update(t.wallets)
+            .where(w.user_id == user_id, or_(w.refilled_for.is_(None), w.refilled_for != key))
+            .values(balance_micro_usd=new_balance, refilled_for=key)
+        )
         if done.rowcount == 1:
-            await conn.execute(insert(t.wallet_transactions).values(
-                id=new_id(), user_id=user_id, kind="refill",
-                amount_micro_usd=new_balance - int(row.balance_micro_usd),
-                balance_after_micro_usd=new_balance, ledger_id=None,
-                note=f"monthly refill {key}", created_at=now))
+            await conn.execute(
+                insert(t.wallet_transactions).values(
+                    id=new_id(),
+                    user_id=user_id,
+                    kind="refill",
+                    amount_micro_usd=new_balance - int(row.balance_micro_usd),
+                    balance_after_micro_usd=new_balance,
+                    ledger_id=None,
+                    note=f"monthly refill {key}",
+                    created_at=now,
+                )
+            )
 
     async def _window(self, conn: AsyncConnection, grant_id: str, key: str) -> WindowState:
-        row = (await conn.execute(select(
-            t.allowance_windows.c.window_key, t.allowance_windows.c.cap_micro_usd,
-            t.allowance_windows.c.spent_micro_usd, t.allowance_windows.c.reserved_micro_usd)
-            .where(t.allowance_windows.c.grant_id == grant_id,
-                   t.allowance_windows.c.window_key == key))).first()
+        row = (
+            await conn.execute(
+                select(
+                    t.allowance_windows.c.window_key,
+                    t.allowance_windows.c.cap_micro_usd,
+                    t.allowance_windows.c.spent_micro_usd,
+                    t.allowance_windows.c.reserved_micro_usd,
+                ).where(
+                    t.allowance_windows.c.grant_id == grant_id,
+                    t.allowance_windows.c.window_key == key,
+                )
+            )
+        ).first()
         return WindowState(*row) if row else WindowState(key, 0, 0, 0)
 
     async def window(self, grant_id: str, key: str) -> WindowState:
         async with self.engine.connect() as conn:
             return await self._window(conn, grant_id, key)
 
-    async def settle(self, entry_id: str, s: Settlement,
-                     now: float | None = None) -> tuple[WindowState, ...]:
+    async def settle(
+        self, entry_id: str, s: Settlement, now: float | None = None
+    ) -> tuple[WindowState, ...]:
         """Turn a reservation into a charge. Idempotent: a settled entry is left alone."""
         now = time.time() if now is None else now
         async with self.engine.begin() as conn:
             return await self._settle(conn, entry_id, s, now)
 
-    async def _settle(self, conn: AsyncConnection, entry_id: str, s: Settlement,
-                      now: float) -> tuple[WindowState, ...]:
-        row = (await conn.execute(select(
-            t.ledger.c.grant_id, t.ledger.c.reserved_micro_usd, t.ledger.c.window_keys_json,
-            t.ledger.c.from_wallet, t.ledger.c.user_id)
-            .where(t.ledger.c.id == entry_id, t.ledger.c.status == "reserved"))).first()
+    async def _settle(
+        self, conn: AsyncConnection, entry_id: str, s: Settlement, now: float
+    ) -> tuple[WindowState, ...]:
+        row = (
+            await conn.execute(
+                select(
+                    t.ledger.c.grant_id,
+                    t.ledger.c.reserved_micro_usd,
+                    t.ledger.c.window_keys_json,
+                    t.ledger.c.from_wallet,
+                    t.ledger.c.user_id,
+                ).where(t.ledger.c.id == entry_id, t.ledger.c.status == "reserved")
+            )
+        ).first()
         if row is None:
             return ()
-        result = await conn.execute(update(t.ledger).where(
-            t.ledger.c.id == entry_id, t.ledger.c.status == "reserved").values(
-            status=s.status, cost_micro_usd=s.cost_micro_usd, usage_source=s.usage_source,
-            input_tokens=s.input_tokens, output_tokens=s.output_tokens,
-            cached_input_tokens=s.cached_input_tokens, reasoning_tokens=s.reasoning_tokens,
-            needs_reconciliation=s.needs_reconciliation, upstream_status=s.upstream_status,
-            error=s.error, settled_at=now))
+        result = await conn.execute(
+            update(t.ledger)
+            .where(t.ledger.c.id == entry_id, t.ledger.c.status == "reserved")
+            .values(
+                status=s.status,
+                cost_micro_usd=s.cost_micro_usd,
+                usage_source=s.usage_source,
+                input_tokens=s.input_tokens,
+                output_tokens=s.output_tokens,
+                cached_input_tokens=s.cached_input_tokens,
+                reasoning_tokens=s.reasoning_tokens,
+                needs_reconciliation=s.needs_reconciliation,
+                upstream_status=s.upstream_status,
+                error=s.error,
+                settled_at=now,
+            )
+        )
         if result.rowcount != 1:
             return ()
         states = []
@@ -290,28 +411,44 @@ class MeteringRepo:
             res = await conn.execute(
                 update(t.allowance_windows)
                 .where(win.grant_id == row.grant_id, win.window_key == key)
-                .values(reserved_micro_usd=win.reserved_micro_usd - row.reserved_micro_usd,
-                        spent_micro_usd=win.spent_micro_usd + s.cost_micro_usd)
-                .returning(win.window_key, win.cap_micro_usd, win.spent_micro_usd,
-                           win.reserved_micro_usd))
+                .values(
+                    reserved_micro_usd=win.reserved_micro_usd - row.reserved_micro_usd,
+                    spent_micro_usd=win.spent_micro_usd + s.cost_micro_usd,
+                )
+                .returning(
+                    win.window_key, win.cap_micro_usd, win.spent_micro_usd, win.reserved_micro_usd
+                )
+            )
             got = res.first()
             if got is not None:
                 states.append(WindowState(*got))
         if row.from_wallet:
             w = t.wallets.c
             res = await conn.execute(
-                update(t.wallets).where(w.user_id == row.user_id)
-                .values(reserved_micro_usd=w.reserved_micro_usd - row.reserved_micro_usd,
-                        balance_micro_usd=w.balance_micro_usd - s.cost_micro_usd)
-                .returning(w.balance_micro_usd, w.reserved_micro_usd))
+                update(t.wallets)
+                .where(w.user_id == row.user_id)
+                .values(
+                    reserved_micro_usd=w.reserved_micro_usd - row.reserved_micro_usd,
+                    balance_micro_usd=w.balance_micro_usd - s.cost_micro_usd,
+                )
+                .returning(w.balance_micro_usd, w.reserved_micro_usd)
+            )
             got = res.first()
             if got is not None:
                 states.append(WindowState("wallet", int(got[0]), 0, int(got[1])))
                 if s.cost_micro_usd:
-                    await conn.execute(insert(t.wallet_transactions).values(
-                        id=new_id(), user_id=row.user_id, kind="charge",
-                        amount_micro_usd=-s.cost_micro_usd, balance_after_micro_usd=int(got[0]),
-                        ledger_id=entry_id, note=None, created_at=now))
+                    await conn.execute(
+                        insert(t.wallet_transactions).values(
+                            id=new_id(),
+                            user_id=row.user_id,
+                            kind="charge",
+                            amount_micro_usd=-s.cost_micro_usd,
+                            balance_after_micro_usd=int(got[0]),
+                            ledger_id=entry_id,
+                            note=None,
+                            created_at=now,
+                        )
+                    )
         return tuple(states)
 
     async def reconcile_dead(self, started_before: float) -> int:
@@ -322,15 +459,27 @@ class MeteringRepo:
         charged twice (settlement only moves rows out of ``reserved``).
         """
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(select(t.ledger.c.id, t.ledger.c.reserved_micro_usd)
-                    .where(t.ledger.c.status == "reserved",
-                           t.ledger.c.created_at < started_before))).all()
+            rows = (
+                await conn.execute(
+                    select(t.ledger.c.id, t.ledger.c.reserved_micro_usd).where(
+                        t.ledger.c.status == "reserved", t.ledger.c.created_at < started_before
+                    )
+                )
+            ).all()
             now = time.time()
             for r in rows:
-                await self._settle(conn, r.id, Settlement(
-                    status="charged_reservation", cost_micro_usd=r.reserved_micro_usd,
-                    usage_source="reservation", needs_reconciliation=True,
-                    error="gateway stopped before the call settled"), now)
+                await self._settle(
+                    conn,
+                    r.id,
+                    Settlement(
+                        status="charged_reservation",
+                        cost_micro_usd=r.reserved_micro_usd,
+                        usage_source="reservation",
+                        needs_reconciliation=True,
+                        error="gateway stopped before the call settled",
+                    ),
+                    now,
+                )
         return len(rows)
 
     async def entry(self, entry_id: str) -> LedgerEntry | None:
@@ -338,8 +487,9 @@ class MeteringRepo:
             row = (await conn.execute(select(t.ledger).where(t.ledger.c.id == entry_id))).first()
         return LedgerEntry.of(row) if row else None
 
-    async def entries(self, *, user_id: str | None = None, grant_id: str | None = None,
-                      limit: int = 1000) -> list[LedgerEntry]:
+    async def entries(
+        self, *, user_id: str | None = None, grant_id: str | None = None, limit: int = 1000
+    ) -> list[LedgerEntry]:
         q = select(t.ledger)
         if user_id:
             q = q.where(t.ledger.c.user_id == user_id)
@@ -349,66 +499,88 @@ class MeteringRepo:
             rows = (await conn.execute(q.order_by(t.ledger.c.created_at.desc()).limit(limit))).all()
         return [LedgerEntry.of(r) for r in rows]
 
-    async def usage_by_app_model(self, user_id: str,
-                                 since: float | None = None) -> list[dict[str, Any]]:
+    async def usage_by_app_model(
+        self, user_id: str, since: float | None = None
+    ) -> list[dict[str, Any]]:
         """Spend per app and model: calls, tokens and micro-USD (settled and pending)."""
         L = t.ledger.c
         cond = [L.user_id == user_id]
         if since is not None:
             cond.append(L.created_at >= since)
-        q = (select(L.client_id, t.clients.c.name.label("app"), L.model,
-                    func.count().label("calls"),
-                    func.coalesce(func.sum(L.cost_micro_usd), 0).label("cost_micro_usd"),
-                    func.coalesce(func.sum(L.input_tokens), 0).label("input_tokens"),
-                    func.coalesce(func.sum(L.output_tokens), 0).label("output_tokens"),
-                    func.sum(case((L.needs_reconciliation.is_(True), 1), else_=0)).label("flagged"))
-             .join(t.clients, t.clients.c.id == L.client_id)
-             .where(and_(*cond)).group_by(L.client_id, t.clients.c.name, L.model)
-             .order_by(t.clients.c.name, L.model))
+        q = (
+            select(
+                L.client_id,
+                t.clients.c.name.label("app"),
+                L.model,
+                func.count().label("calls"),
+                func.coalesce(func.sum(L.cost_micro_usd), 0).label("cost_micro_usd"),
+                func.coalesce(func.sum(L.input_tokens), 0).label("input_tokens"),
+                func.coalesce(func.sum(L.output_tokens), 0).label("output_tokens"),
+                func.sum(case((L.needs_reconciliation.is_(True), 1), else_=0)).label("flagged"),
+            )
+            .join(t.clients, t.clients.c.id == L.client_id)
+            .where(and_(*cond))
+            .group_by(L.client_id, t.clients.c.name, L.model)
+            .order_by(t.clients.c.name, L.model)
+        )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [dict(r._mapping) for r in rows]
 
 
-async def rolling_used(engine: AsyncEngine, grant_id: str, seconds: int, model: str | None,
-                       now: float) -> tuple[int, float | None]:
+async def rolling_used(
+    engine: AsyncEngine, grant_id: str, seconds: int, model: str | None, now: float
+) -> tuple[int, float | None]:
     """Spend held or charged in the last ``seconds`` (and the oldest such call's time)."""
     L = t.ledger.c
-    held = case((L.status == "reserved", L.reserved_micro_usd),
-                else_=func.coalesce(L.cost_micro_usd, 0))
+    held = case(
+        (L.status == "reserved", L.reserved_micro_usd), else_=func.coalesce(L.cost_micro_usd, 0)
+    )
     cond = [L.grant_id == grant_id, L.created_at > now - seconds]
     if model is not None:
         cond.append(L.model == model)
     async with engine.connect() as conn:
-        row = (await conn.execute(select(func.coalesce(func.sum(held), 0),
-                                         func.min(L.created_at)).where(*cond))).first()
+        row = (
+            await conn.execute(
+                select(func.coalesce(func.sum(held), 0), func.min(L.created_at)).where(*cond)
+            )
+        ).first()
     return (int(row[0]), row[1]) if row else (0, None)
 
 
-async def mark_webhook(engine: AsyncEngine, grant_id: str, window_key: str,
-                       threshold: int, now: float) -> bool:
+async def mark_webhook(
+    engine: AsyncEngine, grant_id: str, window_key: str, threshold: int, now: float
+) -> bool:
     """Record that a threshold was passed; True only the first time (send once)."""
-    values = dict(grant_id=grant_id, window_key=window_key, threshold=threshold,
-                  created_at=now)
+    values = dict(grant_id=grant_id, window_key=window_key, threshold=threshold, created_at=now)
     async with engine.begin() as conn:
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        result = await conn.execute(dialect.insert(t.webhook_events).values(**values)
-                                    .on_conflict_do_nothing())
+        result = await conn.execute(
+            dialect.insert(t.webhook_events).values(**values).on_conflict_do_nothing()
+        )
     return result.rowcount == 1
 
 
-async def webhook_delivered(engine: AsyncEngine, grant_id: str, window_key: str,
-                            threshold: int, error: str | None) -> None:
+async def webhook_delivered(
+    engine: AsyncEngine, grant_id: str, window_key: str, threshold: int, error: str | None
+) -> None:
     w = t.webhook_events.c
     async with engine.begin() as conn:
-        await conn.execute(update(t.webhook_events).where(
-            w.grant_id == grant_id, w.window_key == window_key, w.threshold == threshold)
-            .values(delivered_at=None if error else time.time(), last_error=error))
+        await conn.execute(
+            update(t.webhook_events)
+            .where(w.grant_id == grant_id, w.window_key == window_key, w.threshold == threshold)
+            .values(delivered_at=None if error else time.time(), last_error=error)
+        )
 
 
-async def usage_rows(engine: AsyncEngine, *, user_id: str, grant_id: str | None = None,
-                     since: float | None = None, until: float | None = None
-                     ) -> list[dict[str, Any]]:
+async def usage_rows(
+    engine: AsyncEngine,
+    *,
+    user_id: str,
+    grant_id: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> list[dict[str, Any]]:
     """Ledger rows (joined with the app's name) for usage reports, oldest first."""
     L = t.ledger.c
     cond = [L.user_id == user_id]
@@ -418,12 +590,29 @@ async def usage_rows(engine: AsyncEngine, *, user_id: str, grant_id: str | None 
         cond.append(L.created_at >= since)
     if until is not None:
         cond.append(L.created_at < until)
-    q = (select(L.id, L.client_id, t.clients.c.name.label("app"), L.model, L.status,
-                L.created_at, L.cost_micro_usd, L.reserved_micro_usd, L.input_tokens,
-                L.output_tokens, L.cached_input_tokens, L.reasoning_tokens,
-                L.needs_reconciliation, L.downgraded_from, L.streamed, L.endpoint)
-         .join(t.clients, t.clients.c.id == L.client_id, isouter=True)
-         .where(and_(*cond)).order_by(L.created_at))
+    q = (
+        select(
+            L.id,
+            L.client_id,
+            t.clients.c.name.label("app"),
+            L.model,
+            L.status,
+            L.created_at,
+            L.cost_micro_usd,
+            L.reserved_micro_usd,
+            L.input_tokens,
+            L.output_tokens,
+            L.cached_input_tokens,
+            L.reasoning_tokens,
+            L.needs_reconciliation,
+            L.downgraded_from,
+            L.streamed,
+            L.endpoint,
+        )
+        .join(t.clients, t.clients.c.id == L.client_id, isouter=True)
+        .where(and_(*cond))
+        .order_by(L.created_at)
+    )
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).all()
     return [dict(r._mapping) for r in rows]

@@ -23,8 +23,14 @@ class User:
     @classmethod
     def of(cls, row: Any) -> User:
         m = row._mapping
-        return cls(m["id"], m["username"], m["password_hash"], m["timezone"],
-                   bool(m["is_owner"]), m["created_at"])
+        return cls(
+            m["id"],
+            m["username"],
+            m["password_hash"],
+            m["timezone"],
+            bool(m["is_owner"]),
+            m["created_at"],
+        )
 
     def __repr__(self) -> str:  # keep the hash out of logs
         return f"User(id={self.id!r}, username={self.username!r})"
@@ -46,9 +52,18 @@ class Provider:
     @classmethod
     def of(cls, row: Any) -> Provider:
         m = row._mapping
-        return cls(m["id"], m["user_id"], m["name"], m["kind"], m["base_url"],
-                   m["credential_envelope"], m["credential_kind"], bool(m["is_local"]),
-                   _models(m["models_json"]), m["created_at"])
+        return cls(
+            m["id"],
+            m["user_id"],
+            m["name"],
+            m["kind"],
+            m["base_url"],
+            m["credential_envelope"],
+            m["credential_kind"],
+            bool(m["is_local"]),
+            _models(m["models_json"]),
+            m["created_at"],
+        )
 
     def __repr__(self) -> str:
         return f"Provider(id={self.id!r}, name={self.name!r}, base_url={self.base_url!r})"
@@ -73,8 +88,14 @@ class Client:
     @classmethod
     def of(cls, row: Any) -> Client:
         m = row._mapping
-        return cls(m["id"], m["name"], _models(m["redirect_uris_json"]), bool(m["is_public"]),
-                   m["secret_hash"], m["created_at"])
+        return cls(
+            m["id"],
+            m["name"],
+            _models(m["redirect_uris_json"]),
+            bool(m["is_public"]),
+            m["secret_hash"],
+            m["created_at"],
+        )
 
 
 @dataclass(frozen=True)
@@ -94,9 +115,19 @@ class Grant:
     @classmethod
     def of(cls, row: Any) -> Grant:
         m = row._mapping
-        return cls(m["id"], m["user_id"], m["client_id"], _models(m["models_json"]),
-                   m["cap_micro_usd"], m["window"], m["timezone"], m["created_at"],
-                   m["updated_at"], m["revoked_at"], m["policy_json"])
+        return cls(
+            m["id"],
+            m["user_id"],
+            m["client_id"],
+            _models(m["models_json"]),
+            m["cap_micro_usd"],
+            m["window"],
+            m["timezone"],
+            m["created_at"],
+            m["updated_at"],
+            m["revoked_at"],
+            m["policy_json"],
+        )
 
     @property
     def active(self) -> bool:
@@ -119,9 +150,18 @@ class AuthCode:
     @classmethod
     def of(cls, row: Any) -> AuthCode:
         m = row._mapping
-        return cls(m["code_hash"], m["client_id"], m["user_id"], m["grant_id"],
-                   m["redirect_uri"], m["code_challenge"], m["scope"], m["resource"],
-                   m["expires_at"], m["used_at"])
+        return cls(
+            m["code_hash"],
+            m["client_id"],
+            m["user_id"],
+            m["grant_id"],
+            m["redirect_uri"],
+            m["code_challenge"],
+            m["scope"],
+            m["resource"],
+            m["expires_at"],
+            m["used_at"],
+        )
 
 
 @dataclass(frozen=True)
@@ -141,9 +181,19 @@ class Token:
     @classmethod
     def of(cls, row: Any) -> Token:
         m = row._mapping
-        return cls(m["token_hash"], m["kind"], m["grant_id"], m["client_id"], m["family_id"],
-                   m["scope"], m["resource"], m["created_at"], m["expires_at"], m["used_at"],
-                   m["revoked_at"])
+        return cls(
+            m["token_hash"],
+            m["kind"],
+            m["grant_id"],
+            m["client_id"],
+            m["family_id"],
+            m["scope"],
+            m["resource"],
+            m["created_at"],
+            m["expires_at"],
+            m["used_at"],
+            m["revoked_at"],
+        )
 
 
 @dataclass(frozen=True)
@@ -189,14 +239,33 @@ class LedgerEntry:
     @classmethod
     def of(cls, row: Any) -> LedgerEntry:
         m = row._mapping
-        return cls(m["id"], m["grant_id"], m["user_id"], m["client_id"], m["provider_id"],
-                   m["model"], m["endpoint"], bool(m["streamed"]), m["status"],
-                   m["reserved_micro_usd"], m["cost_micro_usd"], m["input_tokens"],
-                   m["output_tokens"], m["cached_input_tokens"], m["reasoning_tokens"],
-                   m["usage_source"], bool(m["needs_reconciliation"]),
-                   _models(m["window_keys_json"]), m["upstream_status"], m["error"],
-                   m["created_at"], m["settled_at"], m["tokens_reserved"],
-                   bool(m["from_wallet"]), m["downgraded_from"])
+        return cls(
+            m["id"],
+            m["grant_id"],
+            m["user_id"],
+            m["client_id"],
+            m["provider_id"],
+            m["model"],
+            m["endpoint"],
+            bool(m["streamed"]),
+            m["status"],
+            m["reserved_micro_usd"],
+            m["cost_micro_usd"],
+            m["input_tokens"],
+            m["output_tokens"],
+            m["cached_input_tokens"],
+            m["reasoning_tokens"],
+            m["usage_source"],
+            bool(m["needs_reconciliation"]),
+            _models(m["window_keys_json"]),
+            m["upstream_status"],
+            m["error"],
+            m["created_at"],
+            m["settled_at"],
+            m["tokens_reserved"],
+            bool(m["from_wallet"]),
+            m["downgraded_from"],
+        )
 
 
 @dataclass(frozen=True)

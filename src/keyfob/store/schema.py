@@ -198,8 +198,9 @@ wallet_transactions = Table(
     Column("note", Text, nullable=True),
     Column("created_at", Float, nullable=False),
 )
-Index("ix_wallet_transactions_user", wallet_transactions.c.user_id,
-      wallet_transactions.c.created_at)
+Index(
+    "ix_wallet_transactions_user", wallet_transactions.c.user_id, wallet_transactions.c.created_at
+)
 
 webhook_events = Table(
     "webhook_events",

@@ -22,18 +22,26 @@ class WalletsRepo:
 
     async def _ensure(self, conn: AsyncConnection, user_id: str) -> None:
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        await conn.execute(dialect.insert(t.wallets).values(
-            user_id=user_id, balance_micro_usd=0, reserved_micro_usd=0)
-            .on_conflict_do_nothing())
+        await conn.execute(
+            dialect.insert(t.wallets)
+            .values(user_id=user_id, balance_micro_usd=0, reserved_micro_usd=0)
+            .on_conflict_do_nothing()
+        )
 
     async def get(self, user_id: str) -> Wallet:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(t.wallets).where(
-                t.wallets.c.user_id == user_id))).first()
+            row = (
+                await conn.execute(select(t.wallets).where(t.wallets.c.user_id == user_id))
+            ).first()
         if row is None:
             return Wallet(user_id, 0, 0, None, None)
-        return Wallet(row.user_id, int(row.balance_micro_usd), int(row.reserved_micro_usd),
-                      row.monthly_refill_micro_usd, row.refilled_for)
+        return Wallet(
+            row.user_id,
+            int(row.balance_micro_usd),
+            int(row.reserved_micro_usd),
+            row.monthly_refill_micro_usd,
+            row.refilled_for,
+        )
 
     async def top_up(self, user_id: str, amount_micro_usd: int, note: str | None = None) -> Wallet:
         if amount_micro_usd <= 0:
@@ -41,31 +49,60 @@ class WalletsRepo:
         w = t.wallets.c
         async with self.engine.begin() as conn:
             await self._ensure(conn, user_id)
-            row = (await conn.execute(
-                update(t.wallets).where(w.user_id == user_id)
-                .values(balance_micro_usd=w.balance_micro_usd + amount_micro_usd)
-                .returning(w.balance_micro_usd))).first()
+            row = (
+                await conn.execute(
+                    update(t.wallets)
+                    .where(w.user_id == user_id)
+                    .values(balance_micro_usd=w.balance_micro_usd + amount_micro_usd)
+                    .returning(w.balance_micro_usd)
+                )
+            ).first()
             assert row is not None
-            await conn.execute(t.wallet_transactions.insert().values(
-                id=new_id(), user_id=user_id, kind="topup", amount_micro_usd=amount_micro_usd,
-                balance_after_micro_usd=int(row[0]), ledger_id=None, note=note,
-                created_at=time.time()))
+            await conn.execute(
+                t.wallet_transactions.insert().values(
+                    id=new_id(),
+                    user_id=user_id,
+                    kind="topup",
+                    amount_micro_usd=amount_micro_usd,
+                    balance_after_micro_usd=int(row[0]),
+                    ledger_id=None,
+                    note=note,
+                    created_at=time.time(),
+                )
+            )
         return await self.get(user_id)
 
     async def set_monthly_refill(self, user_id: str, amount_micro_usd: int | None) -> Wallet:
         async with self.engine.begin() as conn:
             await self._ensure(conn, user_id)
-            await conn.execute(update(t.wallets).where(t.wallets.c.user_id == user_id)
-                               .values(monthly_refill_micro_usd=amount_micro_usd,
-                                       refilled_for=None))
+            await conn.execute(
+                update(t.wallets)
+                .where(t.wallets.c.user_id == user_id)
+                .values(monthly_refill_micro_usd=amount_micro_usd, refilled_for=None)
+            )
         return await self.get(user_id)
 
     async def history(self, user_id: str, limit: int = 1000) -> list[WalletTransaction]:
         tx = t.wallet_transactions.c
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(t.wallet_transactions)
-                                       .where(tx.user_id == user_id)
-                                       .order_by(tx.created_at.desc()).limit(limit))).all()
-        return [WalletTransaction(r.id, r.user_id, r.kind, int(r.amount_micro_usd),
-                                  int(r.balance_after_micro_usd), r.ledger_id, r.note,
-                                  r.created_at) for r in rows]
+            rows = (
+                await conn.execute(
+                    select(t.wallet_transactions)
+                    .where(tx.user_id == user_id)
+                    .order_by(tx.created_at.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            WalletTransaction(
+                r.id,
+                r.user_id,
+                r.kind,
+                int(r.amount_micro_usd),
+                int(r.balance_after_micro_usd),
+                r.ledger_id,
+                r.note,
+                r.created_at,
+            )
+            for r in rows
+        ]

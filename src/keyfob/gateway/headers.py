@@ -1,0 +1,44 @@
+"""The ``x-keyfob-*`` headers that tell an app what a call cost and what is left."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from keyfob.money import format_usd
+
+REQUEST_ID = "x-keyfob-request-id"
+COST = "x-keyfob-cost-usd"
+RESERVED = "x-keyfob-reserved-usd"
+LEFT = "x-keyfob-allowance-left-usd"
+RESETS_AT = "x-keyfob-allowance-resets-at"
+#: Set when the person's ``downgrade`` policy served its fallback model instead.
+DOWNGRADED_TO = "x-keyfob-downgraded-to"
+#: SSE comment emitted just before ``data: [DONE]`` with a stream's exact cost.
+STREAM_COST_COMMENT = "keyfob-cost-usd"
+
+
+def iso_utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def keyfob_headers(
+    *,
+    entry_id: str | None = None,
+    cost_micro_usd: int | None = None,
+    reserved_micro_usd: int | None = None,
+    left_micro_usd: int | None = None,
+    resets_at: float | None = None,
+) -> dict[str, str]:
+    """Whatever is known at the time; unknown values are left out rather than guessed."""
+    h: dict[str, str] = {}
+    if entry_id is not None:
+        h[REQUEST_ID] = entry_id
+    if cost_micro_usd is not None:
+        h[COST] = format_usd(cost_micro_usd)
+    if reserved_micro_usd is not None:
+        h[RESERVED] = format_usd(reserved_micro_usd)
+    if left_micro_usd is not None:
+        h[LEFT] = format_usd(left_micro_usd)
+    if resets_at is not None:
+        h[RESETS_AT] = iso_utc(resets_at)
+    return h

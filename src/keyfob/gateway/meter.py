@@ -1,0 +1,96 @@
+"""One call's reservation and its single settlement, safe against cancellation.
+
+A client may hang up at any await. Settlement therefore runs in its own task, awaited
+through ``asyncio.shield``: cancelling the request cancels the wait, not the write, so
+every reservation ends in the ledger (invariant 2, "no lost usage").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from keyfob.allowance.service import Reservation
+from keyfob.context import Keyfob
+from keyfob.pricing.prices import Price
+from keyfob.pricing.usage import TokenUsage
+from keyfob.store.metering import Settlement
+
+log = logging.getLogger("keyfob.gateway")
+
+#: Settlement tasks still running (a reference keeps them from being garbage-collected).
+_PENDING: set[asyncio.Task[int]] = set()
+
+
+def _done(task: asyncio.Task[int]) -> None:
+    _PENDING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("settlement failed: %s", type(task.exception()).__name__)
+
+
+@dataclass
+class Meter:
+    kf: Keyfob
+    reservation: Reservation
+    price: Price
+    _task: asyncio.Task[int] | None = field(default=None, repr=False)
+    #: The cost the settlement recorded (set when settling starts).
+    cost_micro_usd: int | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self._task is not None
+
+    async def settle(self, s: Settlement) -> int:
+        """Settle once (later calls wait for the first); returns what is left afterwards."""
+        if self._task is None:
+            self.cost_micro_usd = s.cost_micro_usd
+            self._task = asyncio.ensure_future(self.kf.allowance.settle(self.reservation, s))
+            _PENDING.add(self._task)
+            self._task.add_done_callback(_done)
+        return await asyncio.shield(self._task)
+
+    def from_usage(
+        self, usage: TokenUsage, *, status: str, source: str, upstream_status: int | None
+    ) -> Settlement:
+        """A settlement for known (or estimated) usage; never above the reservation."""
+        cost = self.price.cost_micro_usd(usage)
+        flagged, error = False, None
+        if cost > self.reservation.amount_micro_usd:
+            cost, flagged = self.reservation.amount_micro_usd, True
+            error = "usage above the worst-case bound; charged the reservation"
+        return Settlement(
+            status=status,
+            cost_micro_usd=cost,
+            usage_source=source,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cache_read_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            needs_reconciliation=flagged,
+            upstream_status=upstream_status,
+            error=error,
+        )
+
+    def charged(self, error: str, upstream_status: int | None) -> Settlement:
+        """Usage unknown after the upstream may have worked: charge the reservation."""
+        return Settlement(
+            status="charged_reservation",
+            cost_micro_usd=self.reservation.amount_micro_usd,
+            usage_source="reservation",
+            needs_reconciliation=True,
+            upstream_status=upstream_status,
+            error=error,
+        )
+
+    @staticmethod
+    def failed(error: str, upstream_status: int | None) -> Settlement:
+        """The upstream never worked for this call: nothing is charged."""
+        return Settlement(
+            status="failed",
+            cost_micro_usd=0,
+            usage_source="none",
+            upstream_status=upstream_status,
+            error=error,
+        )

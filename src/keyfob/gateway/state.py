@@ -1,0 +1,104 @@
+"""The gateway's per-process state: caches and adapter instances, one per app.
+
+Providers, decrypted keys with their terms verdict, and prices are looked up once per
+few seconds instead of once per request; a key is re-decrypted when its envelope
+changes, and a terms verdict is re-taken with it, so no code path skips the check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+
+from keyfob.context import Keyfob
+from keyfob.gateway.cache import TTLCache
+from keyfob.gateway.errors import GatewayError
+from keyfob.pricing.prices import Price, UnknownPrice, price_for
+from keyfob.providers import ProviderAdapter
+from keyfob.providers.linking import decrypt_key
+from keyfob.store.records import Grant, Provider, Token
+from keyfob.terms import check_credential
+from keyfob.vault import VaultError
+
+PROVIDERS_TTL_S = 3.0
+PRICES_TTL_S = 10.0
+KEYS_TTL_S = 300.0
+
+
+@dataclass
+class GatewayState:
+    grants: TTLCache[tuple[Token, Grant]] = field(default_factory=lambda: TTLCache(1.0))
+    providers: TTLCache[list[Provider]] = field(default_factory=lambda: TTLCache(PROVIDERS_TTL_S))
+    #: (key,) per (provider id, envelope): a 1-tuple so "no key" differs from a miss.
+    keys: TTLCache[tuple[str | None]] = field(default_factory=lambda: TTLCache(KEYS_TTL_S))
+    prices: TTLCache[Price | str] = field(default_factory=lambda: TTLCache(PRICES_TTL_S))
+    adapters: dict[str, ProviderAdapter] = field(default_factory=dict)
+
+    @staticmethod
+    def of(app: Starlette) -> GatewayState:
+        state = getattr(app.state, "gateway", None)
+        if state is None:
+            state = GatewayState()
+            app.state.gateway = state
+        return state
+
+    async def providers_of(self, kf: Keyfob, user_id: str) -> list[Provider]:
+        found = self.providers.get(user_id)
+        if found is None:
+            found = await kf.store.providers.list(user_id)
+            self.providers.put(user_id, found)
+        return found
+
+    def adapter(self, kf: Keyfob, kind: str) -> ProviderAdapter:
+        adapter = self.adapters.get(kind)
+        if adapter is None:
+            try:
+                adapter = kf.providers.get(kind)(kf.settings)
+            except KeyError:
+                raise GatewayError(
+                    502,
+                    f"no adapter of kind {kind!r} is installed",
+                    code="provider_unavailable",
+                    type_="api_error",
+                ) from None
+            self.adapters[kind] = adapter
+        return adapter
+
+    async def credential(self, kf: Keyfob, provider: Provider) -> str | None:
+        """The provider's key, decrypted once, and only if the terms allow its use."""
+        key_id = (provider.id, provider.credential_envelope)
+        cached = self.keys.get(key_id)
+        if cached is not None:
+            return cached[0]
+        try:
+            api_key = await decrypt_key(kf, provider)
+        except VaultError:
+            raise GatewayError(
+                500,
+                "the provider's credential cannot be decrypted with this server's key ring",
+                code="credential_unreadable",
+                type_="api_error",
+            ) from None
+        verdict = check_credential(provider.kind, api_key)
+        if not verdict.allowed:
+            raise GatewayError(403, verdict.explanation, code="credential_forbidden_by_terms")
+        self.keys.put(key_id, (api_key,))
+        return api_key
+
+    async def price(self, kf: Keyfob, provider: Provider, model: str) -> Price:
+        key = (provider.id, model)
+        found = self.prices.get(key)
+        if found is None:
+            try:
+                found = price_for(
+                    model,
+                    overrides=await kf.store.providers.prices(provider.id),
+                    is_local=provider.is_local,
+                )
+            except UnknownPrice as exc:
+                found = str(exc)
+            self.prices.put(key, found)
+        if isinstance(found, str):
+            raise GatewayError(400, found, code="model_price_unknown", param="model")
+        return found

@@ -1,0 +1,128 @@
+"""Provider terms as found (DESIGN.md section 6), one frozen rule per credential kind.
+
+Rules are matched in order; the first whose pattern matches the credential decides.
+Forbidden rules come first so a narrow forbidden prefix (``sk-ant-oat``) wins over a
+broad allowed one (``sk-ant-``). A credential no rule recognises is treated as a
+per-token-billed API key, which every provider we know allows in third-party apps.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+VerdictKind = Literal["allowed", "forbidden"]
+
+CHECKED = "2026-11"
+
+
+@dataclass(frozen=True)
+class Rule:
+    #: A stable id of the credential kind, stored as the provider's ``credential_kind``.
+    credential: str
+    #: Regular expression searched in the credential (anchored where it is a prefix).
+    pattern: str
+    verdict: VerdictKind
+    summary: str
+    #: Where the rule comes from (no URL scheme: a reference a person can look up).
+    source: str
+    checked: str = CHECKED
+
+    def matches(self, credential: str) -> bool:
+        return re.search(self.pattern, credential) is not None
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        credential="claude_subscription_oauth",
+        pattern=r"^\s*sk-ant-oat",
+        verdict="forbidden",
+        summary=(
+            "Claude Free/Pro/Max subscription OAuth tokens may not be used in any other "
+            "product (the Agent SDK included), nor collected, stored or intermediated "
+            "by one; link an Anthropic API key (sk-ant-api...) instead"
+        ),
+        source="Anthropic: code.claude.com legal-and-compliance",
+    ),
+    Rule(
+        credential="gemini_cli_oauth",
+        # The Gemini CLI's oauth_creds.json, its public OAuth client id, or a bare Google
+        # OAuth token (ya29. access / 1// refresh), which Keyfob cannot tell apart from it.
+        pattern=(
+            r"681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j|\"refresh_token\"\s*:"
+            r"|^\s*ya29\.|^\s*1//"
+        ),
+        verdict="forbidden",
+        summary=(
+            "Gemini CLI OAuth credentials may not be used from third-party software "
+            "(accounts get suspended); link a Gemini API key (AIza...) instead"
+        ),
+        source="Google: gemini-cli docs/resources/tos-privacy.md",
+    ),
+    Rule(
+        credential="chatgpt_codex_signin",
+        # Codex CLI's auth.json carries ChatGPT sign-in tokens under "tokens"/"id_token".
+        pattern=r"\"id_token\"\s*:|\"account_id\"\s*:",
+        verdict="forbidden",
+        summary=(
+            "ChatGPT/Codex sign-in has no official third-party flow and uses "
+            "undocumented endpoints; Keyfob does not intermediate it. Link an OpenAI "
+            "API key instead"
+        ),
+        source="OpenAI: developers.openai.com codex-for-oss; Codex app-server docs",
+    ),
+    Rule(
+        credential="anthropic_api_key",
+        pattern=r"^\s*sk-ant-api",
+        verdict="allowed",
+        summary="Anthropic API keys are billed to the key owner and may serve any app",
+        source="Anthropic: commercial terms of service",
+    ),
+    Rule(
+        credential="openrouter_key",
+        pattern=r"^\s*sk-or-",
+        verdict="allowed",
+        summary="OpenRouter keys (API or PKCE) are made for apps, with per-key limits",
+        source="OpenRouter: openrouter.ai docs, OAuth PKCE",
+    ),
+    Rule(
+        credential="openai_api_key",
+        pattern=r"^\s*sk-(proj-|svcacct-|admin-)?[A-Za-z0-9_-]{16,}",
+        verdict="allowed",
+        summary="OpenAI API keys are billed per token and may serve any app",
+        source="OpenAI: terms of use",
+    ),
+    Rule(
+        credential="gemini_api_key",
+        pattern=r"^\s*AIza",
+        verdict="allowed",
+        summary="Gemini API keys are billed to the key owner and may serve any app",
+        source="Google: Gemini API additional terms of service",
+    ),
+    Rule(
+        credential="huggingface_token",
+        pattern=r"^\s*hf_",
+        verdict="allowed",
+        summary="Hugging Face tokens (inference-api scope) are billed to their owner",
+        source="Hugging Face: hub-docs oauth.md",
+    ),
+)
+
+#: The verdict for a credential no rule recognises (a generic per-token API key).
+GENERIC_API_KEY = Rule(
+    credential="api_key",
+    pattern=r"",
+    verdict="allowed",
+    summary="a per-token-billed API key, allowed in third-party apps by every provider known",
+    source="Keyfob terms registry default (DESIGN.md section 6)",
+)
+
+#: The verdict for a provider with no credential at all (a local server, say).
+NO_CREDENTIAL = Rule(
+    credential="none",
+    pattern=r"",
+    verdict="allowed",
+    summary="no credential: the owner's own server",
+    source="Keyfob terms registry default (DESIGN.md section 6)",
+)

@@ -1,0 +1,1 @@
+"""The person's pages: first-run setup, login, dashboard, consent, apps and providers."""

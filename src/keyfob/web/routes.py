@@ -1,0 +1,322 @@
+"""The person's pages: setup, login/logout, dashboard, revoke, apps and providers.
+
+Every POST goes through ``forms.read_form`` (size limit, strict decoding, CSRF); every
+page is rendered with autoescaping and anti-framing headers (render.py). Provider keys
+are never rendered: the dashboard shows names, kinds, URLs and models only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from keyfob.accounts.passwords import WeakPassword
+from keyfob.accounts.service import AccountError, authenticate, create_owner
+from keyfob.money import format_usd
+from keyfob.oauth.clients import InvalidClient, register_app
+from keyfob.oauth.rfc8414 import METADATA_PATH
+from keyfob.store.records import User
+from keyfob.web.forms import FormError, read_form
+from keyfob.web.ratelimit import LoginThrottle
+from keyfob.web.render import (
+    current_user,
+    error_page,
+    kf_of,
+    login_redirect,
+    page,
+    redirect,
+    safe_next,
+)
+
+log = logging.getLogger("keyfob.web")
+
+throttle = LoginThrottle()
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _form_error(request: Request, exc: FormError, user: User | None = None) -> Response:
+    return error_page(request, exc.status, "The form could not be accepted", exc.message, user)
+
+
+def sign_in(request: Request, user: User) -> None:
+    """Start a fresh session: nothing from before the login survives (no fixation)."""
+    request.session.clear()
+    request.session["user_id"] = user.id
+
+
+# --- first run -----------------------------------------------------------------------
+
+
+async def setup(request: Request) -> Response:
+    kf = kf_of(request)
+    if await kf.store.users.owner() is not None:
+        return redirect("/login")
+    if request.method == "GET":
+        return page(request, "setup.html", username="", timezone="UTC", error=None)
+    try:
+        form = await read_form(request, kf.settings.max_form_bytes)
+    except FormError as exc:
+        return _form_error(request, exc)
+    username, timezone = form.get("username").strip(), form.get("timezone", "UTC").strip()
+    password = form.get("password")
+    error = None
+    if password != form.get("password_confirm"):
+        error = "the two passwords differ"
+    else:
+        try:
+            user = await create_owner(kf.store, username, password, timezone or "UTC")
+        except (AccountError, WeakPassword) as exc:
+            error = str(exc)
+        else:
+            sign_in(request, user)
+            return redirect("/")
+    return page(request, "setup.html", 400, username=username, timezone=timezone, error=error)
+
+
+# --- login / logout ------------------------------------------------------------------
+
+
+async def login(request: Request) -> Response:
+    kf = kf_of(request)
+    next_url = safe_next(request.query_params.get("next"))
+    if request.method == "GET":
+        if await kf.store.users.owner() is None:
+            return redirect("/setup")
+        return page(request, "login.html", next=next_url, username="", error=None)
+    try:
+        form = await read_form(request, kf.settings.max_form_bytes)
+    except FormError as exc:
+        return _form_error(request, exc)
+    username = form.get("username").strip()[:64]
+    password = form.get("password")
+    next_url = safe_next(form.get("next"))
+    address = _address(request)
+    wait = throttle.retry_after(username, address)
+    if wait > 0:
+        response = page(
+            request,
+            "login.html",
+            429,
+            next=next_url,
+            username=username,
+            error=f"Too many failed attempts; try again in {int(wait) + 1} s.",
+        )
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    user = await authenticate(kf.store, username, password)
+    if user is None:
+        throttle.failed(username, address)
+        log.info("failed login for a username from %s", address)
+        return page(
+            request,
+            "login.html",
+            401,
+            next=next_url,
+            username=username,
+            error="Wrong username or password.",
+        )
+    throttle.succeeded(username, address)
+    sign_in(request, user)
+    return redirect(next_url)
+
+
+async def logout(request: Request) -> Response:
+    try:
+        await read_form(request, kf_of(request).settings.max_form_bytes)
+    except FormError as exc:
+        return _form_error(request, exc)
+    request.session.clear()
+    return redirect("/login")
+
+
+# --- dashboard -----------------------------------------------------------------------
+
+
+async def dashboard(request: Request) -> Response:
+    kf = kf_of(request)
+    user = await current_user(request)
+    if user is None:
+        if await kf.store.users.owner() is None:
+            return redirect("/setup", 302)
+        return login_redirect(request, 302)
+    clients = {c.id: c for c in await kf.store.clients.list()}
+    rows = []
+    for grant in await kf.store.grants.list(user.id):
+        _, state = await kf.allowance.remaining(grant)
+        client = clients.get(grant.client_id)
+        rows.append(
+            {
+                "id": grant.id,
+                "app_name": client.name if client else grant.client_id,
+                "models": grant.models,
+                "cap": format_usd(grant.cap_micro_usd),
+                "spent": format_usd(state.spent_micro_usd + state.reserved_micro_usd),
+                "left": format_usd(state.left_micro_usd),
+            }
+        )
+    providers = [
+        {
+            "name": p.name,
+            "kind": p.kind,
+            "base_url": p.base_url,
+            "models": p.models,
+            "is_local": p.is_local,
+        }
+        for p in await kf.store.providers.list(user.id)
+    ]
+    return page(
+        request,
+        "dashboard.html",
+        user=user,
+        grants=rows,
+        providers=providers,
+        clients=list(clients.values()) if user.is_owner else None,
+    )
+
+
+async def revoke_grant(request: Request) -> Response:
+    kf = kf_of(request)
+    user = await current_user(request)
+    if user is None:
+        return redirect("/login")
+    try:
+        await read_form(request, kf.settings.max_form_bytes)
+    except FormError as exc:
+        return _form_error(request, exc, user)
+    grant = await kf.store.grants.get(request.path_params["grant_id"][:64])
+    if grant is None or grant.user_id != user.id:
+        return error_page(request, 404, "Not found", "There is no such grant.", user)
+    await kf.store.grants.revoke(grant.id)
+    return redirect("/")
+
+
+# --- apps ----------------------------------------------------------------------------
+
+
+async def new_app(request: Request) -> Response:
+    kf = kf_of(request)
+    user = await current_user(request)
+    if user is None:
+        return login_redirect(request)
+    if not user.is_owner:
+        return error_page(request, 403, "Not allowed", "Only the owner registers apps.", user)
+    if request.method == "GET":
+        return page(
+            request,
+            "app_new.html",
+            user=user,
+            name="",
+            redirect_uris="",
+            client_type="public",
+            error=None,
+        )
+    try:
+        form = await read_form(request, kf.settings.max_form_bytes)
+    except FormError as exc:
+        return _form_error(request, exc, user)
+    name, uris = form.get("name"), form.get("redirect_uris")
+    client_type = "confidential" if form.get("client_type") == "confidential" else "public"
+    try:
+        client, secret = await register_app(
+            kf.store, name=name, redirect_uris=uris.splitlines(), public=client_type == "public"
+        )
+    except InvalidClient as exc:
+        return page(
+            request,
+            "app_new.html",
+            400,
+            user=user,
+            name=name,
+            redirect_uris=uris,
+            client_type=client_type,
+            error=str(exc),
+        )
+    return page(
+        request,
+        "app_created.html",
+        user=user,
+        client=client,
+        secret=secret,
+        metadata_url=kf.settings.issuer + METADATA_PATH,
+    )
+
+
+# --- providers -----------------------------------------------------------------------
+
+
+async def new_provider(request: Request) -> Response:
+    kf = kf_of(request)
+    user = await current_user(request)
+    if user is None:
+        return login_redirect(request)
+    if request.method == "GET":
+        return page(
+            request,
+            "provider_new.html",
+            user=user,
+            name="",
+            base_url="",
+            models="",
+            is_local=False,
+            error=None,
+        )
+    try:
+        form = await read_form(request, kf.settings.max_form_bytes)
+    except FormError as exc:
+        return _form_error(request, exc, user)
+    name, base_url = form.get("name").strip(), form.get("base_url").strip()
+    models_text, is_local = form.get("models"), form.get("is_local") == "1"
+    api_key = form.get("api_key").strip() or None
+    models = [m.strip() for m in models_text.split(",") if m.strip()]
+
+    def again(status: int, error: str) -> Response:
+        # the key is never sent back, not even into the form it came from
+        return page(
+            request,
+            "provider_new.html",
+            status,
+            user=user,
+            name=name,
+            base_url=base_url,
+            models=models_text,
+            is_local=is_local,
+            error=error,
+        )
+
+    try:
+        from keyfob.providers.linking import LinkRefused, link_provider
+    except ImportError:
+        return again(503, "Linking providers is not available in this build.")
+    try:
+        await link_provider(
+            kf,
+            user_id=user.id,
+            name=name,
+            kind="openai_compatible",
+            base_url=base_url,
+            api_key=api_key,
+            models=models,
+            is_local=is_local,
+        )
+    except LinkRefused as exc:
+        return again(400, str(exc))
+    except ValueError as exc:
+        return again(400, str(exc))
+    return redirect("/")
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/", dashboard, methods=["GET"]),
+    Route("/setup", setup, methods=["GET", "POST"]),
+    Route("/login", login, methods=["GET", "POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/grants/{grant_id}/revoke", revoke_grant, methods=["POST"]),
+    Route("/apps/new", new_app, methods=["GET", "POST"]),
+    Route("/providers/new", new_provider, methods=["GET", "POST"]),
+]

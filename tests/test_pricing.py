@@ -1,0 +1,102 @@
+"""Prices, worst-case bounds and exact costs, in integer micro-USD (rounded up once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyfob.gateway.estimate import count, estimate
+from keyfob.pricing.bounds import chat_input_bound, chat_output_bound
+from keyfob.pricing.prices import UnknownPrice, price_for
+from keyfob.pricing.usage import TokenUsage
+from keyfob.store.records import PriceOverride
+
+
+def test_gpt4o_mini_cost_rounds_up() -> None:
+    price = price_for("gpt-4o-mini", overrides={}, is_local=False)
+    # 1 x 0.15 + 11 x 0.60 = 6.75 micro-USD -> 7
+    assert price.cost_micro_usd(TokenUsage(1, 11)) == 7
+    assert price.cost_micro_usd(TokenUsage(0, 0)) == 0
+    assert price.cost_micro_usd(TokenUsage(1_000_000, 0)) == 150_000
+
+
+def test_cached_input_tokens_are_cheaper() -> None:
+    price = price_for("gpt-4o-mini", overrides={}, is_local=False)
+    full = price.cost_micro_usd(TokenUsage(1_000_000, 0))
+    cached = price.cost_micro_usd(TokenUsage(1_000_000, 0, cache_read_tokens=1_000_000))
+    assert cached < full
+    assert cached == 75_000
+
+
+def test_override_wins_and_local_is_free() -> None:
+    o = {"gpt-4o-mini": PriceOverride(1_000_000, 2_000_000, None)}  # $1 / $2 per MTok
+    price = price_for("gpt-4o-mini", overrides=o, is_local=False)
+    assert price.source == "override"
+    assert price.cost_micro_usd(TokenUsage(3, 5)) == 13
+    local = price_for("gemma3-270m", overrides={}, is_local=True)
+    assert local.cost_micro_usd(TokenUsage(10_000, 10_000)) == 0
+
+
+def test_unknown_model_is_refused_with_a_hint() -> None:
+    with pytest.raises(UnknownPrice, match="keyfob providers price"):
+        price_for("no-such-model-xyz-123", overrides={}, is_local=False)
+
+
+def test_usage_from_openai() -> None:
+    u = TokenUsage.from_openai(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 2},
+        }
+    )
+    assert u == TokenUsage(10, 5, cache_read_tokens=4, reasoning_tokens=2)
+    assert TokenUsage.from_openai({"prompt_tokens": "x"}) is None
+    assert TokenUsage.from_openai({"prompt_tokens": -1}) is None
+
+
+def _body(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def test_output_bound_uses_max_tokens_times_n() -> None:
+    assert chat_output_bound(_body("x", max_tokens=7, n=3), default_max_output_tokens=99) == 21
+    assert chat_output_bound(_body("x", max_completion_tokens=5), default_max_output_tokens=99) == 5
+    assert chat_output_bound(_body("x"), default_max_output_tokens=99) == 99
+
+
+def test_image_parts_get_their_bound() -> None:
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "hi"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64," + "A" * 10},
+                    },
+                ],
+            }
+        ]
+    }
+    assert chat_input_bound(body, image_token_bound=2048) >= 2048 + 2
+
+
+@settings(deadline=None)  # the first call loads the encoder
+@given(st.text(max_size=400))
+def test_byte_bound_covers_the_tokenizer(text: str) -> None:
+    """The reservation's input bound is never below a real tokenizer's count."""
+    body = _body(text)
+    assert chat_input_bound(body, image_token_bound=0) >= estimate(body, "").input_tokens
+    assert count(text) <= len(text.encode("utf-8"))
+
+
+def test_estimate_counts_cl100k_tokens() -> None:
+    assert count("Hi there! This is a mock response from fakellm.") == 14
+    u = estimate(_body("hello"), "Hi")
+    assert u.output_tokens == 1 and u.input_tokens >= 1
