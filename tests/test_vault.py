@@ -80,3 +80,27 @@ def test_env_key_ring_and_repr_hides_keys(tmp_path: Path) -> None:
     assert base64.urlsafe_b64encode(k1).decode().rstrip("=") not in repr(vault)
     with pytest.raises(VaultError):
         Vault.from_keys([b"short"])
+
+
+def test_data_dir_files_holding_secrets_are_private(tmp_path: Path) -> None:
+    """The database, key file and session key are 0600 and the data dir 0700 from the
+    first start (checked on a brand-new data dir)."""
+    import asyncio
+    import stat
+
+    from keyfob.context import Keyfob
+    from keyfob.server import create_app
+    from keyfob.settings import Settings
+
+    data = tmp_path / "fresh"
+    settings = Settings(data_dir=data)
+    create_app(settings)
+
+    async def open_close() -> None:
+        kf = await Keyfob.open(settings)
+        await kf.close()
+
+    asyncio.run(open_close())
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("keyfob.db", "master.key", "session.key"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name

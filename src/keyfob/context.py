@@ -32,7 +32,7 @@ class Keyfob:
     async def open(cls, settings: Settings) -> Keyfob:
         from keyfob.providers import ProviderRegistry
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = await Store.open(settings.effective_database_url)
         vault = Vault.load(settings.data_dir, settings.master_key)
         allowance = AllowanceService(store, signing_key=vault.derive(b"keyfob-webhooks"))

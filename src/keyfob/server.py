@@ -52,7 +52,7 @@ async def healthz(request: Request) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     settings.check_safe()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

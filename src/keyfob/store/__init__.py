@@ -6,7 +6,9 @@ nothing outside ``store/`` writes SQL.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,6 +18,18 @@ from keyfob.store.engine import create_engine
 from keyfob.store.metering import MeteringRepo
 from keyfob.store.migrate import upgrade
 from keyfob.store.wallets import WalletsRepo
+
+
+def prepare_sqlite_file(url: str) -> None:
+    """Create a SQLite file's folder (0700) and the file itself 0600 from the first byte:
+    the database holds hashes and sealed credentials (SQLite gives its -wal and -shm
+    files the same mode). Start-up only, so a blocking call is fine."""
+    if not (url.startswith("sqlite") and ":///" in url):
+        return
+    path = Path(url.split(":///", 1)[1])
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 @dataclass
@@ -47,11 +61,7 @@ class Store:
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
         """Connect (creating the SQLite file's folder) and apply migrations."""
-        if url.startswith("sqlite") and ":///" in url:
-            from pathlib import Path
-
-            path = Path(url.split(":///", 1)[1])
-            path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_file(url)
         engine = create_engine(url)
         if migrate:
             await upgrade(engine)
