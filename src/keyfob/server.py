@@ -37,11 +37,20 @@ def session_secret(settings: Settings) -> str:
 
 
 def collect_routes() -> list[BaseRoute]:
+    from keyfob.gateway.routes import KEYFOB_API_ROUTES
     from keyfob.gateway.routes import ROUTES as gateway_routes
     from keyfob.oauth.routes import ROUTES as oauth_routes
     from keyfob.web.routes import ROUTES as web_routes
+    from keyfob.web.usage_export import ROUTES as export_routes
 
-    return [Route("/healthz", healthz), *oauth_routes, *gateway_routes, *web_routes]
+    return [
+        Route("/healthz", healthz),
+        *oauth_routes,
+        *gateway_routes,
+        *KEYFOB_API_ROUTES,
+        *export_routes,
+        *web_routes,
+    ]
 
 
 async def healthz(request: Request) -> Response:

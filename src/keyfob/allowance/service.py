@@ -325,3 +325,68 @@ class AllowanceService:
         if reservation.grant_id:
             self.notifier.settled(reservation.grant_id, states)
         return min(s.left_micro_usd for s in states)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a call of a given worst case would be admitted now (a dry run)."""
+
+    allowed: bool
+    #: The limit that would refuse it (None when allowed).
+    limit: str | None
+    retry_at: float | None
+    limits: tuple[LimitState, ...]
+
+
+async def dry_run(
+    service: AllowanceService,
+    grant: Grant,
+    model: str,
+    amount_micro_usd: int,
+    tokens_bound: int | None = None,
+) -> Verdict:
+    """What ``reserve`` would decide now, without holding anything.
+
+    It reads the same states the reservation checks; a concurrent call may of course take
+    the room between a quote and the real call."""
+    now = time.time()
+    policy = policy_of(grant)
+    states = [
+        s
+        for s in await service.limits(grant, now)
+        if not s.key.startswith("model:") or s.key.startswith(f"model:{model}:")
+    ]
+    states.sort(key=lambda s: s.left_micro_usd)
+    ceiling = policy.per_call_ceiling_micro_usd
+    if ceiling is not None and amount_micro_usd > ceiling:
+        return Verdict(False, "per-call ceiling", None, tuple(states))
+    for s in states:
+        if amount_micro_usd > s.left_micro_usd:
+            return Verdict(False, s.label, s.resets_at, tuple(states))
+    if policy.use_wallet:
+        wallet = await service.store.wallets.get(grant.user_id)
+        refill_due = (
+            wallet.monthly_refill_micro_usd is not None
+            and wallet.refilled_for != calendar_month(now, grant.timezone).key
+        )
+        available = (
+            max(wallet.available_micro_usd, wallet.monthly_refill_micro_usd or 0)
+            if refill_due
+            else wallet.available_micro_usd
+        )
+        if amount_micro_usd > available:
+            return Verdict(False, "wallet", None, tuple(states))
+    if policy.requests_per_minute is not None or policy.tokens_per_minute is not None:
+        from keyfob.store.metering import recent_activity
+
+        calls, tokens_used, oldest = await recent_activity(service.store.engine, grant.id, now)
+        retry = (oldest + 60) if oldest is not None else None
+        if policy.requests_per_minute is not None and calls + 1 > policy.requests_per_minute:
+            return Verdict(False, "requests per minute", retry, tuple(states))
+        if (
+            policy.tokens_per_minute is not None
+            and tokens_bound is not None
+            and tokens_used + tokens_bound > policy.tokens_per_minute
+        ):
+            return Verdict(False, "tokens per minute", retry, tuple(states))
+    return Verdict(True, None, None, tuple(states))

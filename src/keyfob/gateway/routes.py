@@ -63,3 +63,17 @@ ROUTES = [
     Route("/v1/chat/completions", openai_errors(chat_completions), methods=["POST"]),
     Route("/v1/models", openai_errors(list_models), methods=["GET"]),
 ]
+
+
+def _keyfob_api_routes() -> list[Route]:
+    from keyfob.gateway import keyfob_api
+
+    return [
+        Route("/v1/keyfob/quote", openai_errors(keyfob_api.quote), methods=["POST"]),
+        Route("/v1/keyfob/allowance", openai_errors(keyfob_api.allowance), methods=["GET"]),
+        Route("/v1/keyfob/usage", openai_errors(keyfob_api.usage), methods=["GET"]),
+    ]
+
+
+#: Keyfob's own API for apps (quotes, allowance, usage), registered by server.py.
+KEYFOB_API_ROUTES = _keyfob_api_routes()

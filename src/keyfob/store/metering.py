@@ -616,3 +616,42 @@ async def usage_rows(
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).all()
     return [dict(r._mapping) for r in rows]
+
+
+async def recent_activity(
+    engine: AsyncEngine, grant_id: str, now: float
+) -> tuple[int, int, float | None]:
+    """Calls and tokens of the last minute (as the rate limits count them)."""
+    L = t.ledger.c
+    tokens = case(
+        (L.status == "reserved", func.coalesce(L.tokens_reserved, 0)),
+        else_=func.coalesce(L.input_tokens, 0) + func.coalesce(L.output_tokens, 0),
+    )
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    func.count(), func.coalesce(func.sum(tokens), 0), func.min(L.created_at)
+                ).where(L.grant_id == grant_id, L.created_at > now - 60)
+            )
+        ).first()
+    if row is None:
+        return 0, 0, None
+    return int(row[0]), int(row[1]), row[2]
+
+
+async def typical_output_tokens(
+    engine: AsyncEngine, grant_id: str, model: str, sample: int = 50
+) -> int | None:
+    """The mean output tokens of the grant's recent settled calls to ``model``."""
+    L = t.ledger.c
+    recent = (
+        select(L.output_tokens)
+        .where(L.grant_id == grant_id, L.model == model, L.output_tokens.is_not(None))
+        .order_by(L.created_at.desc())
+        .limit(sample)
+        .subquery()
+    )
+    async with engine.connect() as conn:
+        value = (await conn.execute(select(func.avg(recent.c.output_tokens)))).scalar()
+    return round(float(value)) if value is not None else None
