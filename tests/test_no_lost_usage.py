@@ -1,4 +1,4 @@
-"""Invariant 2, no lost usage: kill -9 the gateway while streams are in flight. After the
+"""Invariant 2, no lost usage: kill -9 the gateway while 100 streams are in flight. After the
 restart every call that reached the upstream is in the ledger exactly once, charged its
 reservation and flagged for reconciliation."""
 
@@ -12,11 +12,12 @@ import openai
 from tests.support import FakeLLM, KeyfobServer, ledger_rows, mint_token
 from tests.test_concurrency import MODEL, link_fake
 
-CALLS = 20
+CALLS = 100
 
 
 async def start_streams(url: str, token: str, server: KeyfobServer) -> int:
     started = 0
+    early: list[str] = []
     async with openai.AsyncOpenAI(
         base_url=url + "/v1", api_key=token, max_retries=0, timeout=30
     ) as client:
@@ -33,15 +34,17 @@ async def start_streams(url: str, token: str, server: KeyfobServer) -> int:
                 started += 1
                 async for _ in stream:
                     pass
-            except (openai.APIConnectionError, openai.APIError):
-                pass
+            except (openai.APIConnectionError, openai.APIError) as exc:
+                if server.proc is not None and server.proc.poll() is None:
+                    early.append(repr(exc))  # failed before the kill: a real error
 
         tasks = [asyncio.create_task(one()) for _ in range(CALLS)]
         deadline = time.monotonic() + 20
-        while started < CALLS and time.monotonic() < deadline:
+        while started < CALLS // 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        server.kill9()  # mid-stream: fakellm takes about 10 ms per chunk
+        server.kill9()  # half the streams have started, the rest are anywhere on the path
         await asyncio.gather(*tasks)
+    assert early == []
     return started
 
 
@@ -52,14 +55,18 @@ def test_kill9_mid_stream_loses_no_usage(server: KeyfobServer, fakellm: FakeLLM)
 
     started = asyncio.run(start_streams(server.url, minted["token"], server))
     reached = fakellm.request_count() - before
-    assert started == CALLS and reached == CALLS
+    assert started >= CALLS // 2 and reached >= started
 
     server.start()  # the restart reconciles what the dead process left open
     rows = ledger_rows(server.data_dir)
-    assert len(rows) == reached
-    assert len({r["id"] for r in rows}) == reached
-    for r in rows:
-        assert r["status"] in ("charged_reservation", "estimated", "settled"), r
-        if r["status"] == "charged_reservation":
-            assert r["needs_reconciliation"] and r["cost_micro_usd"] == r["reserved_micro_usd"]
-    assert any(r["status"] == "charged_reservation" for r in rows)
+    assert len({r["id"] for r in rows}) == len(rows)
+    # every call the upstream saw is in the ledger; a call killed between its reservation
+    # and the upstream is charged too, flagged, never dropped
+    assert len(rows) >= reached
+    finished = [r for r in rows if r["status"] in ("estimated", "settled")]
+    charged = [r for r in rows if r["status"] == "charged_reservation"]
+    assert len(finished) + len(charged) == len(rows), [r["status"] for r in rows]
+    assert charged, "the kill was meant to land mid-stream"
+    for r in charged:
+        assert r["needs_reconciliation"] and r["cost_micro_usd"] == r["reserved_micro_usd"]
+    assert len(rows) - reached <= len(charged)

@@ -7,6 +7,7 @@ vault and upstream session exist exactly once per process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -83,6 +84,11 @@ def create_app(settings: Settings) -> Starlette:
                 sock_read=settings.upstream_read_timeout_s,
             ),
         )
+        # Load the bundled tokenizer now: loading it lazily inside the first stream holds
+        # the GIL for half a second and stalls every relay in flight.
+        from keyfob.gateway.estimate import count
+
+        await asyncio.to_thread(count, "warm up")
         app.state.kf = kf
         try:
             yield
