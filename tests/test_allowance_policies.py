@@ -260,3 +260,33 @@ async def test_threshold_webhooks_fire_once_each_and_are_signed(store: Store) ->
             assert sig == "sha256=" + hmac.new(secret, raw, hashlib.sha256).hexdigest()
     finally:
         await runner.cleanup()
+
+
+async def test_a_call_straddling_the_month_boundary_is_charged_to_its_own_month(
+    store: Store,
+) -> None:
+    """Reserved at 23:59:59 on 31 October (Paris), settled in November: the spend lands in
+    October, where it was reserved, and November starts empty."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from keyfob.allowance.windows import calendar_month
+    from keyfob.store.metering import WindowLimit
+
+    g = await grant_with(store, Policy.monthly(1_000))
+    paris = ZoneInfo("Europe/Paris")
+    before = datetime(2026, 10, 31, 23, 59, 59, tzinfo=paris).timestamp()
+    after = before + 2
+    october, november = calendar_month(before, g.timezone), calendar_month(after, g.timezone)
+    assert (october.key, november.key) == ("month:2026-10", "month:2026-11")
+    assert october.resets_at == november.starts_at
+    r = await store.metering.reserve(
+        entry_id="edge", token_hash=f"tok-{g.id}", grant_id=g.id, user_id=g.user_id,
+        client_id=g.client_id, provider_id=None, model=MODEL, endpoint="chat", streamed=True,
+        amount_micro_usd=900, windows=[WindowLimit(october.key, 1_000)], now=before)
+    assert not hasattr(r, "label")
+    await store.metering.settle("edge", Settlement("settled", 700, "upstream"), now=after)
+    old = await store.metering.window(g.id, october.key)
+    new = await store.metering.window(g.id, november.key)
+    assert (old.spent_micro_usd, old.reserved_micro_usd) == (700, 0)
+    assert (new.spent_micro_usd, new.reserved_micro_usd) == (0, 0)
