@@ -28,3 +28,4 @@ services:  ## start PostgreSQL and Redis if they are not running (hosted-mode te
 
 bench:
 	$(PYTHON) -m bench
+bench-quick: ; $(PYTHON) -m bench --quick
