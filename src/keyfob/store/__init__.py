@@ -13,23 +13,25 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyfob.store.accounts import ProvidersRepo, UsersRepo
-from keyfob.store.apps import ClientsRepo, CodesRepo, GrantsRepo, TokensRepo
+from keyfob.store.apps import ClientsRepo, CodesRepo, DeviceCodesRepo, GrantsRepo, TokensRepo
 from keyfob.store.engine import create_engine
 from keyfob.store.metering import MeteringRepo
 from keyfob.store.migrate import upgrade
+from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.store.wallets import WalletsRepo
 
 
-def prepare_sqlite_file(url: str) -> None:
+def prepare_sqlite_file(url: str) -> str | None:
     """Create a SQLite file's folder (0700) and the file itself 0600 from the first byte:
     the database holds hashes and sealed credentials (SQLite gives its -wal and -shm
     files the same mode). Start-up only, so a blocking call is fine."""
     if not (url.startswith("sqlite") and ":///" in url):
-        return
+        return None
     path = Path(url.split(":///", 1)[1])
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    return str(path)
 
 
 @dataclass
@@ -43,9 +45,12 @@ class Store:
     tokens: TokensRepo
     metering: MeteringRepo
     wallets: WalletsRepo
+    devices: DeviceCodesRepo
+
+    hot: SqliteHotPath | None = None
 
     @classmethod
-    def from_engine(cls, engine: AsyncEngine) -> Store:
+    def from_engine(cls, engine: AsyncEngine, hot: SqliteHotPath | None = None) -> Store:
         return cls(
             engine,
             UsersRepo(engine),
@@ -54,20 +59,27 @@ class Store:
             GrantsRepo(engine),
             CodesRepo(engine),
             TokensRepo(engine),
-            MeteringRepo(engine),
+            MeteringRepo(engine, hot),
             WalletsRepo(engine),
+            DeviceCodesRepo(engine),
+            hot,
         )
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
         """Connect (creating the SQLite file's folder) and apply migrations."""
-        prepare_sqlite_file(url)
+        path = prepare_sqlite_file(url)
         engine = create_engine(url)
         if migrate:
             await upgrade(engine)
-        return cls.from_engine(engine)
+        hot = SqliteHotPath(path) if path is not None else None
+        if hot is not None:
+            hot.start()
+        return cls.from_engine(engine, hot)
 
     async def close(self) -> None:
+        if self.hot is not None:
+            await self.hot.close()
         await self.engine.dispose()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 
@@ -9,7 +10,7 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyfob.store import schema as t
-from keyfob.store.records import AuthCode, Client, Grant, Token
+from keyfob.store.records import AuthCode, Client, DeviceCode, Grant, Token
 from keyfob.tokens import new_id
 
 
@@ -25,6 +26,8 @@ class ClientsRepo:
         is_public: bool,
         secret_hash: str | None,
         client_id: str | None = None,
+        kind: str = "registered",
+        metadata_json: str | None = None,
     ) -> Client:
         values = dict(
             id=client_id or f"kfapp_{new_id()[:20]}",
@@ -33,6 +36,8 @@ class ClientsRepo:
             is_public=is_public,
             secret_hash=secret_hash,
             created_at=time.time(),
+            kind=kind,
+            metadata_json=metadata_json,
         )
         async with self.engine.begin() as conn:
             await conn.execute(insert(t.clients).values(**values))
@@ -49,6 +54,50 @@ class ClientsRepo:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(t.clients).order_by(t.clients.c.created_at))).all()
         return [Client.of(r) for r in rows]
+
+    async def save_document(
+        self,
+        *,
+        client_id: str,
+        name: str,
+        redirect_uris: builtins.list[str],
+        metadata_json: str | None,
+        fetched_at: float,
+    ) -> Client:
+        """Insert or refresh a public client described by a Client ID Metadata Document.
+
+        Only rows of kind ``metadata_document`` are ever updated, so a document can never
+        overwrite an app the owner registered."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(t.clients).where(t.clients.c.id == client_id))).first()
+            if row is None:
+                await conn.execute(
+                    insert(t.clients).values(
+                        id=client_id,
+                        name=name,
+                        redirect_uris_json=json.dumps(redirect_uris),
+                        is_public=True,
+                        secret_hash=None,
+                        created_at=fetched_at,
+                        kind="metadata_document",
+                        metadata_json=metadata_json,
+                        fetched_at=fetched_at,
+                    )
+                )
+            elif row._mapping["kind"] == "metadata_document":
+                await conn.execute(
+                    update(t.clients)
+                    .where(t.clients.c.id == client_id)
+                    .values(
+                        name=name,
+                        redirect_uris_json=json.dumps(redirect_uris),
+                        metadata_json=metadata_json,
+                        fetched_at=fetched_at,
+                    )
+                )
+        client = await self.get(client_id)
+        assert client is not None
+        return client
 
 
 class GrantsRepo:
@@ -123,12 +172,15 @@ class GrantsRepo:
         policy_json: str,
         cap_micro_usd: int,
         models: list[str] | None = None,
+        window: str | None = None,
     ) -> None:
         values: dict[str, object] = dict(
             policy_json=policy_json, cap_micro_usd=cap_micro_usd, updated_at=time.time()
         )
         if models is not None:
             values["models_json"] = json.dumps(models)
+        if window is not None:
+            values["window"] = window
         async with self.engine.begin() as conn:
             await conn.execute(update(t.grants).where(t.grants.c.id == grant_id).values(**values))
 
@@ -149,6 +201,18 @@ class GrantsRepo:
                 )
             ).first()
         return Grant.of(row) if row else None
+
+    async def ever_for(self, user_id: str, client_id: str) -> bool:
+        """Has this person ever allowed this app (a live or a revoked grant)?"""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(t.grants.c.id)
+                    .where(t.grants.c.user_id == user_id, t.grants.c.client_id == client_id)
+                    .limit(1)
+                )
+            ).first()
+        return row is not None
 
     async def list(self, user_id: str, *, include_revoked: bool = False) -> list[Grant]:
         q = select(t.grants).where(t.grants.c.user_id == user_id)
@@ -294,3 +358,100 @@ class TokensRepo:
                 .where(t.tokens.c.family_id == family_id, t.tokens.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
+
+
+class DeviceCodesRepo:
+    """Device authorization requests (RFC 8628). Every state change is one conditional
+    UPDATE, so two pollers (or two people) racing on one code cannot both win."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def save(self, code: DeviceCode) -> bool:
+        """Store a new request; False when its user code collides with a live one."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    delete(t.device_codes).where(
+                        t.device_codes.c.user_code_hash == code.user_code_hash,
+                        t.device_codes.c.expires_at < code.created_at,
+                    )
+                )
+                await conn.execute(insert(t.device_codes).values(**code.__dict__))
+        except IntegrityError:
+            return False
+        return True
+
+    async def get(self, device_code_hash: str) -> DeviceCode | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(t.device_codes).where(
+                        t.device_codes.c.device_code_hash == device_code_hash
+                    )
+                )
+            ).first()
+        return DeviceCode.of(row) if row else None
+
+    async def by_user_code(self, user_code_hash: str) -> DeviceCode | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(t.device_codes).where(t.device_codes.c.user_code_hash == user_code_hash)
+                )
+            ).first()
+        return DeviceCode.of(row) if row else None
+
+    async def decide(
+        self,
+        device_code_hash: str,
+        *,
+        approved: bool,
+        user_id: str,
+        grant_id: str | None,
+        now: float,
+    ) -> bool:
+        """Record the person's decision on a pending, unexpired request (once)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(t.device_codes)
+                .where(
+                    t.device_codes.c.device_code_hash == device_code_hash,
+                    t.device_codes.c.status == "pending",
+                    t.device_codes.c.expires_at >= now,
+                )
+                .values(
+                    status="approved" if approved else "denied",
+                    user_id=user_id,
+                    grant_id=grant_id,
+                    decided_at=now,
+                )
+            )
+        return bool(result.rowcount == 1)
+
+    async def polled(self, device_code_hash: str, *, now: float, interval_s: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t.device_codes)
+                .where(t.device_codes.c.device_code_hash == device_code_hash)
+                .values(last_polled_at=now, interval_s=interval_s)
+            )
+
+    async def consume(self, device_code_hash: str, now: float) -> bool:
+        """approved -> used, exactly once: True for the one poll that gets the tokens."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(t.device_codes)
+                .where(
+                    t.device_codes.c.device_code_hash == device_code_hash,
+                    t.device_codes.c.status == "approved",
+                )
+                .values(status="used", last_polled_at=now)
+            )
+        return bool(result.rowcount == 1)
+
+    async def purge_expired(self, before: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(t.device_codes).where(t.device_codes.c.expires_at < before))

@@ -8,9 +8,9 @@ the same transaction, so a revocation committed before a call's reservation refu
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, or_, select, update
@@ -18,75 +18,41 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyfob.store import schema as t
+from keyfob.store import sqlite_hot
+from keyfob.store.metering_types import (
+    CredentialRevoked,
+    RateLimits,
+    Refused,
+    Reserved,
+    ReserveRequest,
+    RollingLimit,
+    Settlement,
+    WindowLimit,
+)
 from keyfob.store.records import LedgerEntry, WindowState
+from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.tokens import new_id
 
-
-@dataclass(frozen=True)
-class WindowLimit:
-    """A counter window (calendar day/week/month, optionally for one model)."""
-
-    window_key: str
-    cap_micro_usd: int
-    label: str = ""
-    resets_at: float | None = None
-
-
-@dataclass(frozen=True)
-class RollingLimit:
-    """Spend over the last ``seconds``, summed from the ledger (``model``: one model only).
-
-    A call counts at its reservation time: in flight at its reservation, then at its cost."""
-
-    seconds: int
-    cap_micro_usd: int
-    model: str | None = None
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class RateLimits:
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-
-
-@dataclass(frozen=True)
-class Reserved:
-    entry_id: str
-    windows: tuple[WindowState, ...]
-
-
-@dataclass(frozen=True)
-class Refused:
-    """The reservation did not fit: the limit that refused, its state, and the earliest
-    moment it could fit again (None when only a refill or a person can change it)."""
-
-    window: WindowState
-    label: str = ""
-    retry_at: float | None = None
-
-
-class CredentialRevoked(Exception):
-    """The token or its grant ended before this call could reserve."""
-
-
-@dataclass(frozen=True)
-class Settlement:
-    status: str
-    cost_micro_usd: int
-    usage_source: str
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cached_input_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    needs_reconciliation: bool = False
-    upstream_status: int | None = None
-    error: str | None = None
+__all__ = [
+    "CredentialRevoked",
+    "MeteringRepo",
+    "RateLimits",
+    "Refused",
+    "ReserveRequest",
+    "Reserved",
+    "RollingLimit",
+    "Settlement",
+    "WindowLimit",
+]
 
 
 class MeteringRepo:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """Reserve/settle on SQLAlchemy (the reference, used on PostgreSQL), or on the SQLite
+    hot path (``sqlite_hot``) when the store runs on SQLite."""
+
+    def __init__(self, engine: AsyncEngine, hot: SqliteHotPath | None = None) -> None:
         self.engine = engine
+        self.hot = hot
 
     def _insert_window(self, conn: AsyncConnection, grant_id: str, w: WindowLimit) -> Any:
         values = dict(
@@ -124,6 +90,28 @@ class MeteringRepo:
     ) -> Reserved | Refused:
         """Check every limit and hold ``amount_micro_usd`` on each, all or nothing."""
         now = time.time() if now is None else now
+        if self.hot is not None:
+            req = ReserveRequest(
+                entry_id,
+                token_hash,
+                grant_id,
+                user_id,
+                client_id,
+                provider_id,
+                model,
+                endpoint,
+                streamed,
+                amount_micro_usd,
+                now,
+                list(windows),
+                list(rolling or []),
+                rates,
+                tokens_reserved,
+                wallet_user_id,
+                wallet_refill_key,
+                downgraded_from,
+            )
+            return await self.hot.run(functools.partial(sqlite_hot.reserve_tx, req=req))
         async with self.engine.connect() as conn:
             trans = await conn.begin()
             try:
@@ -367,6 +355,10 @@ class MeteringRepo:
     ) -> tuple[WindowState, ...]:
         """Turn a reservation into a charge. Idempotent: a settled entry is left alone."""
         now = time.time() if now is None else now
+        if self.hot is not None:
+            return await self.hot.run(
+                functools.partial(sqlite_hot.settle_tx, entry_id=entry_id, s=s, now=now)
+            )
         async with self.engine.begin() as conn:
             return await self._settle(conn, entry_id, s, now)
 

@@ -84,6 +84,10 @@ class Client:
     is_public: bool
     secret_hash: str | None
     created_at: float
+    #: registered (by the owner) | dynamic (RFC 7591) | metadata_document (fetched URL)
+    kind: str = "registered"
+    metadata_json: str | None = None
+    fetched_at: float | None = None
 
     @classmethod
     def of(cls, row: Any) -> Client:
@@ -95,7 +99,13 @@ class Client:
             bool(m["is_public"]),
             m["secret_hash"],
             m["created_at"],
+            m["kind"],
+            m["metadata_json"],
+            m["fetched_at"],
         )
+
+    def __repr__(self) -> str:  # keep the secret's hash out of logs
+        return f"Client(id={self.id!r}, name={self.name!r}, kind={self.kind!r})"
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,31 @@ class AuthCode:
             m["expires_at"],
             m["used_at"],
         )
+
+
+@dataclass(frozen=True)
+class DeviceCode:
+    """A device authorization request (RFC 8628) waiting for, or holding, a decision."""
+
+    device_code_hash: str
+    user_code_hash: str
+    client_id: str
+    scope: str
+    resource: str | None
+    request_json: str
+    status: str
+    interval_s: int
+    created_at: float
+    expires_at: float
+    last_polled_at: float | None = None
+    user_id: str | None = None
+    grant_id: str | None = None
+    decided_at: float | None = None
+
+    @classmethod
+    def of(cls, row: Any) -> DeviceCode:
+        m = row._mapping
+        return cls(**{f: m[f] for f in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

@@ -66,12 +66,19 @@ price_overrides = Table(
 clients = Table(
     "clients",
     metadata,
-    Column("id", String(128), primary_key=True),
+    #: An opaque ``kfapp_...`` id, or an https URL (Client ID Metadata Document).
+    Column("id", String(255), primary_key=True),
     Column("name", String(128), nullable=False),
     Column("redirect_uris_json", Text, nullable=False),
     Column("is_public", Boolean, nullable=False),
     Column("secret_hash", String(64), nullable=True),
     Column("created_at", Float, nullable=False),
+    #: registered (by the owner) | dynamic (RFC 7591) | metadata_document (fetched)
+    Column("kind", String(32), nullable=False, server_default="registered"),
+    #: Extra registration metadata (client_uri, software_id...), JSON; never secrets.
+    Column("metadata_json", Text, nullable=True),
+    #: When a metadata document was last fetched.
+    Column("fetched_at", Float, nullable=True),
 )
 
 grants = Table(
@@ -79,7 +86,7 @@ grants = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
-    Column("client_id", String(128), ForeignKey("clients.id"), nullable=False),
+    Column("client_id", String(255), ForeignKey("clients.id"), nullable=False),
     Column("models_json", Text, nullable=False),
     Column("cap_micro_usd", BigInteger, nullable=False),
     Column("window", String(32), nullable=False, server_default="month"),
@@ -96,7 +103,7 @@ auth_codes = Table(
     "auth_codes",
     metadata,
     Column("code_hash", String(64), primary_key=True),
-    Column("client_id", String(128), nullable=False),
+    Column("client_id", String(255), nullable=False),
     Column("user_id", String(32), nullable=False),
     Column("grant_id", String(32), ForeignKey("grants.id"), nullable=False),
     Column("redirect_uri", Text, nullable=False),
@@ -113,7 +120,7 @@ tokens = Table(
     Column("token_hash", String(64), primary_key=True),
     Column("kind", String(16), nullable=False),
     Column("grant_id", String(32), ForeignKey("grants.id"), nullable=False),
-    Column("client_id", String(128), nullable=False),
+    Column("client_id", String(255), nullable=False),
     #: Every token descended from one authorization code shares a family (RFC 9700 4.14).
     Column("family_id", String(64), nullable=False),
     Column("scope", Text, nullable=False, server_default=""),
@@ -124,6 +131,30 @@ tokens = Table(
     Column("revoked_at", Float, nullable=True),
 )
 Index("ix_tokens_family", tokens.c.family_id)
+
+#: Device authorization grant (RFC 8628): codes waiting for a person on another screen.
+device_codes = Table(
+    "device_codes",
+    metadata,
+    Column("device_code_hash", String(64), primary_key=True),
+    #: SHA-256 of the normalised user code (letters only, upper case).
+    Column("user_code_hash", String(64), nullable=False),
+    Column("client_id", String(255), nullable=False),
+    Column("scope", Text, nullable=False, server_default=""),
+    Column("resource", Text, nullable=True),
+    #: The app's suggestions for the consent page (cap, window, models), JSON.
+    Column("request_json", Text, nullable=False, server_default="{}"),
+    #: pending -> approved -> used | denied
+    Column("status", String(16), nullable=False),
+    Column("interval_s", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("last_polled_at", Float, nullable=True),
+    Column("user_id", String(32), nullable=True),
+    Column("grant_id", String(32), nullable=True),
+    Column("decided_at", Float, nullable=True),
+    UniqueConstraint("user_code_hash", name="uq_device_codes_user_code"),
+)
 Index("ix_tokens_grant", tokens.c.grant_id)
 
 allowance_windows = Table(
@@ -143,7 +174,7 @@ ledger = Table(
     Column("id", String(32), primary_key=True),
     Column("grant_id", String(32), ForeignKey("grants.id"), nullable=False),
     Column("user_id", String(32), nullable=False),
-    Column("client_id", String(128), nullable=False),
+    Column("client_id", String(255), nullable=False),
     Column("provider_id", String(32), nullable=True),
     Column("model", String(255), nullable=False),
     Column("endpoint", String(64), nullable=False),

@@ -1,0 +1,94 @@
+"""The value types of the reserve/settle protocol, shared by both implementations
+(``metering.MeteringRepo`` on SQLAlchemy, ``sqlite_hot`` on plain sqlite3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from keyfob.store.records import WindowState
+
+
+@dataclass(frozen=True)
+class WindowLimit:
+    """A counter window (calendar day/week/month, optionally for one model)."""
+
+    window_key: str
+    cap_micro_usd: int
+    label: str = ""
+    resets_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RollingLimit:
+    """Spend over the last ``seconds``, summed from the ledger (``model``: one model only).
+
+    A call counts at its reservation time: in flight at its reservation, then at its cost."""
+
+    seconds: int
+    cap_micro_usd: int
+    model: str | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True)
+class Reserved:
+    entry_id: str
+    windows: tuple[WindowState, ...]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The reservation did not fit: the limit that refused, its state, and the earliest
+    moment it could fit again (None when only a refill or a person can change it)."""
+
+    window: WindowState
+    label: str = ""
+    retry_at: float | None = None
+
+
+class CredentialRevoked(Exception):
+    """The token or its grant ended before this call could reserve."""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    status: str
+    cost_micro_usd: int
+    usage_source: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    needs_reconciliation: bool = False
+    upstream_status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReserveRequest:
+    """One reservation: who, what, how much, and every limit it must fit."""
+
+    entry_id: str
+    token_hash: str
+    grant_id: str
+    user_id: str
+    client_id: str
+    provider_id: str | None
+    model: str
+    endpoint: str
+    streamed: bool
+    amount_micro_usd: int
+    now: float
+    windows: list[WindowLimit] = field(default_factory=list)
+    rolling: list[RollingLimit] = field(default_factory=list)
+    rates: RateLimits | None = None
+    tokens_reserved: int | None = None
+    wallet_user_id: str | None = None
+    wallet_refill_key: str | None = None
+    downgraded_from: str | None = None
