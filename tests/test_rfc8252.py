@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -162,3 +163,32 @@ async def test_register_app(store: Store) -> None:
 async def test_register_app_refuses(store: Store, name: str, uris: list[str]) -> None:
     with pytest.raises(InvalidClient):
         await register_app(store, name=name, redirect_uris=uris, public=True)
+
+
+LOOP_REGISTERED = "http://127.0.0.1:4000/cb?x=1"
+_LOOP_SAME_BUT_PORT = re.compile(r"^http://127\.0\.0\.1(?::([0-9]{1,5}))?/cb\?x=1$")
+
+
+@st.composite
+def one_edit(draw: st.DrawFn, base: str) -> str:
+    """``base`` with one character inserted, deleted or replaced (any code point)."""
+    i = draw(st.integers(0, len(base)))
+    op = draw(st.sampled_from(["insert", "delete", "replace"]))
+    c = draw(st.characters())
+    if op == "insert":
+        return base[:i] + c + base[i:]
+    if op == "delete" or i == len(base):
+        return base[:i] + base[i + 1 :]
+    return base[:i] + c + base[i + 1 :]
+
+
+@given(st.one_of(one_edit(LOOP_REGISTERED), one_edit(WEB), st.text(max_size=60)))
+def test_only_the_loopback_port_may_differ(requested: str) -> None:
+    """Property: a request differing from a registration in anything but the loopback
+    port (RFC 8252 7.3) is refused, whatever the edit."""
+    registered = [LOOP_REGISTERED, WEB]
+    m = _LOOP_SAME_BUT_PORT.match(requested)
+    port_only = requested == WEB or (
+        m is not None and (m.group(1) is None or 0 < int(m.group(1)) < 65536)
+    )
+    assert rfc8252.matches(requested, registered) == port_only, requested

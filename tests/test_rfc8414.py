@@ -16,7 +16,19 @@ def test_metadata_fields() -> None:
     assert meta["authorization_endpoint"] == "https://kf.example/oauth/authorize"
     assert meta["token_endpoint"] == "https://kf.example/oauth/token"
     assert meta["response_types_supported"] == ["code"]
-    assert meta["grant_types_supported"] == ["authorization_code", "refresh_token"]
+    assert meta["grant_types_supported"] == [
+        "authorization_code",
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:device_code",
+    ]
+    assert meta["device_authorization_endpoint"] == (
+        "https://kf.example/oauth/device_authorization"
+    )
+    assert meta["registration_endpoint"] == "https://kf.example/oauth/register"
+    assert meta["revocation_endpoint"] == "https://kf.example/oauth/revoke"
+    assert meta["introspection_endpoint"] == "https://kf.example/oauth/introspect"
+    assert meta["client_id_metadata_document_supported"] is True
+    assert "none" not in meta["introspection_endpoint_auth_methods_supported"]
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert meta["token_endpoint_auth_methods_supported"] == [
         "none",
@@ -25,6 +37,7 @@ def test_metadata_fields() -> None:
     ]
     assert meta["authorization_response_iss_parameter_supported"] is True
     assert "implicit" not in meta["grant_types_supported"]
+    assert "password" not in meta["grant_types_supported"]
 
 
 def test_served_metadata(server: KeyfobServer) -> None:

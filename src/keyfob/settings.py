@@ -45,6 +45,15 @@ class Settings:
     access_token_ttl_s: int = 3600
     refresh_token_ttl_s: int = 30 * 24 * 3600
     auth_code_ttl_s: int = 60
+    #: Device authorization grant (RFC 8628): lifetime of a device code, polling interval.
+    device_code_ttl_s: int = 600
+    device_code_interval_s: int = 5
+    #: Dynamic client registration (RFC 7591, public clients only) and its limit per address.
+    dynamic_registration: bool = True
+    registrations_per_hour_per_address: int = 20
+    #: Fetch Client ID Metadata Documents from loopback addresses (personal mode only, for
+    #: tests and local development; hosted mode always refuses loopback and private ones).
+    client_metadata_allow_loopback: bool = False
     #: Largest request body the gateway accepts (bytes).
     max_body_bytes: int = 4 * 1024 * 1024
     #: Largest form body the OAuth and web endpoints accept (bytes).

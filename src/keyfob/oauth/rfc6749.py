@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from keyfob import money
-from keyfob.oauth import rfc7636, rfc8252, rfc9207
+from keyfob.oauth import client_metadata, rfc7636, rfc8252, rfc8628, rfc8707, rfc9207
+from keyfob.oauth.consent import CAP_PARAMETER, ConsentAsk, Suggestion, parse_suggestion
 from keyfob.oauth.errors import OAuthError, invalid_client, invalid_grant
 from keyfob.oauth.grants import REFRESH, issue_tokens
 from keyfob.settings import Settings
@@ -35,7 +35,7 @@ MAX_SCOPE = 512
 MAX_PARAM = 2048
 #: RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")
-CAP_PARAMETER = "keyfob_cap_usd"
+__all__ = ["CAP_PARAMETER", "AuthorizationRequest", "authenticate_client", "token_request"]
 
 
 def single_values(items: Iterable[tuple[str, str]]) -> tuple[dict[str, str], set[str]]:
@@ -57,9 +57,9 @@ def single_values(items: Iterable[tuple[str, str]]) -> tuple[dict[str, str], set
 class AuthorizationRequest:
     """A validated authorization request: safe to show a consent page for.
 
-    An app may suggest the monthly cap the person sees pre-filled on the consent page
-    with the extra parameter ``keyfob_cap_usd`` (a USD amount such as ``"2.50"``); the
-    person decides the final value.
+    An app may suggest the allowance the person sees pre-filled on the consent page with
+    the extra parameters ``keyfob_cap_usd``, ``keyfob_window`` and ``keyfob_models``
+    (see consent.py); the person decides the final values.
     """
 
     client_id: str
@@ -70,6 +70,19 @@ class AuthorizationRequest:
     scope: str
     resource: str | None
     suggested_cap_micro_usd: int | None
+    suggested_window: str | None = None
+    suggested_models: tuple[str, ...] = ()
+    client_kind: str = "registered"
+
+    @property
+    def suggestion(self) -> Suggestion:
+        return Suggestion(
+            self.suggested_cap_micro_usd, self.suggested_window, tuple(self.suggested_models)
+        )
+
+    def ask(self) -> ConsentAsk:
+        host = urlsplit(self.redirect_uri).netloc or self.redirect_uri
+        return ConsentAsk(self.client_id, self.client_name, host, self.client_kind, self.suggestion)
 
     def as_params(self) -> dict[str, Any]:
         """Plain, JSON-safe data (to keep the request in the session until consent)."""
@@ -90,27 +103,35 @@ class AuthorizationRequest:
             pairs.append(("scope", self.scope))
         if self.resource is not None:
             pairs.append(("resource", self.resource))
-        if self.suggested_cap_micro_usd is not None:
-            pairs.append((CAP_PARAMETER, money.format_usd(self.suggested_cap_micro_usd)))
-        return pairs
+        return pairs + self.suggestion.as_params()
+
+
+async def find_client(store: Store, settings: Settings, client_id: str) -> Client | None:
+    """A stored client, or one described by a Client ID Metadata Document. Raises
+    OAuthError (never redirectable) when a document URL cannot be used."""
+    try:
+        return await client_metadata.resolve_client(store, settings, client_id)
+    except client_metadata.MetadataDocumentError as exc:
+        raise OAuthError("invalid_client", f"client metadata document: {exc}") from None
 
 
 async def validate_authorization_request(
-    store: Store, items: Iterable[tuple[str, str]]
+    store: Store, items: Iterable[tuple[str, str]], settings: Settings | None = None
 ) -> AuthorizationRequest:
     """Validate an authorization request, in the order RFC 6749 4.1.2.1 needs.
 
     Until the client and its redirect URI are known to be good, errors carry no
     ``redirect_uri`` (the route shows them to the person); after that they do.
     """
+    settings = settings or Settings()
     params, repeated = single_values(items)
 
     client_id = params.get("client_id", "")
     if "client_id" in repeated:
         raise OAuthError("invalid_request", "client_id was sent more than once")
-    if not client_id or len(client_id) > 128:
+    if not client_id or len(client_id) > client_metadata.MAX_URL:
         raise OAuthError("invalid_request", "client_id is missing")
-    client = await store.clients.get(client_id)
+    client = await find_client(store, settings, client_id)
     if client is None:
         raise OAuthError("invalid_request", "unknown client_id")
 
@@ -155,6 +176,7 @@ async def validate_authorization_request(
         challenge = rfc7636.check_challenge(
             params.get("code_challenge"), params.get("code_challenge_method")
         )
+        resource = rfc8707.check_resource(params.get("resource"), settings)
     except OAuthError as exc:
         raise fail(exc.error, exc.description) from None
 
@@ -162,23 +184,23 @@ async def validate_authorization_request(
     if scope and (len(scope) > MAX_SCOPE or not SCOPE.match(scope)):
         raise fail("invalid_scope", "scope is not a list of scope tokens")
 
-    resource = params.get("resource")
-    if resource is not None:
-        parts = urlsplit(resource)
-        if not parts.scheme or not parts.netloc or parts.fragment or "#" in resource:
-            raise fail("invalid_target", "resource must be an absolute URI without fragment")
-
-    cap: int | None = None
-    if CAP_PARAMETER in params:
-        try:
-            cap = money.parse_usd(params[CAP_PARAMETER])
-        except ValueError:
-            raise fail(
-                "invalid_request", f"{CAP_PARAMETER} must be a USD amount such as 5 or 2.50"
-            ) from None
+    try:
+        suggestion = parse_suggestion(params)
+    except ValueError as exc:
+        raise fail("invalid_request", str(exc)) from None
 
     return AuthorizationRequest(
-        client.id, client.name, redirect_uri, state, challenge, scope, resource, cap
+        client.id,
+        client.name,
+        redirect_uri,
+        state,
+        challenge,
+        scope,
+        resource,
+        suggestion.cap_micro_usd,
+        suggestion.window,
+        suggestion.models,
+        client.kind,
     )
 
 
@@ -267,7 +289,7 @@ async def authenticate_client(
         secret = params.get("client_secret", "")
         if not client_id:
             raise invalid_client("client_id is required")
-    client = await store.clients.get(client_id) if len(client_id) <= 128 else None
+    client = await store.clients.get(client_id) if len(client_id) <= 255 else None
     # hash even for unknown clients, so timing says nothing about which ids exist
     presented = hash_token(secret) if secret else ""
     if client is None:
@@ -302,8 +324,11 @@ async def token_request(
         return await _authorization_code(store, settings, client, params, now)
     if grant_type == "refresh_token":
         return await _refresh_token(store, settings, client, params, now)
+    if grant_type == rfc8628.GRANT_TYPE:
+        return await rfc8628.poll(store, settings, client, params, now)
     raise OAuthError(
-        "unsupported_grant_type", "only authorization_code and refresh_token are supported"
+        "unsupported_grant_type",
+        "only authorization_code, refresh_token and the device code grant are supported",
     )
 
 
@@ -333,6 +358,7 @@ async def _authorization_code(
     if not equal(record.redirect_uri, redirect_uri):
         raise invalid_grant("redirect_uri differs from the authorization request")
     rfc7636.verify(params.get("code_verifier"), record.code_challenge)
+    rfc8707.check_token_resource(params.get("resource"), record.resource, settings)
     grant = await store.grants.get(record.grant_id)
     if grant is None or not grant.active:
         raise invalid_grant("the grant behind this code was revoked")
@@ -360,19 +386,22 @@ async def _refresh_token(
         raise invalid_grant("the refresh token is invalid")
     if not equal(token.client_id, client.id):
         raise invalid_grant("the refresh token was issued to another client")
-    if token.used_at is not None or not await store.tokens.mark_used(token_hash, now):
-        # Rotation (RFC 9700 4.14.2): a used refresh token presented again means two
-        # parties hold it. We cannot tell which one is legitimate, so the family ends.
-        await store.tokens.revoke_family(token.family_id)
-        raise invalid_grant("the refresh token was already used; its tokens are revoked")
-    if token.revoked_at is not None or token.expires_at < now:
-        raise invalid_grant("the refresh token is expired or revoked")
+    # Malformed requests are refused before the token is spent.
+    rfc8707.check_token_resource(params.get("resource"), token.resource, settings)
     scope = token.scope
     if "scope" in params:
         # RFC 6749 6: the new scope may narrow the original one, never widen it.
         if not set(params["scope"].split()) <= set(token.scope.split()):
             raise OAuthError("invalid_scope", "a refresh may not widen the scope")
         scope = " ".join(params["scope"].split())
+    if token.used_at is not None or not await store.tokens.mark_used(token_hash, now):
+        # Rotation (RFC 9700 4.14.2): a used refresh token presented again means two
+        # parties hold it. We cannot tell which one is legitimate, so the family ends.
+        # There is no grace period: a client that lost the answer signs in again.
+        await store.tokens.revoke_family(token.family_id)
+        raise invalid_grant("the refresh token was already used; its tokens are revoked")
+    if token.revoked_at is not None or token.expires_at < now:
+        raise invalid_grant("the refresh token is expired or revoked")
     grant = await store.grants.get(token.grant_id)
     if grant is None or not grant.active:
         raise invalid_grant("the grant behind this token was revoked")

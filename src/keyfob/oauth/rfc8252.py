@@ -46,6 +46,10 @@ def check_registrable(uri: str) -> str:
         raise BadRedirectURI("a redirect URI must not contain a fragment (RFC 6749 3.1.2)")
     if "@" in parts.netloc:
         raise BadRedirectURI("a redirect URI must not contain user information")
+    if "%" in parts.netloc:
+        raise BadRedirectURI("a redirect URI host may not be percent-encoded or carry a zone id")
+    if "*" in uri:
+        raise BadRedirectURI("redirect URIs are matched exactly: wildcards are not supported")
     if scheme in ("http", "https"):
         if not parts.hostname:
             raise BadRedirectURI(f"redirect URI has no host: {uri!r}")

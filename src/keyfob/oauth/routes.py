@@ -1,14 +1,16 @@
-"""HTTP endpoints of the authorization server: metadata, authorize (+ consent), token.
+"""HTTP endpoints of the authorization server: metadata, authorize (+ consent), device,
+token, revocation, introspection and registration.
 
 This is the only oauth module that knows Starlette. It turns requests into plain data,
-calls the protocol modules, and maps ``OAuthError`` to HTTP: at the token endpoint a
-JSON body; at the authorization endpoint an HTML page when the client or redirect URI
-is not yet trusted (never a redirect: no open redirector), else a redirect carrying
-``error``, ``state`` and ``iss``.
+calls the protocol modules, and maps ``OAuthError`` to HTTP: at the JSON endpoints an
+RFC 6749 error body; at the authorization endpoint an HTML page when the client or
+redirect URI is not yet trusted (never a redirect: no open redirector), else a redirect
+carrying ``error``, ``state`` and ``iss``.
 
-Between the authorization request and the person's decision, the validated request is
-kept in the (signed) session under a random id, and validated again on submit, so a
-client or redirect URI removed meanwhile cannot receive a code.
+Between a request and the person's decision, the request is kept in the (signed)
+session under a random id and validated again on submit, so a client or redirect URI
+removed meanwhile cannot receive a code; the id is only valid in the session that
+created it, so consent cannot be fixated onto someone else's browser.
 """
 
 from __future__ import annotations
@@ -17,20 +19,33 @@ import json
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from keyfob.allowance.policy import Policy, SpendLimit
+from keyfob.allowance.service import policy_of
 from keyfob.limits import BodyTooLarge, read_limited
 from keyfob.money import format_usd, parse_usd
-from keyfob.oauth import rfc6749, rfc8414
+from keyfob.oauth import (
+    client_metadata,
+    rfc6749,
+    rfc7009,
+    rfc7591,
+    rfc7662,
+    rfc8414,
+    rfc8628,
+    rfc9728,
+)
+from keyfob.oauth.consent import WINDOWS, ConsentAsk, primary_limit, with_primary
 from keyfob.oauth.errors import OAuthError
 from keyfob.oauth.rfc6749 import AuthorizationRequest
-from keyfob.store.records import User
-from keyfob.web.forms import FormError, read_form
+from keyfob.store.records import Grant, User
+from keyfob.web.forms import Form, FormError, read_form
+from keyfob.web.ratelimit import LoginThrottle, WindowLimiter
 from keyfob.web.render import current_user, error_page, kf_of, login_redirect, page, redirect
 
 log = logging.getLogger("keyfob.oauth")
@@ -42,6 +57,21 @@ PENDING_TTL_S = 15 * 60
 MAX_QUERY_BYTES = 8192
 DEFAULT_CAP_USD = "5"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+DEVICE_CODES_PER_10_MIN = 60
+T = TypeVar("T")
+
+
+def _state_object(request: Request, name: str, factory: type[T], *args: Any) -> T:
+    """A per-application object (rate limiters), made on first use."""
+    found = getattr(request.app.state, name, None)
+    if found is None:
+        found = factory(*args)
+        setattr(request.app.state, name, found)
+    return found  # type: ignore[no-any-return]
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 async def metadata(request: Request) -> Response:
@@ -50,15 +80,13 @@ async def metadata(request: Request) -> Response:
     )
 
 
-# --- authorization endpoint ----------------------------------------------------------
+async def resource_metadata(request: Request) -> Response:
+    return JSONResponse(
+        rfc9728.metadata(kf_of(request).settings), headers={"Cache-Control": "public, max-age=3600"}
+    )
 
 
-def _authorize_error(request: Request, exc: OAuthError, status: int) -> Response:
-    if exc.redirect_uri is None:
-        return error_page(
-            request, 400, "This sign-in request is not valid", exc.description or exc.error
-        )
-    return redirect(rfc6749.error_redirect(exc, kf_of(request).settings.issuer), status)
+# --- pending requests in the session -------------------------------------------------
 
 
 def _pending(request: Request) -> dict[str, Any]:
@@ -73,10 +101,10 @@ def _pending(request: Request) -> dict[str, Any]:
     }
 
 
-def _remember(request: Request, areq: AuthorizationRequest) -> str:
+def _remember(request: Request, entry: dict[str, Any]) -> str:
     pending = _pending(request)
     request_id = secrets.token_urlsafe(16)
-    pending[request_id] = {"at": time.time(), "params": areq.as_params()}
+    pending[request_id] = {"at": time.time(), **entry}
     newest = sorted(pending.items(), key=lambda kv: float(kv[1]["at"]))[-PENDING_MAX:]
     # The session is a cookie (about 4 KB at most in browsers): drop the oldest requests
     # rather than let the browser drop the whole session.
@@ -92,48 +120,153 @@ def _forget(request: Request, request_id: str) -> None:
     request.session[PENDING_KEY] = pending
 
 
+# --- consent (shared by the browser and the device flow) -----------------------------
+
+
 async def _available_models(request: Request, user: User) -> list[str]:
     providers = await kf_of(request).store.providers.list(user.id)
     return [f"{p.name}/{m}" for p in providers for m in p.models]
 
 
+def _usd(micro: int) -> str:
+    return format_usd(micro).rstrip("0").rstrip(".")
+
+
 async def _consent(
     request: Request,
     user: User,
-    areq: AuthorizationRequest,
+    ask: ConsentAsk,
     request_id: str,
+    action: str,
     *,
     status: int = 200,
     error: str | None = None,
     checked: list[str] | None = None,
     cap_usd: str | None = None,
+    window: str | None = None,
 ) -> Response:
     kf = kf_of(request)
     models = await _available_models(request, user)
-    existing = await kf.store.grants.active_for(user.id, areq.client_id)
+    existing = await kf.store.grants.active_for(user.id, ask.client_id)
+    seen = "active" if existing else "new"
+    if existing is None and await kf.store.grants.ever_for(user.id, ask.client_id):
+        seen = "revoked"
+    suggestion = ask.suggestion
     if checked is None:
-        checked = [m for m in existing.models if m in models] if existing else models
+        if suggestion.models:
+            checked = [m for m in suggestion.models if m in models]
+        elif existing is not None:
+            checked = [m for m in existing.models if m in models]
+        else:
+            checked = models
+    current = primary_limit(policy_of(existing), existing.window) if existing else None
     if cap_usd is None:
-        if existing is not None:
-            cap_usd = format_usd(existing.cap_micro_usd).rstrip("0").rstrip(".")
-        elif areq.suggested_cap_micro_usd is not None:
-            cap_usd = format_usd(areq.suggested_cap_micro_usd).rstrip("0").rstrip(".")
+        if current is not None:
+            cap_usd = _usd(current.cap_micro_usd)
+        elif suggestion.cap_micro_usd is not None:
+            cap_usd = _usd(suggestion.cap_micro_usd)
         else:
             cap_usd = DEFAULT_CAP_USD
+    if window is None:
+        window = current.period if current else (suggestion.window or "month")
     return page(
         request,
         "consent.html",
         status,
         user=user,
-        app_name=areq.client_name,
-        redirect_host=urlsplit(areq.redirect_uri).netloc or areq.redirect_uri,
+        app_name=ask.client_name,
+        client_kind=ask.client_kind,
+        client_host=urlsplit(ask.client_id).netloc
+        if ask.client_kind == "metadata_document"
+        else None,
+        redirect_host=ask.redirect_host,
+        seen=seen,
+        suggested_cap=(
+            _usd(suggestion.cap_micro_usd) if suggestion.cap_micro_usd is not None else None
+        ),
+        suggested_window=suggestion.window,
+        suggested_models=list(suggestion.models),
+        unavailable=[m for m in suggestion.models if m not in models],
         models=models,
         checked=checked,
         cap_usd=cap_usd or "0",
+        window=window,
+        windows=WINDOWS,
         request_id=request_id,
+        action=action,
         timezone=user.timezone,
         error=error,
     )
+
+
+async def _choice(
+    request: Request, user: User, form: Form
+) -> tuple[list[str], int, str] | tuple[None, str, tuple[list[str], str, str]]:
+    """The person's models, cap and window, or (None, error, what to show again)."""
+    chosen = list(dict.fromkeys(form.all("models")))
+    cap_text = form.get("cap_usd").strip()
+    window = form.get("window", "month")
+    available = set(await _available_models(request, user))
+    again = ([m for m in chosen if m in available], cap_text, window if window in WINDOWS else "")
+    if any(m not in available for m in chosen):
+        return None, "choose models from the list", again
+    if window not in WINDOWS:
+        return None, "choose a day, a week or a month", again
+    try:
+        cap = parse_usd(cap_text)
+    except ValueError as exc:
+        return None, str(exc), again
+    return chosen, cap, window
+
+
+async def save_grant(
+    request: Request, user: User, client_id: str, models: list[str], cap: int, window: str
+) -> Grant:
+    """Create or update the person's grant for this app, keeping every policy field
+    (rates, per-model caps, wallet, webhook...) other than the primary cap and window."""
+    store = kf_of(request).store
+    existing = await store.grants.active_for(user.id, client_id)
+    if existing is not None:
+        policy = with_primary(policy_of(existing), cap, window, existing.window)
+    else:
+        policy = Policy(limits=(SpendLimit(window, cap),))
+    return await store.grants.upsert(
+        user_id=user.id,
+        client_id=client_id,
+        models=models,
+        cap_micro_usd=cap,
+        window=window,
+        timezone=user.timezone,
+        policy_json=policy.to_json(),
+    )
+
+
+async def _decision_form(request: Request, user: User) -> tuple[Form, dict[str, Any]] | Response:
+    try:
+        form = await read_form(request, kf_of(request).settings.max_form_bytes)
+    except FormError as exc:
+        return error_page(request, exc.status, "The form could not be accepted", exc.message, user)
+    entry = _pending(request).get(form.get("request_id"))
+    if entry is None:
+        return error_page(
+            request,
+            400,
+            "This sign-in request has expired",
+            "Go back to the app and start signing in again.",
+            user,
+        )
+    return form, entry
+
+
+# --- authorization endpoint ----------------------------------------------------------
+
+
+def _authorize_error(request: Request, exc: OAuthError, status: int) -> Response:
+    if exc.redirect_uri is None:
+        return error_page(
+            request, 400, "This sign-in request is not valid", exc.description or exc.error
+        )
+    return redirect(rfc6749.error_redirect(exc, kf_of(request).settings.issuer), status)
 
 
 async def authorize(request: Request) -> Response:
@@ -145,14 +278,15 @@ async def authorize(request: Request) -> Response:
         )
     try:
         areq = await rfc6749.validate_authorization_request(
-            kf.store, request.query_params.multi_items()
+            kf.store, request.query_params.multi_items(), kf.settings
         )
     except OAuthError as exc:
         return _authorize_error(request, exc, 302)
     user = await current_user(request)
     if user is None:
         return login_redirect(request, 302)
-    return await _consent(request, user, areq, _remember(request, areq))
+    request_id = _remember(request, {"kind": "code", "params": areq.as_params()})
+    return await _consent(request, user, areq.ask(), request_id, rfc8414.AUTHORIZATION_PATH)
 
 
 async def authorize_decision(request: Request) -> Response:
@@ -161,24 +295,21 @@ async def authorize_decision(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return redirect("/login")
-    try:
-        form = await read_form(request, kf.settings.max_form_bytes)
-    except FormError as exc:
-        return error_page(request, exc.status, "The form could not be accepted", exc.message, user)
+    read = await _decision_form(request, user)
+    if isinstance(read, Response):
+        return read
+    form, entry = read
     request_id = form.get("request_id")
-    entry = _pending(request).get(request_id)
-    if entry is None:
-        return error_page(
-            request,
-            400,
-            "This sign-in request has expired",
-            "Go back to the app and start signing in again.",
-            user,
-        )
     try:
-        stored = AuthorizationRequest(**entry["params"])
-        areq = await rfc6749.validate_authorization_request(kf.store, stored.as_query())
-    except (TypeError, KeyError):
+        if entry.get("kind", "code") != "code":
+            raise KeyError("kind")
+        params = dict(entry["params"])
+        params["suggested_models"] = tuple(params.get("suggested_models") or ())
+        stored = AuthorizationRequest(**params)
+        areq = await rfc6749.validate_authorization_request(
+            kf.store, stored.as_query(), kf.settings
+        )
+    except (TypeError, KeyError, ValueError):
         _forget(request, request_id)
         return error_page(
             request,
@@ -203,35 +334,23 @@ async def authorize_decision(request: Request) -> Response:
         return redirect(rfc6749.error_redirect(denied, kf.settings.issuer))
     if action != "approve":
         return error_page(request, 400, "Unknown choice", "Choose Allow or Deny.", user)
-
-    chosen = list(dict.fromkeys(form.all("models")))
-    cap_text = form.get("cap_usd").strip()
-    available = set(await _available_models(request, user))
-    unknown = [m for m in chosen if m not in available]
-    try:
-        if unknown:
-            raise ValueError("choose models from the list")
-        cap_micro_usd = parse_usd(cap_text)
-    except ValueError as exc:
+    chosen = await _choice(request, user, form)
+    if chosen[0] is None:
+        checked, cap_text, window = chosen[2]
         return await _consent(
             request,
             user,
-            areq,
+            areq.ask(),
             request_id,
+            rfc8414.AUTHORIZATION_PATH,
             status=400,
-            error=str(exc),
-            checked=[m for m in chosen if m in available],
+            error=chosen[1],
+            checked=checked,
             cap_usd=cap_text,
+            window=window or None,
         )
-
-    grant = await kf.store.grants.upsert(
-        user_id=user.id,
-        client_id=areq.client_id,
-        models=chosen,
-        cap_micro_usd=cap_micro_usd,
-        window="month",
-        timezone=user.timezone,
-    )
+    models, cap, window = chosen
+    grant = await save_grant(request, user, areq.client_id, models, cap, window)
     code = await rfc6749.issue_code(
         kf.store, kf.settings, areq, user_id=user.id, grant_id=grant.id, now=time.time()
     )
@@ -239,45 +358,259 @@ async def authorize_decision(request: Request) -> Response:
     return redirect(rfc6749.success_redirect(areq, code, kf.settings.issuer))
 
 
-# --- token endpoint ------------------------------------------------------------------
+# --- device flow: the person's side (RFC 8628 3.3) -----------------------------------
 
 
-def _token_error(exc: OAuthError) -> JSONResponse:
+def _device_page(
+    request: Request, user: User, status: int = 200, code: str = "", error: str | None = None
+) -> Response:
+    return page(request, "device.html", status, user=user, user_code=code[:16], error=error)
+
+
+async def device(request: Request) -> Response:
+    """GET: the form where the person types the code their device shows."""
+    user = await current_user(request)
+    if user is None:
+        return login_redirect(request, 302)
+    return _device_page(request, user, code=request.query_params.get("user_code", ""))
+
+
+async def device_submit(request: Request) -> Response:
+    """POST: look the code up (rate-limited per address), then show the consent page."""
+    kf = kf_of(request)
+    user = await current_user(request)
+    if user is None:
+        return redirect("/login")
+    try:
+        form = await read_form(request, kf.settings.max_form_bytes)
+    except FormError as exc:
+        return error_page(request, exc.status, "The form could not be accepted", exc.message, user)
+    throttle = _state_object(request, "kf_device_throttle", LoginThrottle)
+    address = _address(request)
+    typed = form.get("user_code")[:32]
+    wait = throttle.retry_after("device", address)
+    if wait > 0:
+        response = _device_page(
+            request, user, 429, typed, f"Too many wrong codes; try again in {int(wait) + 1} s."
+        )
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    found = await rfc8628.pending_request(kf.store, typed, time.time())
+    if found is None:
+        throttle.failed("device", address)
+        return _device_page(
+            request, user, 400, typed, "That code is not valid or has expired. Check your device."
+        )
+    throttle.succeeded("device", address)
+    normal = rfc8628.normalize_user_code(typed)
+    request_id = _remember(request, {"kind": "device", "user_code": normal})
+    return await _consent(request, user, found.ask(), request_id, "/device/consent")
+
+
+async def device_decision(request: Request) -> Response:
+    kf = kf_of(request)
+    user = await current_user(request)
+    if user is None:
+        return redirect("/login")
+    read = await _decision_form(request, user)
+    if isinstance(read, Response):
+        return read
+    form, entry = read
+    request_id = form.get("request_id")
+    now = time.time()
+    found = None
+    if entry.get("kind") == "device" and isinstance(entry.get("user_code"), str):
+        found = await rfc8628.pending_request(kf.store, entry["user_code"], now)
+    if found is None:
+        _forget(request, request_id)
+        return error_page(
+            request,
+            400,
+            "This device request has expired",
+            "Start again on your device to get a new code.",
+            user,
+        )
+    action = form.get("action")
+    if action == "deny":
+        _forget(request, request_id)
+        await rfc8628.decide(
+            kf.store,
+            found.device_code_hash,
+            approved=False,
+            user_id=user.id,
+            grant_id=None,
+            now=now,
+        )
+        return page(
+            request, "device_done.html", user=user, approved=False, app_name=found.client.name
+        )
+    if action != "approve":
+        return error_page(request, 400, "Unknown choice", "Choose Allow or Deny.", user)
+    chosen = await _choice(request, user, form)
+    if chosen[0] is None:
+        checked, cap_text, window = chosen[2]
+        return await _consent(
+            request,
+            user,
+            found.ask(),
+            request_id,
+            "/device/consent",
+            status=400,
+            error=chosen[1],
+            checked=checked,
+            cap_usd=cap_text,
+            window=window or None,
+        )
+    models, cap, window = chosen
+    grant = await save_grant(request, user, found.client.id, models, cap, window)
+    decided = await rfc8628.decide(
+        kf.store, found.device_code_hash, approved=True, user_id=user.id, grant_id=grant.id, now=now
+    )
+    _forget(request, request_id)
+    if not decided:
+        return error_page(
+            request, 400, "This device request has expired", "Start again on your device.", user
+        )
+    return page(request, "device_done.html", user=user, approved=True, app_name=found.client.name)
+
+
+# --- JSON endpoints: token, device authorization, revocation, introspection ----------
+
+
+def _json_error(exc: OAuthError) -> JSONResponse:
     headers = dict(NO_STORE)
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="keyfob"'
     return JSONResponse(exc.as_json(), status_code=exc.status, headers=headers)
 
 
+async def _form_params(request: Request) -> list[tuple[str, str]]:
+    """The urlencoded body, with a size limit and strict decoding. Raises OAuthError."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+    try:
+        body = await read_limited(request, kf_of(request).settings.max_form_bytes)
+    except BodyTooLarge:
+        raise OAuthError("invalid_request", "the request body is too large", 413) from None
+    try:
+        return parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, max_num_fields=50, errors="strict"
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise OAuthError("invalid_request", "the body could not be decoded") from None
+
+
+async def _client_request(request: Request) -> tuple[dict[str, str], Any]:
+    """Parameters (each at most once) and the authenticated client."""
+    kf = kf_of(request)
+    params, repeated = rfc6749.single_values(await _form_params(request))
+    if repeated:
+        raise OAuthError("invalid_request", f"parameters sent more than once: {sorted(repeated)}")
+    if any(len(v) > rfc6749.MAX_PARAM for v in params.values()):
+        raise OAuthError("invalid_request", "a parameter is too long")
+    client_id = params.get("client_id", "")
+    if client_metadata.is_document_id(client_id) and len(client_id) <= client_metadata.MAX_URL:
+        await rfc6749.find_client(kf.store, kf.settings, client_id)
+    client = await rfc6749.authenticate_client(
+        kf.store, params, request.headers.get("authorization")
+    )
+    return params, client
+
+
 async def token(request: Request) -> Response:
     kf = kf_of(request)
-    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     try:
-        if ctype != "application/x-www-form-urlencoded":
-            raise OAuthError(
-                "invalid_request", "the body must be application/x-www-form-urlencoded"
-            )
-        try:
-            body = await read_limited(request, kf.settings.max_form_bytes)
-        except BodyTooLarge:
-            raise OAuthError("invalid_request", "the request body is too large", 413) from None
-        try:
-            items = parse_qsl(
-                body.decode("utf-8"), keep_blank_values=True, max_num_fields=50, errors="strict"
-            )
-        except (UnicodeDecodeError, ValueError):
-            raise OAuthError("invalid_request", "the body could not be decoded") from None
+        items = await _form_params(request)
         result = await rfc6749.token_request(
             kf.store, kf.settings, items, request.headers.get("authorization"), time.time()
         )
     except OAuthError as exc:
-        return _token_error(exc)
+        return _json_error(exc)
     return JSONResponse(result, headers=NO_STORE)
+
+
+async def device_authorization(request: Request) -> Response:
+    kf = kf_of(request)
+    limiter = _state_object(
+        request, "kf_device_limiter", WindowLimiter, DEVICE_CODES_PER_10_MIN, 600.0
+    )
+    try:
+        wait = limiter.hit(_address(request))
+        if wait > 0:
+            raise OAuthError("slow_down", "too many device requests from this address", 429)
+        params, client = await _client_request(request)
+        result = await rfc8628.device_authorization(
+            kf.store, kf.settings, client, params, time.time()
+        )
+    except OAuthError as exc:
+        return _json_error(exc)
+    return JSONResponse(result, headers=NO_STORE)
+
+
+async def revoke(request: Request) -> Response:
+    try:
+        params, client = await _client_request(request)
+        await rfc7009.revoke(kf_of(request).store, client, params)
+    except OAuthError as exc:
+        return _json_error(exc)
+    return Response(status_code=200, headers=NO_STORE)
+
+
+async def introspect(request: Request) -> Response:
+    kf = kf_of(request)
+    try:
+        params, client = await _client_request(request)
+        result = await rfc7662.introspect(kf.store, kf.settings, client, params, time.time())
+    except OAuthError as exc:
+        return _json_error(exc)
+    return JSONResponse(result, headers=NO_STORE)
+
+
+async def register(request: Request) -> Response:
+    """RFC 7591: public clients only, JSON in and out, rate-limited per address."""
+    kf = kf_of(request)
+    try:
+        if not kf.settings.dynamic_registration:
+            raise OAuthError("access_denied", "dynamic client registration is disabled", 403)
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise OAuthError("invalid_request", "the body must be application/json")
+        limiter = _state_object(
+            request,
+            "kf_registration_limiter",
+            WindowLimiter,
+            kf.settings.registrations_per_hour_per_address,
+            3600.0,
+        )
+        if limiter.hit(_address(request)) > 0:
+            raise OAuthError("slow_down", "too many registrations from this address", 429)
+        try:
+            raw = await read_limited(request, rfc7591.MAX_BODY_BYTES)
+        except BodyTooLarge:
+            raise OAuthError("invalid_request", "the request body is too large", 413) from None
+        result = await rfc7591.register(kf.store, rfc7591.parse(raw))
+    except OAuthError as exc:
+        response = _json_error(exc)
+        if exc.status == 429:
+            response.headers["Retry-After"] = "3600"
+        return response
+    log.info("registered public client %s", result["client_id"])
+    return JSONResponse(result, status_code=201, headers=NO_STORE)
 
 
 ROUTES: list[BaseRoute] = [
     Route(rfc8414.METADATA_PATH, metadata, methods=["GET"]),
+    Route(rfc9728.METADATA_PATH, resource_metadata, methods=["GET"]),
+    Route(rfc9728.SUFFIXED_PATH, resource_metadata, methods=["GET"]),
     Route(rfc8414.AUTHORIZATION_PATH, authorize, methods=["GET"]),
     Route(rfc8414.AUTHORIZATION_PATH, authorize_decision, methods=["POST"]),
     Route(rfc8414.TOKEN_PATH, token, methods=["POST"]),
+    Route(rfc8414.DEVICE_AUTHORIZATION_PATH, device_authorization, methods=["POST"]),
+    Route(rfc8414.REVOCATION_PATH, revoke, methods=["POST"]),
+    Route(rfc8414.INTROSPECTION_PATH, introspect, methods=["POST"]),
+    Route(rfc8414.REGISTRATION_PATH, register, methods=["POST"]),
+    Route(rfc8628.VERIFICATION_PATH, device, methods=["GET"]),
+    Route(rfc8628.VERIFICATION_PATH, device_submit, methods=["POST"]),
+    Route("/device/consent", device_decision, methods=["POST"]),
 ]

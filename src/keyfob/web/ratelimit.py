@@ -40,3 +40,32 @@ class LoginThrottle:
 
     def succeeded(self, username: str, address: str) -> None:
         self._failures.pop((username.lower(), address), None)
+
+
+class WindowLimiter:
+    """At most ``limit`` events per key in each window of ``window_s`` seconds.
+
+    For public endpoints that create rows (client registration, device codes): cheap to
+    call, so a flood is refused before it reaches the store. Per process, in memory."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._counts: dict[str, tuple[float, int]] = {}
+
+    def hit(self, key: str, now: float | None = None) -> float:
+        """Count one event; returns 0 when allowed, else seconds until the window resets."""
+        now = time.monotonic() if now is None else now
+        if len(self._counts) >= MAX_ENTRIES:
+            self._counts = {
+                k: v for k, v in self._counts.items() if now - v[0] < self.window_s
+            } or {}
+            if len(self._counts) >= MAX_ENTRIES:
+                self._counts.clear()
+        start, count = self._counts.get(key, (now, 0))
+        if now - start >= self.window_s:
+            start, count = now, 0
+        if count >= self.limit:
+            return max(0.0, start + self.window_s - now)
+        self._counts[key] = (start, count + 1)
+        return 0.0

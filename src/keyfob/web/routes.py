@@ -15,10 +15,13 @@ from starlette.routing import BaseRoute, Route
 
 from keyfob.accounts.passwords import WeakPassword
 from keyfob.accounts.service import AccountError, authenticate, create_owner
-from keyfob.money import format_usd
+from keyfob.allowance.policy import PolicyError
+from keyfob.allowance.service import policy_of
+from keyfob.money import format_usd, parse_usd
 from keyfob.oauth.clients import InvalidClient, register_app
+from keyfob.oauth.consent import WINDOWS, primary_limit, with_primary
 from keyfob.oauth.rfc8414 import METADATA_PATH
-from keyfob.store.records import User
+from keyfob.store.records import Grant, User
 from keyfob.web.forms import FormError, read_form
 from keyfob.web.ratelimit import LoginThrottle
 from keyfob.web.render import (
@@ -33,7 +36,14 @@ from keyfob.web.render import (
 
 log = logging.getLogger("keyfob.web")
 
-throttle = LoginThrottle()
+
+def _throttle(request: Request) -> LoginThrottle:
+    """The app's login throttle (one per application, so each server counts its own)."""
+    found = getattr(request.app.state, "kf_login_throttle", None)
+    if not isinstance(found, LoginThrottle):
+        found = LoginThrottle()
+        request.app.state.kf_login_throttle = found
+    return found
 
 
 def _address(request: Request) -> str:
@@ -97,6 +107,7 @@ async def login(request: Request) -> Response:
     password = form.get("password")
     next_url = safe_next(form.get("next"))
     address = _address(request)
+    throttle = _throttle(request)
     wait = throttle.retry_after(username, address)
     if wait > 0:
         response = page(
@@ -156,6 +167,7 @@ async def dashboard(request: Request) -> Response:
                 "app_name": client.name if client else grant.client_id,
                 "models": grant.models,
                 "cap": format_usd(grant.cap_micro_usd),
+                "window": _window_of(grant),
                 "spent": format_usd(state.spent_micro_usd + state.reserved_micro_usd),
                 "left": format_usd(state.left_micro_usd),
             }
@@ -178,6 +190,74 @@ async def dashboard(request: Request) -> Response:
         providers=providers,
         clients=list(clients.values()) if user.is_owner else None,
     )
+
+
+def _window_of(grant: Grant) -> str:
+    current = primary_limit(policy_of(grant), grant.window)
+    return current.period if current else grant.window
+
+
+async def edit_grant(request: Request) -> Response:
+    """A person's own grant: cap, window and models. Other policy fields are kept."""
+    kf = kf_of(request)
+    user = await current_user(request)
+    if user is None:
+        return login_redirect(request)
+    grant = await kf.store.grants.get(request.path_params["grant_id"][:64])
+    if grant is None or grant.user_id != user.id or not grant.active:
+        return error_page(request, 404, "Not found", "There is no such grant.", user)
+    client = await kf.store.clients.get(grant.client_id)
+    providers = await kf.store.providers.list(user.id)
+    available = [f"{p.name}/{m}" for p in providers for m in p.models]
+    policy = policy_of(grant)
+    current = primary_limit(policy, grant.window)
+
+    def show(status: int, checked: list[str], cap: str, window: str, error: str | None) -> Response:
+        return page(
+            request,
+            "grant_edit.html",
+            status,
+            user=user,
+            grant_id=grant.id,
+            app_name=client.name if client else grant.client_id,
+            models=available,
+            checked=checked,
+            cap_usd=cap,
+            window=window,
+            windows=WINDOWS,
+            error=error,
+        )
+
+    if request.method == "GET":
+        cap = format_usd(current.cap_micro_usd if current else grant.cap_micro_usd)
+        return show(
+            200,
+            list(grant.models),
+            cap.rstrip("0").rstrip("."),
+            current.period if current else grant.window,
+            None,
+        )
+    try:
+        form = await read_form(request, kf.settings.max_form_bytes)
+    except FormError as exc:
+        return _form_error(request, exc, user)
+    chosen = list(dict.fromkeys(form.all("models")))
+    cap_text, window = form.get("cap_usd").strip(), form.get("window")
+    try:
+        if any(m not in available for m in chosen):
+            raise ValueError("choose models from the list")
+        new_policy = with_primary(policy, parse_usd(cap_text), window, grant.window)
+    except (ValueError, PolicyError) as exc:
+        again = [m for m in chosen if m in available]
+        return show(400, again, cap_text, window if window in WINDOWS else "month", str(exc))
+    await kf.store.grants.set_policy(
+        grant.id,
+        policy_json=new_policy.to_json(),
+        cap_micro_usd=parse_usd(cap_text),
+        models=chosen,
+        window=window,
+    )
+    return redirect("/")
 
 
 async def revoke_grant(request: Request) -> Response:
@@ -317,6 +397,7 @@ ROUTES: list[BaseRoute] = [
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),
     Route("/grants/{grant_id}/revoke", revoke_grant, methods=["POST"]),
+    Route("/grants/{grant_id}/edit", edit_grant, methods=["GET", "POST"]),
     Route("/apps/new", new_app, methods=["GET", "POST"]),
     Route("/providers/new", new_provider, methods=["GET", "POST"]),
 ]
