@@ -21,6 +21,13 @@ version: 1
 defaults:
   fallback: deterministic_echo
 rules:
+  - name: weather_tool
+    when:
+      messages_contain: "weather in paris"
+    respond:
+      tool_calls:
+        - name: get_weather
+          arguments: {city: "Paris"}
   - name: greeting
     when:
       messages_contain: "hello"

@@ -667,5 +667,19 @@ def vault_rotate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> 
     console.print(f"New master key {key_id}; {count} credential(s) re-encrypted.")
 
 
+@app.command()
+def terms() -> None:
+    """The provider-terms registry: which credentials may serve third-party apps, and why."""
+    from rich.table import Table
+
+    from keyfob.terms.table import HEADERS, rows
+
+    table = Table(*HEADERS, show_lines=True)
+    for credential, verdict, summary, source, checked in rows():
+        style = "green" if verdict == "allowed" else "red"
+        table.add_row(credential, f"[{style}]{verdict}[/{style}]", summary, source, checked)
+    console.print(table)
+
+
 def main() -> None:
     app()

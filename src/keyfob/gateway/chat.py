@@ -1,141 +1,33 @@
-"""POST /v1/chat/completions: the metered request path (DESIGN.md section 3).
+"""POST /v1/chat/completions: the OpenAI chat surface, served by either wire format.
 
-Everything that can refuse a call (auth, shape, model, terms, price, allowance) runs
-before the reservation, and the reservation before any byte goes upstream. From the
-reservation on, every exit settles it: exact usage, our own count, the reservation
-charged, or nothing when the upstream never worked.
+Same format: the body goes upstream as is (with ``stream_options.include_usage`` added so
+the upstream reports usage) and the answer comes back byte for byte. Anthropic-served:
+translated both ways, streams included (``translate/``).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
-from keyfob.allowance.service import AllowanceExhausted, CredentialRevoked, Reservation
-from keyfob.context import Keyfob
-from keyfob.gateway.auth import authenticate
-from keyfob.gateway.errors import GatewayError, unauthorized
-from keyfob.gateway.estimate import estimate_async, message_text
-from keyfob.gateway.headers import DOWNGRADED_TO, iso_utc, keyfob_headers
-from keyfob.gateway.meter import Meter
-from keyfob.gateway.models import Resolved, resolve
-from keyfob.gateway.relay import MeteredStream, StreamRelay
-from keyfob.gateway.state import GatewayState
-from keyfob.gateway.upstream_errors import MAX_ERROR_BODY, upstream_error
-from keyfob.gateway.validate import chat_body, parse_json
-from keyfob.limits import BodyTooLarge, read_limited
-from keyfob.money import format_usd
+from keyfob.gateway.metered import metered_call
+from keyfob.gateway.models import Resolved
+from keyfob.gateway.streams import OpenAIPassThrough, OpenAIWatcher, Translating, Watcher
+from keyfob.gateway.surface import Plan, Style
+from keyfob.gateway.translate import anthropic_to_openai, openai_to_anthropic
+from keyfob.gateway.validate import chat_body
 from keyfob.pricing.bounds import chat_input_bound, chat_output_bound
-from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
-from keyfob.providers import UpstreamError
-from keyfob.store.records import Grant
-
-ENDPOINT = "chat.completions"
+from keyfob.providers import Wire
+from keyfob.settings import Settings
 
 
-def exhausted(exc: AllowanceExhausted) -> GatewayError:
-    state, window = exc.state, exc.window
-    now = time.time()
-    retry_at = (
-        exc.retry_at
-        if exc.retry_at is not None
-        else (window.resets_at if window.resets_at > now else None)
-    )
-    when = (
-        f"It resets at {iso_utc(retry_at)}"
-        if retry_at is not None
-        else "It does not reset by itself (a top-up or the person can raise it)"
-    )
-    message = (
-        f"allowance exhausted: limit {exc.label!r} ({window.key}) has a cap of "
-        f"${format_usd(state.cap_micro_usd)}, ${format_usd(state.left_micro_usd)} left "
-        f"(${format_usd(state.reserved_micro_usd)} held by calls in flight); this call "
-        f"may cost up to ${format_usd(exc.needed_micro_usd)}. {when}; lower max_tokens "
-        f"or ask the person to raise the allowance"
-    )
-    headers = keyfob_headers(left_micro_usd=state.left_micro_usd, resets_at=retry_at)
-    if retry_at is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_at - now)))
-    return GatewayError(
-        429, message, code="allowance_exhausted", type_="insufficient_quota", headers=headers
-    )
-
-
-@dataclass(frozen=True)
-class Quote:
-    """Everything priced for one candidate model: what to reserve before calling it."""
-
-    resolved: Resolved
-    price: Price
-    worst_micro_usd: int
-    tokens_bound: int
-
-
-async def _quote(kf: Keyfob, gw: GatewayState, r: Resolved, body: dict[str, Any]) -> Quote:
-    price = await gw.price(kf, r.provider, r.upstream_model)
-    s = kf.settings
-    usage = TokenUsage(
-        chat_input_bound(body, image_token_bound=s.image_token_bound),
-        chat_output_bound(body, default_max_output_tokens=s.default_max_output_tokens),
-    )
-    return Quote(r, price, price.cost_micro_usd(usage), usage.input_tokens + usage.output_tokens)
-
-
-async def _reserve(
-    kf: Keyfob,
-    gw: GatewayState,
-    grant: Grant,
-    token_hash: str,
-    q: Quote,
-    streamed: bool,
-    body: dict[str, Any],
-) -> tuple[Reservation, Quote]:
-    """Reserve the worst case; on a ``downgrade`` policy, retry once on the fallback model."""
-    downgraded_from: str | None = None
-    for _attempt in range(2):
-        try:
-            reservation = await kf.allowance.reserve(
-                grant=grant,
-                token_hash=token_hash,
-                provider_id=q.resolved.provider.id,
-                model=q.resolved.canonical,
-                endpoint=ENDPOINT,
-                streamed=streamed,
-                amount_micro_usd=q.worst_micro_usd,
-                tokens_bound=q.tokens_bound,
-                downgraded_from=downgraded_from,
-            )
-            return reservation, q
-        except AllowanceExhausted as exc:
-            if exc.fallback_model is None or downgraded_from is not None:
-                raise exhausted(exc) from None
-            providers = await gw.providers_of(kf, grant.user_id)
-            try:
-                fallback = resolve(grant, providers, exc.fallback_model, allow_any=True)
-            except GatewayError:
-                raise exhausted(exc) from None
-            downgraded_from = q.resolved.canonical
-            q = await _quote(kf, gw, fallback, body)
-        except CredentialRevoked:
-            gw.grants.pop(token_hash)
-            raise unauthorized("the access token or its grant was revoked") from None
-    raise AssertionError("unreachable")
-
-
-def _upstream_body(
-    body: dict[str, Any], r: Resolved, streamed: bool
-) -> tuple[dict[str, Any], bool]:
+def upstream_body(body: dict[str, Any], model: str, streamed: bool) -> tuple[dict[str, Any], bool]:
     """The body sent upstream, and whether the client itself asked for stream usage."""
     out = dict(body)
-    out["model"] = r.upstream_model
+    out["model"] = model
     wants_usage = False
     if streamed:
         so = body.get("stream_options") or {}
@@ -144,177 +36,48 @@ def _upstream_body(
     return out, wants_usage
 
 
+class ChatSurface:
+    endpoint = "chat.completions"
+    style: Style = "openai"
+
+    def validate(self, body: dict[str, Any]) -> None:
+        chat_body(body)
+
+    def bounds(self, body: dict[str, Any], settings: Settings) -> TokenUsage:
+        return TokenUsage(
+            chat_input_bound(body, image_token_bound=settings.image_token_bound),
+            chat_output_bound(body, default_max_output_tokens=settings.default_max_output_tokens),
+        )
+
+    def plan(self, body: dict[str, Any], r: Resolved, wire: Wire, settings: Settings) -> Plan:
+        streamed = body.get("stream") is True
+        if wire == "openai":
+            out, wants_usage = upstream_body(body, r.upstream_model, streamed)
+
+            def passthrough(w: Watcher) -> OpenAIPassThrough:
+                assert isinstance(w, OpenAIWatcher)
+                return OpenAIPassThrough(w, client_wants_usage=wants_usage)
+
+            return Plan("/chat/completions", out, body, transform=passthrough)
+        model = str(body["model"])
+        msg_body = openai_to_anthropic.request(
+            body, model=r.upstream_model, default_max_tokens=settings.default_max_output_tokens
+        )
+        wants = (body.get("stream_options") or {}).get("include_usage") is True
+        return Plan(
+            "/messages",
+            msg_body,
+            body,
+            whole=lambda data: anthropic_to_openai.response(data, model=model),
+            transform=lambda _w: Translating(
+                anthropic_to_openai.MessagesToChatStream(model=model, include_usage=wants),
+                style="openai",
+            ),
+        )
+
+
+SURFACE = ChatSurface()
+
+
 async def chat_completions(request: Request) -> Response:
-    kf: Keyfob = request.app.state.kf
-    gw = GatewayState.of(request.app)
-    token_hash, _token, grant = await authenticate(kf, gw.grants, request)
-    try:
-        raw = await read_limited(request, kf.settings.max_body_bytes)
-    except BodyTooLarge as exc:
-        raise GatewayError(
-            413, f"request body exceeds {exc.limit} bytes", code="request_too_large"
-        ) from None
-    body = parse_json(raw)
-    chat_body(body)
-    r = resolve(grant, await gw.providers_of(kf, grant.user_id), body["model"])
-    adapter = gw.adapter(kf, r.provider.kind)
-    api_key = await gw.credential(kf, r.provider)
-    streamed = body.get("stream") is True
-    reservation, q = await _reserve(
-        kf, gw, grant, token_hash, await _quote(kf, gw, r, body), streamed, body
-    )
-    downgraded = q.resolved is not r  # the person's policy served its fallback model
-    if downgraded:
-        r = q.resolved
-        adapter = gw.adapter(kf, r.provider.kind)
-        api_key = await gw.credential(kf, r.provider)
-    worst = q.worst_micro_usd
-    meter = Meter(kf, reservation, q.price)
-    resets = reservation.window.resets_at
-    known = keyfob_headers(
-        entry_id=reservation.entry_id,
-        reserved_micro_usd=worst,
-        resets_at=resets if resets > time.time() else None,
-    )
-    if downgraded:
-        known[DOWNGRADED_TO] = r.canonical
-    upstream_body, wants_usage = _upstream_body(body, r, streamed)
-    upstream: aiohttp.ClientResponse | None = None
-    handed_over = False  # once the relay owns the call, it settles it
-    try:
-        try:
-            if kf.http is None:
-                raise UpstreamError("no upstream session (server not started)", status=502)
-            upstream = await adapter.chat_completions(kf.http, r.provider, api_key, upstream_body)
-        except UpstreamError as exc:
-            s = meter.charged(str(exc), None) if exc.reached else meter.failed(str(exc), None)
-            left = await meter.settle(s)
-            raise GatewayError(
-                exc.status or 502,
-                f"provider {r.provider.name!r}: {exc}",
-                code=(
-                    "upstream_unreachable"
-                    if not exc.reached
-                    else "upstream_timeout"
-                    if exc.status == 504
-                    else "upstream_error"
-                ),
-                type_="api_error",
-                headers={
-                    **known,
-                    **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
-                },
-            ) from None
-        if upstream.status >= 400:
-            return await _error_answer(meter, upstream, api_key, r, known)
-        if streamed:
-            relay = StreamRelay(meter, upstream, body, client_wants_usage=wants_usage)
-            headers = {
-                **known,
-                **keyfob_headers(cost_micro_usd=worst, left_micro_usd=reservation.left_micro_usd),
-            }
-            upstream, handed_over = None, True
-            return MeteredStream(relay, headers)
-        return await _whole_answer(meter, upstream, body, known)
-    finally:
-        if upstream is not None:
-            upstream.close()
-        if not meter.settled and not handed_over:
-            await meter.settle(meter.charged("gateway failed before the call settled", None))
-
-
-async def _error_answer(
-    meter: Meter,
-    upstream: aiohttp.ClientResponse,
-    api_key: str | None,
-    r: Resolved,
-    known: dict[str, str],
-) -> Response:
-    try:
-        raw = await upstream.content.read(MAX_ERROR_BODY)
-    except (TimeoutError, aiohttp.ClientError):
-        raw = b""
-    err = upstream_error(
-        upstream.status,
-        raw,
-        api_key=api_key,
-        retry_after=upstream.headers.get("Retry-After"),
-        provider_name=r.provider.name,
-    )
-    usage = _usage_of(raw)
-    s = (
-        meter.from_usage(
-            usage, status="settled", source="upstream", upstream_status=upstream.status
-        )
-        if usage
-        else meter.failed(f"upstream answered HTTP {upstream.status}", upstream.status)
-    )
-    left = await meter.settle(s)
-    return err.response(
-        {**known, **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left)}
-    )
-
-
-def _usage_of(raw: bytes) -> TokenUsage | None:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    usage = data.get("usage") if isinstance(data, dict) else None
-    return TokenUsage.from_openai(usage) if isinstance(usage, dict) else None
-
-
-async def _whole_answer(
-    meter: Meter, upstream: aiohttp.ClientResponse, body: dict[str, Any], known: dict[str, str]
-) -> Response:
-    status = upstream.status
-    try:
-        raw = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        s = meter.charged(f"upstream answer broke off ({type(exc).__name__})", status)
-        left = await meter.settle(s)
-        code = 504 if isinstance(exc, TimeoutError) else 502
-        raise GatewayError(
-            code,
-            "the upstream's answer broke off",
-            code="upstream_error",
-            type_="api_error",
-            headers={
-                **known,
-                **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
-            },
-        ) from None
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if not isinstance(data, dict):
-        s = meter.charged("upstream answer is not a JSON object", status)
-        left = await meter.settle(s)
-        raise GatewayError(
-            502,
-            "the upstream answered something that is not JSON",
-            code="upstream_error",
-            type_="api_error",
-            headers={
-                **known,
-                **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
-            },
-        )
-    usage = data.get("usage")
-    parsed = TokenUsage.from_openai(usage) if isinstance(usage, dict) else None
-    if parsed is not None:
-        s = meter.from_usage(parsed, status="settled", source="upstream", upstream_status=status)
-    else:
-        counted = await estimate_async(body, message_text(data.get("choices")))
-        s = meter.from_usage(
-            counted, status="estimated", source="estimated", upstream_status=status
-        )
-    left = await meter.settle(s)
-    headers = {**known, **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left)}
-    return Response(
-        raw,
-        status_code=status,
-        headers=headers,
-        media_type=upstream.headers.get("Content-Type", "application/json"),
-    )
+    return await metered_call(request, SURFACE)

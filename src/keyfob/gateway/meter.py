@@ -15,7 +15,7 @@ from keyfob.allowance.service import Reservation
 from keyfob.context import Keyfob
 from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
-from keyfob.store.metering import Settlement
+from keyfob.store.metering_types import Settlement
 
 log = logging.getLogger("keyfob.gateway")
 

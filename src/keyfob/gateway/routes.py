@@ -16,10 +16,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from keyfob.context import Keyfob
+from keyfob.gateway.anthropic_errors import anthropic_response
 from keyfob.gateway.auth import authenticate
 from keyfob.gateway.chat import chat_completions
+from keyfob.gateway.embeddings import embeddings
 from keyfob.gateway.errors import GatewayError
+from keyfob.gateway.headers import iso_utc
+from keyfob.gateway.messages import count_tokens, messages
 from keyfob.gateway.models import granted_models
+from keyfob.gateway.responses import responses
 from keyfob.gateway.state import GatewayState
 
 log = logging.getLogger("keyfob.gateway")
@@ -46,15 +51,50 @@ def openai_errors(handler: Handler) -> Handler:
     return wrapped
 
 
+def anthropic_errors(handler: Handler) -> Handler:
+    """The same, answered in Anthropic's error shape (for the /v1/messages surface)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            return anthropic_response(exc)
+        except Exception as exc:
+            log.exception("gateway fault in %s: %s", request.url.path, type(exc).__name__)
+            return anthropic_response(GatewayError(500, "internal error in the Keyfob gateway"))
+
+    return wrapped
+
+
 async def list_models(request: Request) -> Response:
     """GET /v1/models: only what this app's grant allows, as canonical ids."""
     kf: Keyfob = request.app.state.kf
     gw = GatewayState.of(request.app)
     _hash, _token, grant = await authenticate(kf, gw.grants, request)
     providers = await gw.providers_of(kf, grant.user_id)
+    granted = granted_models(grant, providers)
+    if "anthropic-version" in request.headers:  # the Anthropic SDK's models.list()
+        items = [
+            {
+                "type": "model",
+                "id": cid,
+                "display_name": cid,
+                "created_at": iso_utc(p.created_at),
+            }
+            for cid, p in granted
+        ]
+        return JSONResponse(
+            {
+                "data": items,
+                "has_more": False,
+                "first_id": items[0]["id"] if items else None,
+                "last_id": items[-1]["id"] if items else None,
+            }
+        )
     data = [
         {"id": cid, "object": "model", "created": int(p.created_at), "owned_by": p.name}
-        for cid, p in granted_models(grant, providers)
+        for cid, p in granted
     ]
     return JSONResponse({"object": "list", "data": data})
 
@@ -62,6 +102,10 @@ async def list_models(request: Request) -> Response:
 ROUTES = [
     Route("/v1/chat/completions", openai_errors(chat_completions), methods=["POST"]),
     Route("/v1/models", openai_errors(list_models), methods=["GET"]),
+    Route("/v1/responses", openai_errors(responses), methods=["POST"]),
+    Route("/v1/embeddings", openai_errors(embeddings), methods=["POST"]),
+    Route("/v1/messages", anthropic_errors(messages), methods=["POST"]),
+    Route("/v1/messages/count_tokens", anthropic_errors(count_tokens), methods=["POST"]),
 ]
 
 

@@ -9,6 +9,7 @@ become 502 lest an SDK tell its user to sign in again. The upstream's message is
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from keyfob.gateway.errors import GatewayError
 
@@ -56,3 +57,17 @@ def upstream_error(
         type_=type_ or ("api_error" if status >= 500 else "upstream_error"),
         headers=headers,
     )
+
+
+#: Upstream rate-limit hints passed on to the client with an error answer.
+PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+PASSED_NAMES = frozenset({"retry-after-ms"})
+
+
+def passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream's rate-limit headers (never anything that could identify the key)."""
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() in PASSED_NAMES or k.lower().startswith(PASSED_PREFIXES)
+    }

@@ -60,3 +60,49 @@ def chat_output_bound(body: dict[str, Any], *, default_max_output_tokens: int) -
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         n = 1
     return limit * n
+
+
+def messages_input_bound(body: dict[str, Any], *, image_token_bound: int) -> int:
+    """Bound the input tokens of an Anthropic Messages body (system, messages, tools)."""
+    total = TOKENS_PER_REQUEST + _text_bytes(body.get("system"), image_token_bound)
+    for message in body.get("messages") or []:
+        total += TOKENS_PER_MESSAGE
+        if isinstance(message, dict):
+            content = message.get("content")
+            parts = content if isinstance(content, list) else [content]
+            total += sum(_block_bytes(p, image_token_bound) for p in parts)
+    for key in ("tools", "tool_choice"):
+        if body.get(key) is not None:
+            total += _text_bytes(body[key], image_token_bound)
+    return total
+
+
+def _block_bytes(block: Any, image_bound: int) -> int:
+    if isinstance(block, dict):
+        kind = block.get("type")
+        if kind == "image":
+            return image_bound
+        if kind == "document":  # a PDF: its base64 bytes, at least an image's bound
+            return max(image_bound, _text_bytes(block, image_bound))
+        if kind == "text":
+            return _text_bytes(block.get("text"), image_bound)
+        if kind == "tool_result":
+            content = block.get("content")
+            parts = content if isinstance(content, list) else [content]
+            return 16 + sum(_block_bytes(p, image_bound) for p in parts)
+    return _text_bytes(block, image_bound)
+
+
+def embeddings_input_bound(body: dict[str, Any]) -> int:
+    """Bound an embeddings input: UTF-8 bytes of strings, or the count of token ids."""
+    value = body.get("input")
+    items = value if isinstance(value, list) else [value]
+    total = 0
+    for item in items:
+        if isinstance(item, str):
+            total += len(item.encode("utf-8")) + 2
+        elif isinstance(item, int):
+            total += 1
+        elif isinstance(item, list):
+            total += len(item)
+    return total

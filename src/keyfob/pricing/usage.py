@@ -37,3 +37,52 @@ class TokenUsage:
         if prompt < 0 or completion < 0 or cached < 0 or reasoning < 0:
             return None
         return cls(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
+
+    @classmethod
+    def from_anthropic(cls, usage: dict[str, Any]) -> TokenUsage | None:
+        """Parse an Anthropic ``usage`` object; None when it is not one.
+
+        Anthropic's ``input_tokens`` *excludes* the tokens read from or written to the
+        prompt cache, while ours (like OpenAI's ``prompt_tokens``) includes them.
+        """
+        try:
+            plain = int(usage.get("input_tokens") or 0)
+            output = int(usage.get("output_tokens") or 0)
+            written = int(usage.get("cache_creation_input_tokens") or 0)
+            read = int(usage.get("cache_read_input_tokens") or 0)
+        except (TypeError, ValueError, AttributeError):
+            return None
+        if min(plain, output, written, read) < 0:
+            return None
+        return cls(plain + written + read, output, read, written, 0)
+
+    def to_openai(self) -> dict[str, Any]:
+        """As OpenAI's chat-completions ``usage`` (cached and reasoning details included)."""
+        return {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cache_read_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """As Anthropic's ``usage``: input_tokens without the cached ones."""
+        return {
+            "input_tokens": max(
+                0, self.input_tokens - self.cache_read_tokens - self.cache_write_tokens
+            ),
+            "output_tokens": self.output_tokens,
+            "cache_creation_input_tokens": self.cache_write_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+        }
+
+    def to_responses(self) -> dict[str, Any]:
+        """As the Responses API's ``usage``."""
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": self.cache_read_tokens},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }

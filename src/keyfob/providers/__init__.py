@@ -3,13 +3,18 @@
 Built-in adapters are declared in Keyfob's own ``pyproject.toml`` under the
 ``keyfob.providers`` entry-point group, exactly as a third-party package would declare
 its own (llm's ``default_plugins`` idea): there is no private path for built-ins.
+
+An adapter says which wire format it speaks (``wire``: ``"openai"`` or ``"anthropic"``);
+the gateway relays bytes unchanged when the client's surface speaks the same format and
+translates (``gateway/translate/``) when it does not. Every upstream request goes through
+``post``, which the gateway calls only after the terms check on the credential.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
     import aiohttp
@@ -18,6 +23,8 @@ if TYPE_CHECKING:
     from keyfob.store.records import Provider
 
 ENTRY_POINT_GROUP = "keyfob.providers"
+
+Wire = Literal["openai", "anthropic"]
 
 
 class UpstreamError(Exception):
@@ -31,10 +38,19 @@ class UpstreamError(Exception):
 
 
 class ProviderAdapter(Protocol):
-    """What an adapter does; see providers/openai_compatible.py for the reference one."""
+    """What an adapter does; see providers/openai_compatible.py for the reference one.
+
+    ``post(path, body)`` sends one JSON request to ``base_url + path`` (paths are the
+    wire format's own: ``/chat/completions``, ``/embeddings``, ``/messages``,
+    ``/messages/count_tokens``) and returns the response unread, so it can be streamed.
+    """
 
     kind: ClassVar[str]
     label: ClassVar[str]
+    #: The wire format the upstream speaks.
+    wire: ClassVar[Wire]
+    #: The base URL used when a person links the provider without one (None: required).
+    default_base_url: ClassVar[str | None]
 
     def __init__(self, settings: Settings) -> None: ...
 
@@ -42,11 +58,12 @@ class ProviderAdapter(Protocol):
         self, http: aiohttp.ClientSession, provider: Provider, api_key: str | None
     ) -> list[str]: ...
 
-    async def chat_completions(
+    async def post(
         self,
         http: aiohttp.ClientSession,
         provider: Provider,
         api_key: str | None,
+        path: str,
         body: dict[str, Any],
     ) -> aiohttp.ClientResponse: ...
 

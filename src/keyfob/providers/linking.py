@@ -135,6 +135,9 @@ async def link_provider(
             f"no provider adapter of kind {kind!r}; installed: "
             f"{', '.join(kf.providers.kinds()) or 'none'}"
         )
+    default = getattr(kf.providers.get(kind), "default_base_url", None)
+    if not (base_url or "").strip() and default:
+        base_url = default  # a hosted API (openai, anthropic, gemini, openrouter)
     url = await normalise_base_url(base_url, hosted=kf.settings.mode == "hosted")
     api_key = api_key.strip() if api_key and api_key.strip() else None
     verdict = check_credential(kind, api_key)

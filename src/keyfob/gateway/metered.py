@@ -1,0 +1,392 @@
+"""The metered request path every surface shares (DESIGN.md section 3).
+
+Everything that can refuse a call (auth, shape, model, terms, price, allowance) runs
+before the reservation, and the reservation before any byte goes upstream. From the
+reservation on, every exit settles it: exact usage, our own count, the reservation
+charged, or nothing when the upstream never worked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from keyfob.allowance.service import AllowanceExhausted, CredentialRevoked, Reservation
+from keyfob.context import Keyfob
+from keyfob.gateway.auth import authenticate
+from keyfob.gateway.errors import GatewayError, invalid, unauthorized
+from keyfob.gateway.estimate import estimate_async, message_text
+from keyfob.gateway.headers import DOWNGRADED_TO, iso_utc, keyfob_headers
+from keyfob.gateway.meter import Meter
+from keyfob.gateway.models import Resolved, resolve
+from keyfob.gateway.relay import MeteredStream, StreamRelay
+from keyfob.gateway.state import GatewayState
+from keyfob.gateway.streams import AnthropicWatcher, OpenAIWatcher, Watcher
+from keyfob.gateway.surface import Plan, Surface
+from keyfob.gateway.translate import Untranslatable
+from keyfob.gateway.upstream_errors import MAX_ERROR_BODY, passed_headers, upstream_error
+from keyfob.gateway.validate import parse_json
+from keyfob.limits import BodyTooLarge, read_limited
+from keyfob.money import format_usd
+from keyfob.pricing.prices import Price
+from keyfob.pricing.usage import TokenUsage
+from keyfob.providers import ProviderAdapter, UpstreamError
+from keyfob.store.records import Grant
+
+#: Upstream answers worth one more try: nothing was relayed and no work was done.
+RETRY_STATUSES = frozenset({502, 503, 529})
+RETRY_DELAY_S = 0.25
+
+
+def exhausted(exc: AllowanceExhausted) -> GatewayError:
+    state, window = exc.state, exc.window
+    now = time.time()
+    retry_at = (
+        exc.retry_at
+        if exc.retry_at is not None
+        else (window.resets_at if window.resets_at > now else None)
+    )
+    when = (
+        f"It resets at {iso_utc(retry_at)}"
+        if retry_at is not None
+        else "It does not reset by itself (a top-up or the person can raise it)"
+    )
+    message = (
+        f"allowance exhausted: limit {exc.label!r} ({window.key}) has a cap of "
+        f"${format_usd(state.cap_micro_usd)}, ${format_usd(state.left_micro_usd)} left "
+        f"(${format_usd(state.reserved_micro_usd)} held by calls in flight); this call "
+        f"may cost up to ${format_usd(exc.needed_micro_usd)}. {when}; lower max_tokens "
+        f"or ask the person to raise the allowance"
+    )
+    headers = keyfob_headers(left_micro_usd=state.left_micro_usd, resets_at=retry_at)
+    if retry_at is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_at - now)))
+    return GatewayError(
+        429, message, code="allowance_exhausted", type_="insufficient_quota", headers=headers
+    )
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Everything priced for one candidate model: what to reserve before calling it."""
+
+    resolved: Resolved
+    price: Price
+    worst_micro_usd: int
+    tokens_bound: int
+
+
+async def _quote(kf: Keyfob, gw: GatewayState, r: Resolved, bound: TokenUsage) -> Quote:
+    price = await gw.price(kf, r.provider, r.upstream_model)
+    return Quote(r, price, price.cost_micro_usd(bound), bound.input_tokens + bound.output_tokens)
+
+
+async def _reserve(
+    kf: Keyfob,
+    gw: GatewayState,
+    grant: Grant,
+    token_hash: str,
+    q: Quote,
+    streamed: bool,
+    bound: TokenUsage,
+    endpoint: str,
+) -> tuple[Reservation, Quote]:
+    """Reserve the worst case; on a ``downgrade`` policy, retry once on the fallback model."""
+    downgraded_from: str | None = None
+    for _attempt in range(2):
+        try:
+            reservation = await kf.allowance.reserve(
+                grant=grant,
+                token_hash=token_hash,
+                provider_id=q.resolved.provider.id,
+                model=q.resolved.canonical,
+                endpoint=endpoint,
+                streamed=streamed,
+                amount_micro_usd=q.worst_micro_usd,
+                tokens_bound=q.tokens_bound,
+                downgraded_from=downgraded_from,
+            )
+            return reservation, q
+        except AllowanceExhausted as exc:
+            if exc.fallback_model is None or downgraded_from is not None:
+                raise exhausted(exc) from None
+            providers = await gw.providers_of(kf, grant.user_id)
+            try:
+                fallback = resolve(grant, providers, exc.fallback_model, allow_any=True)
+            except GatewayError:
+                raise exhausted(exc) from None
+            downgraded_from = q.resolved.canonical
+            q = await _quote(kf, gw, fallback, bound)
+        except CredentialRevoked:
+            gw.grants.pop(token_hash)
+            raise unauthorized("the access token or its grant was revoked") from None
+    raise AssertionError("unreachable")
+
+
+async def read_body(kf: Keyfob, request: Request) -> dict[str, Any]:
+    try:
+        raw = await read_limited(request, kf.settings.max_body_bytes)
+    except BodyTooLarge as exc:
+        raise GatewayError(
+            413, f"request body exceeds {exc.limit} bytes", code="request_too_large"
+        ) from None
+    return parse_json(raw)
+
+
+def make_plan(
+    surface: Surface, body: dict[str, Any], r: Resolved, adapter: Any, kf: Keyfob
+) -> Plan:
+    try:
+        return surface.plan(body, r, adapter.wire, kf.settings)
+    except Untranslatable as exc:
+        raise invalid(
+            f"model {r.canonical!r} (provider {r.provider.name!r}, {adapter.wire} wire "
+            f"format) cannot serve this request: {exc}",
+            code="unsupported_for_provider",
+        ) from None
+
+
+async def _send(
+    kf: Keyfob, adapter: ProviderAdapter, r: Resolved, api_key: str | None, plan: Plan
+) -> aiohttp.ClientResponse:
+    """POST upstream, trying once more when the upstream provably did no work: refused
+    connection, or a 502/503/529 answer (nothing has been relayed at this point)."""
+    if kf.http is None:
+        raise UpstreamError("no upstream session (server not started)", status=502)
+    first_byte_s = getattr(
+        kf.settings, "upstream_first_byte_timeout_s", kf.settings.upstream_read_timeout_s
+    )
+    for attempt in (1, 2):
+        try:
+            async with asyncio.timeout(first_byte_s):  # no extra task on the hot path
+                resp = await adapter.post(kf.http, r.provider, api_key, plan.path, plan.body)
+        except TimeoutError:
+            raise UpstreamError(
+                f"no answer within {first_byte_s:g} s", status=504, reached=True
+            ) from None
+        except UpstreamError as exc:
+            if exc.reached or attempt == 2:
+                raise
+            await asyncio.sleep(RETRY_DELAY_S)
+            continue
+        if resp.status in RETRY_STATUSES and attempt == 1:
+            resp.close()
+            await asyncio.sleep(RETRY_DELAY_S)
+            continue
+        return resp
+    raise AssertionError("unreachable")
+
+
+async def metered_call(request: Request, surface: Surface) -> Response:
+    kf: Keyfob = request.app.state.kf
+    gw = GatewayState.of(request.app)
+    token_hash, _token, grant = await authenticate(kf, gw.grants, request)
+    body = await read_body(kf, request)
+    surface.validate(body)
+    r = resolve(grant, await gw.providers_of(kf, grant.user_id), body["model"])
+    adapter = gw.adapter(kf, r.provider.kind)
+    plan = make_plan(surface, body, r, adapter, kf)
+    api_key = await gw.credential(kf, r.provider)
+    streamed = body.get("stream") is True
+    bound = surface.bounds(body, kf.settings)
+    reservation, q = await _reserve(
+        kf,
+        gw,
+        grant,
+        token_hash,
+        await _quote(kf, gw, r, bound),
+        streamed,
+        bound,
+        surface.endpoint,
+    )
+    meter = Meter(kf, reservation, q.price)
+    known = keyfob_headers(
+        entry_id=reservation.entry_id,
+        reserved_micro_usd=q.worst_micro_usd,
+        resets_at=(
+            reservation.window.resets_at if reservation.window.resets_at > time.time() else None
+        ),
+    )
+    upstream: aiohttp.ClientResponse | None = None
+    handed_over = False  # once the relay owns the call, it settles it
+    try:
+        if q.resolved is not r:  # the person's downgrade policy served its fallback model
+            r = q.resolved
+            known[DOWNGRADED_TO] = r.canonical
+            adapter = gw.adapter(kf, r.provider.kind)
+            plan = make_plan(surface, body, r, adapter, kf)
+            api_key = await gw.credential(kf, r.provider)
+        try:
+            upstream = await _send(kf, adapter, r, api_key, plan)
+        except UpstreamError as exc:
+            s = meter.charged(str(exc), None) if exc.reached else meter.failed(str(exc), None)
+            left = await meter.settle(s)
+            raise GatewayError(
+                exc.status or 502,
+                f"provider {r.provider.name!r}: {exc}",
+                code=(
+                    "upstream_unreachable"
+                    if not exc.reached
+                    else "upstream_timeout"
+                    if exc.status == 504
+                    else "upstream_error"
+                ),
+                type_="api_error",
+                headers={
+                    **known,
+                    **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
+                },
+            ) from None
+        if upstream.status >= 400:
+            raise await _error_answer(meter, upstream, api_key, r, known)
+        if streamed and plan.transform is not None:
+            watcher: Watcher = (
+                AnthropicWatcher() if adapter.wire == "anthropic" else OpenAIWatcher()
+            )
+            relay = StreamRelay(
+                meter, upstream, plan.estimate_body, watcher, plan.transform(watcher)
+            )
+            headers = {
+                **known,
+                **keyfob_headers(
+                    cost_micro_usd=q.worst_micro_usd, left_micro_usd=reservation.left_micro_usd
+                ),
+            }
+            upstream, handed_over = None, True
+            return MeteredStream(relay, headers)
+        return await _whole_answer(meter, upstream, plan, adapter.wire, known)
+    finally:
+        if upstream is not None:
+            upstream.close()
+        if not meter.settled and not handed_over:
+            await meter.settle(meter.charged("gateway failed before the call settled", None))
+
+
+async def _error_answer(
+    meter: Meter,
+    upstream: aiohttp.ClientResponse,
+    api_key: str | None,
+    r: Resolved,
+    known: dict[str, str],
+) -> GatewayError:
+    try:
+        raw = await upstream.content.read(MAX_ERROR_BODY)
+    except (TimeoutError, aiohttp.ClientError):
+        raw = b""
+    err = upstream_error(
+        upstream.status,
+        raw,
+        api_key=api_key,
+        retry_after=upstream.headers.get("Retry-After"),
+        provider_name=r.provider.name,
+    )
+    usage = _usage_of(raw)
+    s = (
+        meter.from_usage(
+            usage, status="settled", source="upstream", upstream_status=upstream.status
+        )
+        if usage
+        else meter.failed(f"upstream answered HTTP {upstream.status}", upstream.status)
+    )
+    left = await meter.settle(s)
+    err.headers = {
+        **known,
+        **passed_headers(upstream.headers),
+        **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
+        **err.headers,
+    }
+    return err
+
+
+def _usage_of(raw: bytes) -> TokenUsage | None:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return TokenUsage.from_openai(usage) if isinstance(usage, dict) else None
+
+
+def _usage_and_text(data: dict[str, Any], wire: str) -> tuple[TokenUsage | None, str]:
+    usage = data.get("usage")
+    if wire == "anthropic":
+        parsed = TokenUsage.from_anthropic(usage) if isinstance(usage, dict) else None
+        content = data.get("content")
+        blocks = content if isinstance(content, list) else []
+        text = "".join(
+            str(b.get("text") or b.get("thinking") or json.dumps(b.get("input") or ""))
+            for b in blocks
+            if isinstance(b, dict)
+        )
+        return parsed, text
+    parsed = TokenUsage.from_openai(usage) if isinstance(usage, dict) else None
+    return parsed, message_text(data.get("choices"))
+
+
+async def _whole_answer(
+    meter: Meter,
+    upstream: aiohttp.ClientResponse,
+    plan: Plan,
+    wire: str,
+    known: dict[str, str],
+) -> Response:
+    status = upstream.status
+    try:
+        raw = await upstream.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        s = meter.charged(f"upstream answer broke off ({type(exc).__name__})", status)
+        left = await meter.settle(s)
+        code = 504 if isinstance(exc, TimeoutError) else 502
+        raise GatewayError(
+            code,
+            "the upstream's answer broke off",
+            code="upstream_error",
+            type_="api_error",
+            headers={
+                **known,
+                **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
+            },
+        ) from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        s = meter.charged("upstream answer is not a JSON object", status)
+        left = await meter.settle(s)
+        raise GatewayError(
+            502,
+            "the upstream answered something that is not JSON",
+            code="upstream_error",
+            type_="api_error",
+            headers={
+                **known,
+                **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
+            },
+        )
+    parsed, text = _usage_and_text(data, wire)
+    if parsed is not None:
+        s = meter.from_usage(parsed, status="settled", source="upstream", upstream_status=status)
+    else:
+        counted = await estimate_async(plan.estimate_body, text)
+        s = meter.from_usage(
+            counted, status="estimated", source="estimated", upstream_status=status
+        )
+    left = await meter.settle(s)
+    headers = {**known, **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left)}
+    if plan.whole is not None:
+        return JSONResponse(plan.whole(data), status_code=status, headers=headers)
+    return Response(
+        raw,
+        status_code=status,
+        headers=headers,
+        media_type=upstream.headers.get("Content-Type", "application/json"),
+    )

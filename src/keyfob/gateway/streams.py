@@ -1,0 +1,232 @@
+"""What the relay does with each upstream SSE event: watch it, and pass or translate it.
+
+A *watcher* reads the upstream's own wire format for usage, generated text (for our own
+count when no usage comes) and a normal ending. A *transform* turns each upstream event
+into what the client's surface expects: unchanged bytes for same-format calls, or a
+translation (``gateway/translate/``). A transform sets ``done`` when it has produced the
+stream's terminal event, which the relay holds back until the call is settled.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from keyfob.gateway.estimate import tool_call_text
+from keyfob.gateway.translate.openai_to_anthropic import error_event as anthropic_error
+from keyfob.gateway.translate.sse import data_event, named_event, parse_json
+from keyfob.pricing.usage import TokenUsage
+
+
+class Watcher(Protocol):
+    text: list[str]
+    finish_seen: bool
+    error: str | None
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        """The upstream's reported usage so far."""
+
+    @property
+    def usage_final(self) -> bool:
+        """Whether ``usage`` is the upstream's final count (not a partial one)."""
+
+    def observe(self, event: bytes) -> None: ...
+
+
+class Transform(Protocol):
+    @property
+    def done(self) -> bool:
+        """Whether the stream's terminal event has been produced."""
+
+    def feed(self, event: bytes) -> list[bytes]: ...
+
+    def finish(self) -> list[bytes]: ...
+
+    def error_event(self, message: str) -> bytes: ...
+
+
+class OpenAIWatcher:
+    """Chat-completion chunks: classifies each (``kind``) so a pass-through needs no
+    second parse."""
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.text: list[str] = []
+        self.finish_seen = False
+        self.error: str | None = None
+        self.kind = "data"
+
+    @property
+    def usage_final(self) -> bool:
+        return self.usage is not None  # OpenAI reports usage once, at the end
+
+    def observe(self, event: bytes) -> None:
+        self.kind = self._observe(event)
+
+    def _observe(self, event: bytes) -> str:
+        lines = event.decode("utf-8", errors="replace").splitlines()
+        data = "\n".join(ln[5:].removeprefix(" ") for ln in lines if ln.startswith("data:"))
+        if not data:
+            return "data"
+        if data.strip() == "[DONE]":
+            return "done"
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return "data"
+        if not isinstance(obj, dict):
+            return "data"
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.usage = TokenUsage.from_openai(usage) or self.usage
+        if obj.get("error") is not None:
+            self.error = "upstream reported an error mid-stream"
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for c in choices:
+                if not isinstance(c, dict):
+                    continue
+                if c.get("finish_reason"):
+                    self.finish_seen = True
+                delta = c.get("delta")
+                if isinstance(delta, dict):
+                    for key in ("content", "refusal", "reasoning_content"):
+                        if isinstance(delta.get(key), str):
+                            self.text.append(delta[key])
+                    self.text.extend(tool_call_text(delta.get("tool_calls")))
+            if not choices and isinstance(usage, dict):
+                return "usage_only"
+        return "data"
+
+
+class AnthropicWatcher:
+    """Messages events: usage from ``message_start`` merged with ``message_delta``'s."""
+
+    def __init__(self) -> None:
+        self.raw_usage: dict[str, Any] = {}
+        self.text: list[str] = []
+        self.finish_seen = False
+        self.error: str | None = None
+        self.kind = "data"
+        self.usage_final = False  # message_start's count is partial until message_delta
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return TokenUsage.from_anthropic(self.raw_usage) if self.raw_usage else None
+
+    def observe(self, event: bytes) -> None:
+        name, obj, _raw = parse_json(event)
+        self.kind = "data"
+        if obj is None:
+            return
+        kind = obj.get("type") or name
+        if kind == "message_start":
+            usage = (obj.get("message") or {}).get("usage")
+            if isinstance(usage, dict):
+                self.raw_usage.update(usage)
+        elif kind == "message_delta":
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                self.raw_usage.update({k: v for k, v in usage.items() if v is not None})
+                self.usage_final = True
+        elif kind == "content_block_delta":
+            delta = obj.get("delta") or {}
+            for key in ("text", "partial_json", "thinking"):
+                if isinstance(delta.get(key), str):
+                    self.text.append(delta[key])
+        elif kind == "message_stop":
+            self.finish_seen = True
+            self.kind = "done"
+        elif kind == "error":
+            self.error = "upstream reported an error mid-stream"
+
+
+class OpenAIPassThrough:
+    """Same-format OpenAI chat: bytes unchanged, minus the usage chunk nobody asked for."""
+
+    def __init__(self, watcher: OpenAIWatcher, *, client_wants_usage: bool) -> None:
+        self.watcher = watcher
+        self.client_wants_usage = client_wants_usage
+        self.done = False
+
+    def feed(self, event: bytes) -> list[bytes]:
+        kind = self.watcher.kind
+        if kind == "done":
+            self.done = True
+        elif kind == "usage_only" and not self.client_wants_usage:
+            return []
+        return [event]
+
+    def finish(self) -> list[bytes]:
+        return []
+
+    def error_event(self, message: str) -> bytes:
+        return openai_error_event(message)
+
+
+class AnthropicPassThrough:
+    """Same-format Anthropic Messages: bytes unchanged."""
+
+    def __init__(self, watcher: AnthropicWatcher) -> None:
+        self.watcher = watcher
+        self.done = False
+
+    def feed(self, event: bytes) -> list[bytes]:
+        if self.watcher.kind == "done":
+            self.done = True
+        return [event]
+
+    def finish(self) -> list[bytes]:
+        return []
+
+    def error_event(self, message: str) -> bytes:
+        return anthropic_error(message)
+
+
+class Translating:
+    """Wraps a translator from ``gateway/translate/`` (or a chain of them)."""
+
+    def __init__(self, *stages: Any, style: str) -> None:
+        self.stages = stages
+        self.style = style
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stages[-1].done)
+
+    def feed(self, event: bytes) -> list[bytes]:
+        events = [event]
+        for stage in self.stages:
+            events = [out for ev in events for out in stage.feed(ev)]
+        return events
+
+    def finish(self) -> list[bytes]:
+        """Each stage's closing events go through the later stages, which then close."""
+        pending: list[bytes] = []
+        for stage in self.stages:
+            pending = [out for ev in pending for out in stage.feed(ev)] + stage.finish()
+        return pending
+
+    def error_event(self, message: str) -> bytes:
+        if self.style == "anthropic":
+            return anthropic_error(message)
+        if self.style == "responses":
+            return named_event(
+                "error",
+                {"type": "error", "code": "upstream_error", "message": message, "param": None},
+            )
+        return openai_error_event(message)
+
+
+def openai_error_event(message: str) -> bytes:
+    return data_event(
+        {
+            "error": {
+                "message": message,
+                "type": "api_error",
+                "param": None,
+                "code": "upstream_error",
+            }
+        }
+    )
