@@ -10,7 +10,7 @@ test:  ## the whole default suite (what the README and CI run)
 	$(PYTHON) -m pytest -q
 
 test-llama:  ## the real-model tests (builds llama-cpp-python the first time)
-	$(PYTHON) -m pytest -q -m llama
+	PYTHON=$(PYTHON) bash scripts/llama.sh
 
 lint:
 	$(PYTHON) -m ruff check src tests bench

@@ -106,10 +106,6 @@ def test_refresh_for_another_resource_refused_without_spending(kf: InProcess) ->
     assert good.status_code == 200, good.text
 
 
-@pytest.mark.xfail(
-    reason="needs keyfob.oauth.rfc8707.token_audience_ok wired into gateway/auth.py",
-    strict=False,
-)
 def test_gateway_refuses_a_token_for_another_resource(kf: InProcess) -> None:
     cid, _ = kf.register([CB])
     grant = kf.run(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from keyfob.oauth import rfc9728
 from keyfob.settings import Settings
 from tests.oauth_app import InProcess
@@ -41,10 +39,6 @@ def test_served_at_both_locations(tmp_path: Path) -> None:
         assert meta["issuer"] == kf.url
 
 
-@pytest.mark.xfail(
-    reason="needs keyfob.oauth.rfc9728.www_authenticate wired into gateway/errors.py",
-    strict=False,
-)
 def test_gateway_401_points_at_the_metadata(tmp_path: Path) -> None:
     """Every 401 of the gateway carries resource_metadata (wired in gateway/errors.py)."""
     with InProcess(tmp_path / "data") as kf:

@@ -156,9 +156,11 @@ def providers_add(
     base_url: Annotated[
         str,
         typer.Option(
-            "--base-url", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
+            "--base-url",
+            help="Base URL, e.g. http://127.0.0.1:8080/v1; optional for the kinds "
+            "openai, anthropic, gemini and openrouter, which know their own.",
         ),
-    ],
+    ] = "",
     models: Annotated[
         list[str] | None, typer.Option("--model", "-m", help="A model it serves (repeatable).")
     ] = None,
@@ -166,7 +168,9 @@ def providers_add(
         bool, typer.Option("--local", help="Your own hardware: priced 0 by default, no key needed.")
     ] = False,
     no_key: Annotated[bool, typer.Option("--no-key", help="The endpoint needs no key.")] = False,
-    kind: Annotated[str, typer.Option(help="Adapter kind.")] = "openai_compatible",
+    kind: Annotated[
+        str, typer.Option(help="Adapter kind (`keyfob providers kinds` lists them).")
+    ] = "openai_compatible",
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -198,6 +202,18 @@ def providers_add(
         raise fail(str(exc)) from None
     shown = ", ".join(provider.models) or "none listed"
     console.print(f"Linked [bold]{provider.name}[/bold] ({provider.base_url}); models: {shown}")
+
+
+@providers_app.command("kinds")
+def providers_kinds() -> None:
+    """The installed provider adapters (built-in and plugins), by kind."""
+    from keyfob.providers import ProviderRegistry
+
+    registry = ProviderRegistry.load()
+    for kind in registry.kinds():
+        adapter = registry.get(kind)
+        default = getattr(adapter, "default_base_url", "") or "(base URL required)"
+        console.print(f"{kind:<20} {adapter.label:<32} {default}")
 
 
 @providers_app.command("list")

@@ -63,6 +63,8 @@ class Settings:
     #: Tokens assumed per image part when bounding a request's input.
     image_token_bound: int = 2048
     upstream_connect_timeout_s: float = 10.0
+    #: How long an upstream may take to send its first byte (the model "thinking").
+    upstream_first_byte_timeout_s: float = 120.0
     upstream_read_timeout_s: float = 300.0
     log_level: str = "info"
 

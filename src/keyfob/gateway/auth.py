@@ -13,6 +13,7 @@ from starlette.requests import Request
 from keyfob.context import Keyfob
 from keyfob.gateway.cache import TTLCache
 from keyfob.gateway.errors import unauthorized
+from keyfob.oauth.rfc8707 import token_audience_ok
 from keyfob.store.records import Grant, Token
 from keyfob.tokens import Kind, hash_token, kind_of
 
@@ -48,5 +49,7 @@ async def authenticate(
     found = await kf.store.tokens.active_with_grant(token_hash, "access", now)
     if found is None:
         raise unauthorized("invalid, expired or revoked access token")
+    if not token_audience_ok(found[0].resource, kf.settings):  # RFC 8707
+        raise unauthorized("this access token was issued for another resource")
     cache.put(token_hash, found)
     return token_hash, found[0], found[1]

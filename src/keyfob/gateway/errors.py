@@ -41,6 +41,8 @@ class GatewayError(Exception):
         self.param = param
         self.type = type_ or _TYPES.get(status, "api_error")
         self.headers = dict(headers or {})
+        #: For 401s: the RFC 6750 error code of the bearer challenge.
+        self.auth_error: str | None = None
 
     def body(self) -> dict[str, Any]:
         return {
@@ -58,12 +60,16 @@ class GatewayError(Exception):
 
 
 def unauthorized(message: str, *, error: str | None = "invalid_token") -> GatewayError:
+    """A 401; the route wrapper completes ``WWW-Authenticate`` with the RFC 9728
+    ``resource_metadata`` URL (it knows the settings), so MCP clients find the server."""
     challenge = 'Bearer realm="keyfob"'
     if error:
         challenge += f', error="{error}"'
-    return GatewayError(
+    exc = GatewayError(
         401, message, code="invalid_api_key", headers={"WWW-Authenticate": challenge}
     )
+    exc.auth_error = error
+    return exc
 
 
 def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> GatewayError:

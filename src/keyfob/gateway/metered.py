@@ -161,9 +161,7 @@ async def _send(
     connection, or a 502/503/529 answer (nothing has been relayed at this point)."""
     if kf.http is None:
         raise UpstreamError("no upstream session (server not started)", status=502)
-    first_byte_s = getattr(
-        kf.settings, "upstream_first_byte_timeout_s", kf.settings.upstream_read_timeout_s
-    )
+    first_byte_s = kf.settings.upstream_first_byte_timeout_s
     for attempt in (1, 2):
         try:
             async with asyncio.timeout(first_byte_s):  # no extra task on the hot path

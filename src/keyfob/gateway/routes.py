@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -26,10 +26,19 @@ from keyfob.gateway.messages import count_tokens, messages
 from keyfob.gateway.models import granted_models
 from keyfob.gateway.responses import responses
 from keyfob.gateway.state import GatewayState
+from keyfob.oauth.rfc9728 import www_authenticate
 
 log = logging.getLogger("keyfob.gateway")
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _challenged(request: Request, exc: GatewayError) -> GatewayError:
+    """Point every 401 at the protected-resource metadata (RFC 9728)."""
+    if exc.status == 401:
+        kf: Keyfob = request.app.state.kf
+        exc.headers["WWW-Authenticate"] = www_authenticate(kf.settings, exc.auth_error)
+    return exc
 
 
 def openai_errors(handler: Handler) -> Handler:
@@ -38,7 +47,9 @@ def openai_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except GatewayError as exc:
-            return exc.response()
+            return _challenged(request, exc).response()
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is listening; nothing to log
         except Exception as exc:
             log.exception("gateway fault in %s: %s", request.url.path, type(exc).__name__)
             return GatewayError(
@@ -59,7 +70,9 @@ def anthropic_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except GatewayError as exc:
-            return anthropic_response(exc)
+            return anthropic_response(_challenged(request, exc))
+        except ClientDisconnect:
+            return Response(status_code=400)
         except Exception as exc:
             log.exception("gateway fault in %s: %s", request.url.path, type(exc).__name__)
             return anthropic_response(GatewayError(500, "internal error in the Keyfob gateway"))
