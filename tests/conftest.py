@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,10 +28,21 @@ def data_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def owned_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data dir made by ``keyfob init`` (migrations, keys, the owner's argon2 hash),
+    copied for every test that needs an owner: a copy costs milliseconds, an init
+    seconds."""
+    template = tmp_path_factory.mktemp("owned-template") / "keyfob-data"
+    template.mkdir()
+    cli(template, "init", "--username", OWNER, KEYFOB_PASSWORD=OWNER_PASSWORD)
+    return template
+
+
 @pytest.fixture
-def owned_data_dir(data_dir: Path) -> Path:
-    """A data dir whose owner exists (``keyfob init``)."""
-    cli(data_dir, "init", "--username", OWNER, KEYFOB_PASSWORD=OWNER_PASSWORD)
+def owned_data_dir(data_dir: Path, owned_template: Path) -> Path:
+    """A data dir whose owner exists (a private copy of the ``keyfob init`` template)."""
+    shutil.copytree(owned_template, data_dir, dirs_exist_ok=True)
     return data_dir
 
 

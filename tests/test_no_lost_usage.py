@@ -40,9 +40,9 @@ async def start_streams(url: str, token: str, server: KeyfobServer) -> int:
 
         tasks = [asyncio.create_task(one()) for _ in range(CALLS)]
         deadline = time.monotonic() + 20
-        while started < CALLS // 2 and time.monotonic() < deadline:
+        while started < CALLS // 10 and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        server.kill9()  # half the streams have started, the rest are anywhere on the path
+        server.kill9()  # ten streams have started, the other calls are anywhere on the path
         await asyncio.gather(*tasks)
     assert early == []
     return started
@@ -55,7 +55,7 @@ def test_kill9_mid_stream_loses_no_usage(server: KeyfobServer, fakellm: FakeLLM)
 
     started = asyncio.run(start_streams(server.url, minted["token"], server))
     reached = fakellm.request_count() - before
-    assert started >= CALLS // 2 and reached >= started
+    assert started >= CALLS // 10 and reached >= started
 
     server.start()  # the restart reconciles what the dead process left open
     rows = ledger_rows(server.data_dir)
