@@ -279,6 +279,111 @@ def providers_price(
     console.print(f"Price of {name}/{model} set.")
 
 
+@providers_app.command("order")
+def providers_order(
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Providers, first first.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set which provider serves a bare model name first (the others follow, as before)."""
+
+    async def body(kf: Any) -> list[str]:
+        owner = await _owner(kf)
+        try:
+            order: list[str] = await kf.store.providers.set_order(owner.id, list(names))
+        except KeyError as exc:
+            raise fail(str(exc.args[0])) from None
+        return order
+
+    order = _with_kf(data_dir, database_url, body)
+    console.print("Preference order: " + ", ".join(order))
+
+
+models_app = typer.Typer(
+    help="Every model of your providers, and your own names for them.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Every model of every provider (canonical ids), its price source and aliases."""
+    from rich.table import Table
+
+    from keyfob.pricing.prices import UnknownPrice, price_for
+
+    async def body(kf: Any) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+        owner = await _owner(kf)
+        catalog = await kf.store.providers.catalog(owner.id)
+        rows = []
+        for p in catalog:
+            overrides = await kf.store.providers.prices(p.id)
+            for m in p.models:
+                try:
+                    source = price_for(m, overrides=overrides, is_local=p.is_local).source
+                except UnknownPrice:
+                    source = "unknown (set one: keyfob providers price)"
+                rows.append((f"{p.name}/{m}", p.name, source))
+        return rows, dict(catalog.aliases)
+
+    rows, aliases = _with_kf(data_dir, database_url, body)
+    named: dict[str, list[str]] = {}
+    for alias, target in aliases.items():
+        named.setdefault(target, []).append(alias)
+    table = Table("model", "provider", "price", "aliases")
+    for cid, provider, source in rows:
+        bare = cid.split("/", 1)[1]
+        table.add_row(
+            cid, provider, source, ", ".join(sorted(named.get(cid, []) + named.get(bare, [])))
+        )
+    console.print(table)
+    listed = {cid for cid, _, _ in rows} | {cid.split("/", 1)[1] for cid, _, _ in rows}
+    for alias, target in sorted(aliases.items()):
+        if target not in listed:
+            console.print(f"alias {alias} -> {target} (not in any provider's model list)")
+
+
+@models_app.command("alias")
+def models_alias(
+    name: Annotated[str, typer.Argument(help="Your name for the model, e.g. fast.")],
+    target: Annotated[str, typer.Argument(help="PROVIDER/MODEL (or a bare model name).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Let apps call TARGET by NAME (the app's grant must still allow TARGET)."""
+    from keyfob.gateway.models import AliasRefused, check_alias
+
+    async def body(kf: Any) -> str:
+        owner = await _owner(kf)
+        try:
+            checked = check_alias(name, target, await kf.store.providers.catalog(owner.id))
+        except AliasRefused as exc:
+            raise fail(str(exc)) from None
+        await kf.store.providers.set_alias(owner.id, name, checked)
+        return checked
+
+    checked = _with_kf(data_dir, database_url, body)
+    console.print(f"Alias {name} -> {checked}")
+
+
+@models_app.command("unalias")
+def models_unalias(
+    name: Annotated[str, typer.Argument(help="The alias to remove.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Remove an alias."""
+
+    async def body(kf: Any) -> bool:
+        owner = await _owner(kf)
+        removed: bool = await kf.store.providers.remove_alias(owner.id, name)
+        return removed
+
+    if not _with_kf(data_dir, database_url, body):
+        raise fail(f"no alias {name!r}")
+    console.print(f"Alias {name} removed.")
+
+
 @apps_app.command("add")
 def apps_add(
     name: Annotated[str, typer.Argument(help="The app's name, shown on the consent screen.")],
@@ -490,6 +595,14 @@ def apps_policy(
     on_exhausted: Annotated[str | None, typer.Option(help="block, wait or downgrade.")] = None,
     wait_max: Annotated[float | None, typer.Option(help="Seconds `wait` may hold a call.")] = None,
     fallback: Annotated[str | None, typer.Option(help="Model served by `downgrade`.")] = None,
+    fallback_chain: Annotated[
+        str | None,
+        typer.Option(
+            "--fallback-chain",
+            help="Models tried in turn when the requested one's upstream fails, "
+            "e.g. a/b,c/d ('' to clear).",
+        ),
+    ] = None,
     webhook: Annotated[str | None, typer.Option(help="URL told at 50/80/100 percent.")] = None,
     show: Annotated[bool, typer.Option("--show", help="Only print the policy.")] = False,
     data_dir: DataDir = None,
@@ -547,6 +660,9 @@ def apps_policy(
                 changes["fallback_model"] = fallback or None
             if webhook is not None:
                 changes["webhook_url"] = webhook or None
+            if fallback_chain is not None:
+                chain = [m.strip() for m in fallback_chain.split(",") if m.strip()]
+                changes["fallback_chain"] = tuple(chain)
             policy = dataclasses.replace(policy, **changes)
             await kf.store.grants.set_policy(
                 grant.id, policy_json=policy.to_json(), cap_micro_usd=policy.primary_cap_micro_usd

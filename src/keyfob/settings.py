@@ -66,6 +66,10 @@ class Settings:
     #: How long an upstream may take to send its first byte (the model "thinking").
     upstream_first_byte_timeout_s: float = 120.0
     upstream_read_timeout_s: float = 300.0
+    #: OpenRouter's OAuth PKCE pages (``/auth``) and API (``/auth/keys``), for linking an
+    #: OpenRouter account from the dashboard; settings so tests can stand in a fake.
+    openrouter_auth_url: str = "https://openrouter.ai"
+    openrouter_api_url: str = "https://openrouter.ai/api/v1"
     log_level: str = "info"
 
     @property

@@ -14,6 +14,8 @@ from typing import Any, Literal
 CALENDAR_PERIODS = ("day", "week", "month")
 OnExhausted = Literal["block", "wait", "downgrade"]
 MAX_WAIT_S = 300.0
+#: Models tried after the requested one fails upstream (gateway/fallback.py).
+MAX_FALLBACK_CHAIN = 8
 
 
 class PolicyError(ValueError):
@@ -70,6 +72,9 @@ class Policy:
     fallback_model: str | None = None
     #: Told when a window passes 50, 80 and 100 percent.
     webhook_url: str | None = None
+    #: Canonical ids tried in turn when the requested model's upstream fails before
+    #: answering (refused, timed out, 429, 5xx); each must also be in the grant.
+    fallback_chain: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +92,7 @@ class Policy:
             ("https://", "http://")
         ):
             raise PolicyError("a webhook URL is http(s)")
+        _check_chain(self.fallback_chain)
 
     @classmethod
     def monthly(cls, cap_micro_usd: int) -> Policy:
@@ -104,6 +110,8 @@ class Policy:
             {k: v for k, v in asdict(lim).items() if v is not None} for lim in self.limits
         ]
         data.pop("extra")
+        if not self.fallback_chain:
+            data.pop("fallback_chain")
         return json.dumps({k: v for k, v in data.items() if v is not None}, sort_keys=True)
 
     @classmethod
@@ -117,9 +125,25 @@ class Policy:
             unknown = set(data) - known
             if unknown:
                 raise PolicyError(f"unknown policy fields: {', '.join(sorted(unknown))}")
-            return cls(limits=limits, **data)
+            chain = data.pop("fallback_chain", [])
+            if not isinstance(chain, list):
+                raise PolicyError("fallback_chain is a list of canonical model ids")
+            return cls(limits=limits, fallback_chain=tuple(chain), **data)
         except (TypeError, json.JSONDecodeError) as exc:
             raise PolicyError(f"malformed policy: {exc}") from None
+
+
+def _check_chain(chain: object) -> None:
+    if not isinstance(chain, tuple):
+        raise PolicyError("fallback_chain is a list of canonical model ids")
+    if len(chain) > MAX_FALLBACK_CHAIN:
+        raise PolicyError(f"a fallback chain has at most {MAX_FALLBACK_CHAIN} models")
+    for model in chain:
+        provider, _, name = model.partition("/") if isinstance(model, str) else ("", "", "")
+        if not provider or not name or len(model) > 255 or model != model.strip():
+            raise PolicyError(f"fallback chain entries are PROVIDER/MODEL ids: {model!r}")
+    if len(set(chain)) != len(chain):
+        raise PolicyError("a fallback chain names each model once")
 
 
 def parse_duration(text: str) -> int:

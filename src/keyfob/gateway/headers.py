@@ -13,6 +13,8 @@ LEFT = "x-keyfob-allowance-left-usd"
 RESETS_AT = "x-keyfob-allowance-resets-at"
 #: Set when the person's ``downgrade`` policy served its fallback model instead.
 DOWNGRADED_TO = "x-keyfob-downgraded-to"
+#: Set when the grant's fallback chain served the call: the model that failed first.
+FALLBACK_FROM = "x-keyfob-fallback-from"
 #: SSE comment emitted just before ``data: [DONE]`` with a stream's exact cost.
 STREAM_COST_COMMENT = "keyfob-cost-usd"
 

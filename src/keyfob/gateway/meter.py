@@ -35,17 +35,33 @@ class Meter:
     reservation: Reservation
     price: Price
     _task: asyncio.Task[int] | None = field(default=None, repr=False)
+    #: What was left after a settlement that completed inline (no task needed).
+    _left: int | None = field(default=None, repr=False)
     #: The cost the settlement recorded (set when settling starts).
     cost_micro_usd: int | None = None
 
     @property
     def settled(self) -> bool:
-        return self._task is not None
+        return self._task is not None or self._left is not None
 
     async def settle(self, s: Settlement) -> int:
-        """Settle once (later calls wait for the first); returns what is left afterwards."""
+        """Settle once (later calls wait for the first); returns what is left afterwards.
+
+        On SQLite the settlement usually completes synchronously (``settle_now``): with
+        no suspension point nothing can cancel it half-way, so no task or shield is
+        needed. Otherwise (a busy database, PostgreSQL) it runs in its own task."""
+        if self._left is not None:
+            return self._left
         if self._task is None:
             self.cost_micro_usd = s.cost_micro_usd
+            try:
+                left = self.kf.allowance.settle_now(self.reservation, s)
+            except Exception as exc:
+                log.error("settlement failed: %s", type(exc).__name__)
+                raise
+            if left is not None:
+                self._left = left
+                return left
             self._task = asyncio.ensure_future(self.kf.allowance.settle(self.reservation, s))
             _PENDING.add(self._task)
             self._task.add_done_callback(_done)

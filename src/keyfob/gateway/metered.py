@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from keyfob.allowance.service import AllowanceExhausted, CredentialRevoked, Reservation
 from keyfob.context import Keyfob
+from keyfob.gateway import fallback
 from keyfob.gateway.auth import authenticate
 from keyfob.gateway.errors import GatewayError, invalid, unauthorized
 from keyfob.gateway.estimate import estimate_async, message_text
@@ -33,7 +34,7 @@ from keyfob.gateway.streams import AnthropicWatcher, OpenAIWatcher, Watcher
 from keyfob.gateway.surface import Plan, Surface
 from keyfob.gateway.translate import Untranslatable
 from keyfob.gateway.upstream_errors import MAX_ERROR_BODY, passed_headers, upstream_error
-from keyfob.gateway.validate import parse_json
+from keyfob.gateway.validate import loads, parse_json
 from keyfob.limits import BodyTooLarge, read_limited
 from keyfob.money import format_usd
 from keyfob.pricing.prices import Price
@@ -183,6 +184,10 @@ async def _send(
     raise AssertionError("unreachable")
 
 
+#: The grant's fallback chain (gateway/fallback.py) runs these steps for each model.
+_FALLBACK_HOOKS = fallback.Hooks(_send, _quote, make_plan)
+
+
 async def metered_call(request: Request, surface: Surface) -> Response:
     kf: Keyfob = request.app.state.kf
     gw = GatewayState.of(request.app)
@@ -222,9 +227,18 @@ async def metered_call(request: Request, surface: Surface) -> Response:
             adapter = gw.adapter(kf, r.provider.kind)
             plan = make_plan(surface, body, r, adapter, kf)
             api_key = await gw.credential(kf, r.provider)
+        att = None  # a grant with a fallback chain may move the call to another model
+        if fallback.has_chain(grant):
+            att = fallback.Attempt(r, adapter, plan, api_key, q, reservation, meter, known)
         try:
-            upstream = await _send(kf, adapter, r, api_key, plan)
+            if att is None:
+                upstream = await _send(kf, adapter, r, api_key, plan)
+            else:
+                call = fallback.Call(kf, gw, grant, token_hash, surface, body, bound, streamed)
+                upstream = await fallback.send(att, _FALLBACK_HOOKS, call)
         except UpstreamError as exc:
+            if att is not None:  # the chain's last model failed
+                r, meter, known = att.resolved, att.meter, att.known
             s = meter.charged(str(exc), None) if exc.reached else meter.failed(str(exc), None)
             left = await meter.settle(s)
             raise GatewayError(
@@ -243,6 +257,8 @@ async def metered_call(request: Request, surface: Surface) -> Response:
                     **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
                 },
             ) from None
+        if att is not None:
+            r, adapter, plan, api_key, q, reservation, meter, known = att.unpack()
         if upstream.status >= 400:
             raise await _error_answer(meter, upstream, api_key, r, known)
         if streamed and plan.transform is not None:
@@ -313,6 +329,14 @@ def _usage_of(raw: bytes) -> TokenUsage | None:
     return TokenUsage.from_openai(usage) if isinstance(usage, dict) else None
 
 
+def _usage(data: dict[str, Any], wire: str) -> TokenUsage | None:
+    """The upstream's own usage report, if it sent one (the common case)."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return TokenUsage.from_anthropic(usage) if wire == "anthropic" else TokenUsage.from_openai(usage)
+
+
 def _usage_and_text(data: dict[str, Any], wire: str) -> tuple[TokenUsage | None, str]:
     usage = data.get("usage")
     if wire == "anthropic":
@@ -354,7 +378,7 @@ async def _whole_answer(
             },
         ) from None
     try:
-        data = json.loads(raw)
+        data = loads(raw)  # parsed only to read usage; same-format answers go out as bytes
     except (ValueError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
@@ -370,10 +394,11 @@ async def _whole_answer(
                 **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
             },
         )
-    parsed, text = _usage_and_text(data, wire)
+    parsed = _usage(data, wire)
     if parsed is not None:
         s = meter.from_usage(parsed, status="settled", source="upstream", upstream_status=status)
     else:
+        _none, text = _usage_and_text(data, wire)  # the text only matters to count it
         counted = await estimate_async(plan.estimate_body, text)
         s = meter.from_usage(
             counted, status="estimated", source="estimated", upstream_status=status

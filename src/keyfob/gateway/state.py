@@ -44,9 +44,11 @@ class GatewayState:
         return state
 
     async def providers_of(self, kf: Keyfob, user_id: str) -> list[Provider]:
+        """The person's providers in preference order; a ``Catalog`` that also carries
+        their model aliases, so model resolution reads no database."""
         found = self.providers.get(user_id)
         if found is None:
-            found = await kf.store.providers.list(user_id)
+            found = await kf.store.providers.catalog(user_id)
             self.providers.put(user_id, found)
         return found
 

@@ -9,14 +9,29 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from keyfob.gateway.errors import invalid
 
 MAX_N = 8
 
 
+def loads(raw: bytes | str) -> Any:
+    """``json.loads`` with orjson's parser in front.
+
+    Why: orjson parses a typical request or answer several times faster than the
+    standard library, and every gateway call parses two. It is stricter in a few corners
+    (integers beyond 64 bits, NaN/Infinity literals, lone surrogates), so whatever it
+    refuses goes through ``json.loads``, which accepts or refuses exactly as before."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise invalid("request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):

@@ -18,8 +18,7 @@ ACCESS = "access"
 REFRESH = "refresh"
 
 
-async def issue_tokens(
-    store: Store,
+def new_pair(
     settings: Settings,
     *,
     grant_id: str,
@@ -28,11 +27,11 @@ async def issue_tokens(
     scope: str,
     resource: str | None,
     now: float,
-) -> dict[str, Any]:
-    """Create and store a token pair; return the RFC 6749 5.1 response body."""
+) -> tuple[tuple[Token, Token], dict[str, Any]]:
+    """A fresh token pair (the records to store) and the RFC 6749 5.1 response body."""
     access = new_token(Kind.ACCESS)
     refresh = new_token(Kind.REFRESH)
-    await store.tokens.save(
+    records = (
         Token(
             hash_token(access),
             ACCESS,
@@ -60,10 +59,36 @@ async def issue_tokens(
             None,
         ),
     )
-    return {
+    body = {
         "access_token": access,
         "token_type": "Bearer",
         "expires_in": settings.access_token_ttl_s,
         "refresh_token": refresh,
         "scope": scope,
     }
+    return records, body
+
+
+async def issue_tokens(
+    store: Store,
+    settings: Settings,
+    *,
+    grant_id: str,
+    client_id: str,
+    family_id: str,
+    scope: str,
+    resource: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """Create and store a token pair; return the RFC 6749 5.1 response body."""
+    records, body = new_pair(
+        settings,
+        grant_id=grant_id,
+        client_id=client_id,
+        family_id=family_id,
+        scope=scope,
+        resource=resource,
+        now=now,
+    )
+    await store.tokens.save(*records)
+    return body

@@ -5,12 +5,13 @@ from __future__ import annotations
 import builtins
 import json
 import time
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyfob.store import schema as t
-from keyfob.store.records import PriceOverride, Provider, User
+from keyfob.store.records import Catalog, PriceOverride, Provider, User
 from keyfob.tokens import new_id
 
 
@@ -68,6 +69,16 @@ class UsersRepo:
             )
 
 
+def _ordered(user_id: str) -> Select[Any]:
+    """Preference order: chosen positions first, then the rest oldest first."""
+    p = t.providers.c
+    return (
+        select(t.providers)
+        .where(p.user_id == user_id)
+        .order_by(p.position.is_(None), p.position, p.created_at)
+    )
+
+
 class ProvidersRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -122,15 +133,75 @@ class ProvidersRepo:
         return Provider.of(row) if row else None
 
     async def list(self, user_id: str) -> list[Provider]:
+        """The person's providers in their preference order (``set_order``)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(_ordered(user_id))).all()
+        return [Provider.of(r) for r in rows]
+
+    async def catalog(self, user_id: str) -> Catalog:
+        """Providers in preference order and the person's aliases, read together."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(_ordered(user_id))).all()
+            aliases = (
+                await conn.execute(
+                    select(t.model_aliases.c.name, t.model_aliases.c.target).where(
+                        t.model_aliases.c.user_id == user_id
+                    )
+                )
+            ).all()
+        return Catalog((Provider.of(r) for r in rows), {a.name: a.target for a in aliases})
+
+    async def set_order(self, user_id: str, names: builtins.list[str]) -> builtins.list[str]:
+        """Put the named providers first, in this order; the others keep their order
+        after them. Returns every provider's name in the new order."""
+        current = await self.list(user_id)
+        by_name = {p.name: p for p in current}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise KeyError(f"no provider named {unknown[0]!r}")
+        first = list(dict.fromkeys(names))
+        order = first + [p.name for p in current if p.name not in first]
+        async with self.engine.begin() as conn:
+            for position, name in enumerate(order):
+                await conn.execute(
+                    update(t.providers)
+                    .where(t.providers.c.id == by_name[name].id)
+                    .values(position=position)
+                )
+        return order
+
+    async def aliases(self, user_id: str) -> dict[str, str]:
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    select(t.providers)
-                    .where(t.providers.c.user_id == user_id)
-                    .order_by(t.providers.c.created_at)
+                    select(t.model_aliases.c.name, t.model_aliases.c.target)
+                    .where(t.model_aliases.c.user_id == user_id)
+                    .order_by(t.model_aliases.c.name)
                 )
             ).all()
-        return [Provider.of(r) for r in rows]
+        return {r.name: r.target for r in rows}
+
+    async def set_alias(self, user_id: str, name: str, target: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(t.model_aliases).where(
+                    t.model_aliases.c.user_id == user_id, t.model_aliases.c.name == name
+                )
+            )
+            await conn.execute(
+                insert(t.model_aliases).values(
+                    user_id=user_id, name=name, target=target, created_at=time.time()
+                )
+            )
+
+    async def remove_alias(self, user_id: str, name: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(t.model_aliases).where(
+                    t.model_aliases.c.user_id == user_id, t.model_aliases.c.name == name
+                )
+            )
+        return bool(result.rowcount)
 
     async def list_all(self) -> builtins.list[Provider]:
         async with self.engine.connect() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,16 @@ class Provider:
 
     def __repr__(self) -> str:
         return f"Provider(id={self.id!r}, name={self.name!r}, base_url={self.base_url!r})"
+
+
+class Catalog(list[Provider]):
+    """A person's providers in preference order, with their model aliases: one snapshot,
+    cached as a whole by the gateway so resolving a model never reads the database."""
+
+    def __init__(self, providers: Iterable[Provider] = (), aliases: dict[str, str] | None = None):
+        super().__init__(providers)
+        #: alias -> target (a canonical ``PROVIDER/MODEL`` or a bare model name).
+        self.aliases: dict[str, str] = dict(aliases or {})
 
 
 @dataclass(frozen=True)

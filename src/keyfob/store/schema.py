@@ -50,7 +50,22 @@ providers = Table(
     #: JSON list of model ids this provider serves (as the owner listed or discovered).
     Column("models_json", Text, nullable=False, server_default="[]"),
     Column("created_at", Float, nullable=False),
+    #: The person's preference order for bare model names (lowest first); NULL: after
+    #: the ordered ones, oldest first.
+    Column("position", Integer, nullable=True),
     UniqueConstraint("user_id", "name", name="uq_providers_user_name"),
+)
+
+#: A person's own names for models: ``fast`` -> ``local/gemma-3-270m``.
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
+    #: No ``/``: canonical ids always mean what they say.
+    Column("name", String(255), primary_key=True),
+    #: A canonical ``PROVIDER/MODEL`` or a bare model name.
+    Column("target", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 price_overrides = Table(

@@ -27,6 +27,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -38,12 +39,19 @@ from keyfob.store.metering_types import (
     ReserveRequest,
     Settlement,
 )
-from keyfob.store.records import WindowState
+from keyfob.store.records import Client, Token, WindowState
 from keyfob.tokens import new_id
 
 T = TypeVar("T")
 
 CHECKPOINT_EVERY_S = 5.0
+
+
+class Busy:
+    """The type of ``BUSY``: the inline connection could not take the write lock."""
+
+
+BUSY = Busy()
 
 
 class Rollback(Exception):
@@ -95,13 +103,43 @@ class SqliteHotPath:
                 self._helper_conn = _connect(self.path, 5000)
             return self._transaction(self._helper_conn, fn)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one write transaction: inline, or on the helper when busy."""
+    def try_now(self, fn: Callable[[sqlite3.Connection], T]) -> T | Busy:
+        """Run ``fn`` in one write transaction inline, or return ``BUSY`` at once when
+        another connection holds the write lock (then nothing was done: use ``run``).
+
+        Why a synchronous variant: a caller that must not be interrupted half-way (a
+        settlement) otherwise needs a task and ``asyncio.shield`` around ``run``; when the
+        transaction completes without suspending, no cancellation can reach it."""
         try:
             return self._transaction(self.inline, fn)
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
+        return BUSY
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only ``fn`` on the inline connection (autocommit: a WAL reader
+        takes no lock a writer holds); on SQLITE_BUSY (WAL recovery by another
+        process) on the helper thread instead."""
+        try:
+            return fn(self.inline)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._helper, self._read_on_helper, fn)
+
+    def _read_on_helper(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            if self._helper_conn is None:
+                self._helper_conn = _connect(self.path, 5000)
+            return fn(self._helper_conn)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction: inline, or on the helper when busy."""
+        done = self.try_now(fn)
+        if done is not BUSY:
+            return done  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._helper, self._on_helper, fn)
 
@@ -198,8 +236,19 @@ def alive(conn: sqlite3.Connection, token_hash: str, grant_id: str, now: float) 
 def hold_window(
     conn: sqlite3.Connection, grant_id: str, key: str, cap: int, amount: int
 ) -> WindowState | None:
-    conn.execute(_ENSURE_WINDOW, (grant_id, key, cap))
-    row = conn.execute(_HOLD_WINDOW, (amount, cap, grant_id, key, amount, cap)).fetchone()
+    """Hold ``amount`` on the window's counter row, creating the row on first use.
+
+    The conditional UPDATE runs first: the row exists on every call but the first of a
+    window, so the ``INSERT ... DO NOTHING`` only runs when the UPDATE matched nothing
+    (no row yet, or the cap is reached), and then the UPDATE is tried once more. Same
+    outcome as insert-then-update (the reference order in ``MeteringRepo``), one
+    statement fewer per call."""
+    args = (amount, cap, grant_id, key, amount, cap)
+    row = conn.execute(_HOLD_WINDOW, args).fetchone()
+    if row is None:
+        if conn.execute(_ENSURE_WINDOW, (grant_id, key, cap)).rowcount != 1:
+            return None  # the row was there: the cap is what refused
+        row = conn.execute(_HOLD_WINDOW, args).fetchone()
     return WindowState(*row) if row else None
 
 
@@ -428,3 +477,100 @@ def settle_tx(
             if s.cost_micro_usd:
                 wallet_tx(conn, user_id, "charge", -s.cost_micro_usd, got[0], entry_id, None, now)
     return tuple(states)
+
+
+# --- OAuth: the refresh-token rotation and the lookups around it -------------------------
+#
+# The reference is the SQLAlchemy path (``TokensRepo.get`` / ``mark_used`` /
+# ``revoke_family`` / ``save``, ``GrantsRepo.get``, ``ClientsRepo.get``), which PostgreSQL
+# keeps using; ``oauth/rfc6749.py`` takes this path when the store has one.
+
+
+class _Mapped:
+    """Lets a record's ``of()`` read a ``sqlite3.Row`` the way it reads a SQLAlchemy row."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, row: sqlite3.Row) -> None:
+        self._mapping = row
+
+
+def _row(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> _Mapped | None:
+    cur = conn.cursor()
+    cur.row_factory = sqlite3.Row
+    row = cur.execute(sql, args).fetchone()
+    return _Mapped(row) if row is not None else None
+
+
+_TOKEN_COLUMNS = (
+    "token_hash, kind, grant_id, client_id, family_id, scope, resource, created_at, "
+    "expires_at, used_at, revoked_at"
+)
+
+
+def client(conn: sqlite3.Connection, client_id: str) -> Client | None:
+    found = _row(conn, "SELECT * FROM clients WHERE id = ?", (client_id,))
+    return Client.of(found) if found is not None else None
+
+
+def token(conn: sqlite3.Connection, token_hash: str) -> Token | None:
+    found = _row(conn, f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
+    return Token.of(found) if found is not None else None
+
+
+#: Outcomes of ``rotate_refresh_tx`` other than success.
+REPLAYED = "replayed"  # used before: the family was revoked
+EXPIRED = "expired"  # revoked or expired (now marked used, as the reference path does)
+GRANT_REVOKED = "grant_revoked"
+
+
+def revoke_family_tx(conn: sqlite3.Connection, family_id: str) -> None:
+    conn.execute(
+        "UPDATE tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+        (time.time(), family_id),
+    )
+
+
+def rotate_refresh_tx(
+    conn: sqlite3.Connection, token_hash: str, family_id: str, now: float, new: tuple[Token, ...]
+) -> str | None:
+    """Spend a refresh token and store its successors, in the caller's one transaction.
+
+    Mirrors the reference steps in their order: mark used only if unused (else revoke
+    the family: a replay), then refuse a revoked or expired token, then a revoked grant
+    (both with the token left spent, as the reference's separate commits leave it), then
+    insert the new pair. Returns None on success, else one of the outcomes above."""
+    row = conn.execute(
+        "UPDATE tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL "
+        "RETURNING revoked_at, expires_at, grant_id",
+        (now, token_hash),
+    ).fetchone()
+    if row is None:
+        revoke_family_tx(conn, family_id)
+        return REPLAYED
+    revoked_at, expires_at, grant_id = row
+    if revoked_at is not None or expires_at < now:
+        return EXPIRED
+    grant = conn.execute("SELECT revoked_at FROM grants WHERE id = ?", (grant_id,)).fetchone()
+    if grant is None or grant[0] is not None:
+        return GRANT_REVOKED
+    conn.executemany(
+        f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                t.token_hash,
+                t.kind,
+                t.grant_id,
+                t.client_id,
+                t.family_id,
+                t.scope,
+                t.resource,
+                t.created_at,
+                t.expires_at,
+                t.used_at,
+                t.revoked_at,
+            )
+            for t in new
+        ],
+    )
+    return None

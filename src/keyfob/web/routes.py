@@ -23,6 +23,7 @@ from keyfob.oauth.consent import WINDOWS, primary_limit, with_primary
 from keyfob.oauth.rfc8414 import METADATA_PATH
 from keyfob.store.records import Grant, User
 from keyfob.web.forms import FormError, read_form
+from keyfob.web.openrouter import ROUTES as OPENROUTER_ROUTES
 from keyfob.web.ratelimit import LoginThrottle
 from keyfob.web.render import (
     current_user,
@@ -400,4 +401,5 @@ ROUTES: list[BaseRoute] = [
     Route("/grants/{grant_id}/edit", edit_grant, methods=["GET", "POST"]),
     Route("/apps/new", new_app, methods=["GET", "POST"]),
     Route("/providers/new", new_provider, methods=["GET", "POST"]),
+    *OPENROUTER_ROUTES,
 ]
