@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from keyfob.money import format_usd
@@ -19,7 +20,9 @@ FALLBACK_FROM = "x-keyfob-fallback-from"
 STREAM_COST_COMMENT = "keyfob-cost-usd"
 
 
+@functools.lru_cache(maxsize=256)
 def iso_utc(ts: float) -> str:
+    """Memoised: the same few reset instants (one per window) go out on every call."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

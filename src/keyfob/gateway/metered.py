@@ -334,7 +334,9 @@ def _usage(data: dict[str, Any], wire: str) -> TokenUsage | None:
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return None
-    return TokenUsage.from_anthropic(usage) if wire == "anthropic" else TokenUsage.from_openai(usage)
+    return (
+        TokenUsage.from_anthropic(usage) if wire == "anthropic" else TokenUsage.from_openai(usage)
+    )
 
 
 def _usage_and_text(data: dict[str, Any], wire: str) -> tuple[TokenUsage | None, str]:

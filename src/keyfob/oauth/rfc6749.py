@@ -391,9 +391,7 @@ async def _refresh_token(
     if not presented:
         raise OAuthError("invalid_request", "refresh_token is required")
     token_hash = hash_token(presented)
-    token = (
-        await _refresh_record(store, token_hash) if kind_of(presented) is Kind.REFRESH else None
-    )
+    token = await _refresh_record(store, token_hash) if kind_of(presented) is Kind.REFRESH else None
     if token is None or token.kind != REFRESH:
         raise invalid_grant("the refresh token is invalid")
     if not equal(token.client_id, client.id):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
 import threading
@@ -283,7 +284,22 @@ def settle_entry(
     if row is None:
         return None
     grant_id, reserved, keys_json, from_wallet, user_id = row
-    return grant_id, int(reserved), json.loads(keys_json), bool(from_wallet), user_id
+    return grant_id, int(reserved), _keys_of(keys_json), bool(from_wallet), user_id
+
+
+@functools.lru_cache(maxsize=1024)
+def _keys_json(keys: tuple[str, ...]) -> str:
+    """A ledger row's ``window_keys_json``; memoised (a grant's keys change once a window)."""
+    return json.dumps(list(keys))
+
+
+@functools.lru_cache(maxsize=1024)
+def _keys_tuple(keys_json: str) -> tuple[str, ...]:
+    return tuple(json.loads(keys_json))
+
+
+def _keys_of(keys_json: str) -> list[str]:
+    return list(_keys_tuple(keys_json))
 
 
 def settle_window(
@@ -434,7 +450,7 @@ def reserve_tx(conn: sqlite3.Connection, req: ReserveRequest) -> Reserved | Refu
             req.endpoint,
             int(req.streamed),
             req.amount_micro_usd,
-            json.dumps([w.window_key for w in req.windows]),
+            _keys_json(tuple(w.window_key for w in req.windows)),
             req.now,
             req.tokens_reserved,
             int(req.wallet_user_id is not None),
@@ -502,9 +518,13 @@ def _row(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> _Mappe
     return _Mapped(row) if row is not None else None
 
 
-_TOKEN_COLUMNS = (
-    "token_hash, kind, grant_id, client_id, family_id, scope, resource, created_at, "
-    "expires_at, used_at, revoked_at"
+_SELECT_BY_HASH = (
+    "SELECT token_hash, kind, grant_id, client_id, family_id, scope, resource, created_at, "
+    "expires_at, used_at, revoked_at FROM tokens WHERE token_hash = ?"
+)
+_INSERT_ISSUED = (
+    "INSERT INTO tokens (token_hash, kind, grant_id, client_id, family_id, scope, resource, "
+    "created_at, expires_at, used_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -514,7 +534,7 @@ def client(conn: sqlite3.Connection, client_id: str) -> Client | None:
 
 
 def token(conn: sqlite3.Connection, token_hash: str) -> Token | None:
-    found = _row(conn, f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
+    found = _row(conn, _SELECT_BY_HASH, (token_hash,))
     return Token.of(found) if found is not None else None
 
 
@@ -555,7 +575,7 @@ def rotate_refresh_tx(
     if grant is None or grant[0] is not None:
         return GRANT_REVOKED
     conn.executemany(
-        f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _INSERT_ISSUED,
         [
             (
                 t.token_hash,
