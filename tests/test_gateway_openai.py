@@ -331,3 +331,35 @@ def test_refused_before_upstream_when_cap_too_small(server: KeyfobServer, fakell
     assert int(err.response.headers["Retry-After"]) > 0
     assert err.response.headers[h.LEFT] == "0.000005"
     assert ledger_rows(server.data_dir) == []
+
+
+def test_stream_usage_summary_when_the_upstream_sends_none(
+    server: KeyfobServer, fake_token: str
+) -> None:
+    """fakellm sends no usage in streams: a client that asked for it still gets a usage
+    chunk (Keyfob's own count, the one the ledger settled), and one that did not gets none."""
+    with client(server, fake_token) as c:
+        chunks = list(
+            c.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hello"}],
+                max_tokens=50,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        usage = [ch.usage for ch in chunks if ch.usage is not None]
+        plain = list(
+            c.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hello"}],
+                max_tokens=50,
+                stream=True,
+            )
+        )
+    assert len(usage) == 1 and usage[0].completion_tokens > 0
+    assert all(ch.usage is None for ch in plain)
+    rows = sorted(ledger_rows(server.data_dir), key=lambda r: r["created_at"])
+    assert rows[0]["status"] == "estimated"
+    assert rows[0]["output_tokens"] == usage[0].completion_tokens
+    assert rows[0]["input_tokens"] == usage[0].prompt_tokens

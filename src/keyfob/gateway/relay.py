@@ -12,19 +12,22 @@ other ending.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from keyfob.gateway.estimate import estimate_async
 from keyfob.gateway.headers import STREAM_COST_COMMENT
 from keyfob.gateway.meter import Meter
-from keyfob.gateway.streams import Transform, Watcher
+from keyfob.gateway.streams import OpenAIPassThrough, Transform, Watcher
 from keyfob.gateway.translate.sse import Splitter
 from keyfob.money import format_usd
+from keyfob.pricing.usage import TokenUsage
 
 
 class StreamRelay:
@@ -42,6 +45,8 @@ class StreamRelay:
         self.watcher = watcher
         self.transform = transform
         self.splitter = Splitter()
+        #: Keyfob's own count, when the upstream reported no usage.
+        self.counted: TokenUsage | None = None
         self._iter: AsyncGenerator[bytes, None] | None = None
 
     async def complete(self) -> int:
@@ -54,6 +59,7 @@ class StreamRelay:
             )
         else:
             counted = await estimate_async(self.estimate_body, "".join(self.watcher.text))
+            self.counted = counted
             s = self.meter.from_usage(
                 counted, status="estimated", source="estimated", upstream_status=status
             )
@@ -79,7 +85,30 @@ class StreamRelay:
         comment = f": {STREAM_COST_COMMENT}={format_usd(cost)}\n".encode("ascii")
         if not out:
             return comment
-        return b"".join(out[:-1]) + comment + out[-1]
+        return b"".join(out[:-1]) + self._counted_usage_chunk() + comment + out[-1]
+
+    def _counted_usage_chunk(self) -> bytes:
+        """The usage chunk the client asked for (``stream_options.include_usage``) when the
+        upstream sent none (llama.cpp's server, say): Keyfob's own count, so the SDK's
+        ``chunk.usage`` is there as with any OpenAI stream."""
+        t = self.transform
+        if self.counted is None or not isinstance(t, OpenAIPassThrough) or not t.client_wants_usage:
+            return b""
+        w = self.watcher
+        u = self.counted
+        chunk: dict[str, Any] = {
+            "id": getattr(w, "chunk_id", None) or "chatcmpl-keyfob",
+            "object": "chat.completion.chunk",
+            "created": getattr(w, "created", None) or int(time.time()),
+            "model": getattr(w, "model", None) or "",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": u.input_tokens,
+                "completion_tokens": u.output_tokens,
+                "total_tokens": u.input_tokens + u.output_tokens,
+            },
+        }
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     async def events(self) -> AsyncGenerator[bytes, None]:
         watcher, transform = self.watcher, self.transform

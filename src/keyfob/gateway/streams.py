@@ -58,6 +58,10 @@ class OpenAIWatcher:
         self.finish_seen = False
         self.error: str | None = None
         self.kind = "data"
+        #: The stream's id, model and creation time, for a usage chunk Keyfob may add.
+        self.chunk_id: str | None = None
+        self.model: str | None = None
+        self.created: int | None = None
 
     @property
     def usage_final(self) -> bool:
@@ -83,6 +87,11 @@ class OpenAIWatcher:
             return "done"
         if not isinstance(obj, dict):
             return "data"
+        if self.chunk_id is None and isinstance(obj.get("id"), str):
+            self.chunk_id = obj["id"]
+            self.model = obj.get("model") if isinstance(obj.get("model"), str) else None
+            created = obj.get("created")
+            self.created = created if isinstance(created, int) else None
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self.usage = TokenUsage.from_openai(usage) or self.usage
