@@ -4,7 +4,6 @@ through the TestClient (no sockets on Keyfob's side)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,9 +12,8 @@ import openai
 
 from keyfob.allowance.policy import Policy
 from keyfob.providers.linking import link_provider
-from keyfob.store.records import Token
-from keyfob.tokens import Kind, hash_token, new_id, new_token
 from tests.oauth_app import InProcess
+from tests.support import grant_token
 
 
 def link(
@@ -53,35 +51,15 @@ def link(
 
 
 async def _mint(app: InProcess, models: list[str], policy: Policy, client_name: str) -> str:
-    store = app.store
-    client = await store.clients.add(
-        name=client_name, redirect_uris=["http://127.0.0.1/cb"], is_public=True, secret_hash=None
-    )
-    grant = await store.grants.upsert(
+    minted = await grant_token(
+        app.store,
         user_id=app.owner.id,
-        client_id=client.id,
         models=models,
         cap_micro_usd=policy.primary_cap_micro_usd,
         policy_json=policy.to_json(),
+        client_name=client_name,
     )
-    token = new_token(Kind.ACCESS)
-    now = time.time()
-    await store.tokens.save(
-        Token(
-            hash_token(token),
-            "access",
-            grant.id,
-            client.id,
-            new_id(),
-            "",
-            None,
-            now,
-            now + 3600,
-            None,
-            None,
-        )
-    )
-    return token
+    return str(minted["token"])
 
 
 def mint(

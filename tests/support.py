@@ -182,51 +182,71 @@ class KeyfobServer:
         return (self.data_dir / f"server-{self.port}.log").read_text(errors="replace")
 
 
-async def _mint(
-    data_dir: Path, models: list[str], cap_micro_usd: int, client_name: str
+async def grant_token(
+    store: Any,
+    *,
+    user_id: str,
+    models: list[str],
+    cap_micro_usd: int,
+    policy_json: str | None = None,
+    client_name: str = "test app",
+    timezone: str = "UTC",
 ) -> dict[str, Any]:
-    """Owner + app + grant + access token straight in the store (for gateway-only tests)."""
-    from keyfob.settings import Settings
-    from keyfob.store import Store
+    """An app, its grant and an access token, straight in the store (for tests of the
+    gateway that need no OAuth flow). One place, so every test mints the same way."""
     from keyfob.store.records import Token
     from keyfob.tokens import Kind, hash_token, new_id, new_token
 
-    settings = Settings(data_dir=data_dir)
-    store = await Store.open(settings.effective_database_url)
+    client = await store.clients.add(
+        name=client_name, redirect_uris=["http://127.0.0.1/cb"], is_public=True, secret_hash=None
+    )
+    grant = await store.grants.upsert(
+        user_id=user_id,
+        client_id=client.id,
+        models=models,
+        cap_micro_usd=cap_micro_usd,
+        timezone=timezone,
+        policy_json=policy_json,
+    )
+    token = new_token(Kind.ACCESS)
+    now = time.time()
+    await store.tokens.save(
+        Token(
+            hash_token(token),
+            "access",
+            grant.id,
+            client.id,
+            new_id(),
+            "",
+            None,
+            now,
+            now + 3600,
+            None,
+            None,
+        )
+    )
+    return {"token": token, "grant_id": grant.id, "client_id": client.id}
+
+
+async def _mint(
+    data_dir: Path, models: list[str], cap_micro_usd: int, client_name: str
+) -> dict[str, Any]:
+    """Owner's app + grant + access token in the data dir's store."""
+    from keyfob.settings import Settings
+    from keyfob.store import Store
+
+    store = await Store.open(Settings(data_dir=data_dir).effective_database_url)
     try:
         owner = await store.users.owner()
         assert owner is not None, "run `keyfob init` first"
-        client = await store.clients.add(
-            name=client_name,
-            redirect_uris=["http://127.0.0.1/cb"],
-            is_public=True,
-            secret_hash=None,
-        )
-        grant = await store.grants.upsert(
+        return await grant_token(
+            store,
             user_id=owner.id,
-            client_id=client.id,
             models=models,
             cap_micro_usd=cap_micro_usd,
+            client_name=client_name,
             timezone=owner.timezone,
         )
-        token = new_token(Kind.ACCESS)
-        now = time.time()
-        await store.tokens.save(
-            Token(
-                hash_token(token),
-                "access",
-                grant.id,
-                client.id,
-                new_id(),
-                "",
-                None,
-                now,
-                now + 3600,
-                None,
-                None,
-            )
-        )
-        return {"token": token, "grant_id": grant.id, "client_id": client.id}
     finally:
         await store.close()
 

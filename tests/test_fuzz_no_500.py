@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from starlette.testclient import TestClient
 from keyfob.server import create_app
 from keyfob.settings import Settings
 from keyfob.store import Store
-from keyfob.store.records import Token
-from keyfob.tokens import Kind, hash_token, new_id, new_token
+from tests.support import grant_token
 
 JSON_ENDPOINTS = [
     "/v1/chat/completions",
@@ -88,30 +86,10 @@ async def _seed(data_dir: Path) -> str:
             is_local=True,
             models=["m1"],
         )
-        client = await store.clients.add(
-            name="fuzz", redirect_uris=["http://127.0.0.1/cb"], is_public=True, secret_hash=None
+        minted = await grant_token(
+            store, user_id=owner.id, models=["fake/m1"], cap_micro_usd=10**9, client_name="fuzz"
         )
-        grant = await store.grants.upsert(
-            user_id=owner.id, client_id=client.id, models=["fake/m1"], cap_micro_usd=10**9
-        )
-        token = new_token(Kind.ACCESS)
-        now = time.time()
-        await store.tokens.save(
-            Token(
-                hash_token(token),
-                "access",
-                grant.id,
-                client.id,
-                new_id(),
-                "",
-                None,
-                now,
-                now + 3600,
-                None,
-                None,
-            )
-        )
-        return token
+        return str(minted["token"])
     finally:
         await store.close()
 
