@@ -14,7 +14,13 @@ Two things could still block the loop, and both are kept off it:
   one (``busy_timeout=0``); on SQLITE_BUSY the same transaction is retried on a helper
   thread whose own connection waits up to 5 s;
 - checkpoints, which fsync: automatic checkpoints are off on the inline connection and a
-  helper-thread connection runs a passive checkpoint every few seconds.
+  helper-thread connection checkpoints every second: a passive checkpoint (copies the
+  frames without blocking writers), then a RESTART one. The second matters: under
+  continuous load new frames land while the passive one runs, so the WAL is never fully
+  checkpointed when a writer begins and SQLite never rewinds it (measured: 1.6 GB of WAL
+  and 3 MB more wal-index per 40k calls, growing without bound). RESTART holds the write
+  lock only to copy those last frames; inline writes meanwhile get SQLITE_BUSY and go to
+  the helper thread, queued behind it. ``journal_size_limit`` then trims the file.
 
 The logic mirrors ``metering.MeteringRepo`` (the reference, used on PostgreSQL); the
 shared tests run both.
@@ -45,7 +51,9 @@ from keyfob.tokens import new_id
 
 T = TypeVar("T")
 
-CHECKPOINT_EVERY_S = 5.0
+CHECKPOINT_EVERY_S = 1.0
+#: The WAL file is truncated to this size when it is rewound (bytes).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 class Busy:
@@ -77,6 +85,7 @@ class SqliteHotPath:
         self.path = path
         self.inline = _connect(path, 0)
         self.inline.execute("PRAGMA wal_autocheckpoint=0")
+        self.inline.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyfob-sqlite")
         self._helper_conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -161,7 +170,8 @@ class SqliteHotPath:
         with self._lock:
             if self._helper_conn is None:
                 self._helper_conn = _connect(self.path, 5000)
-            self._helper_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._helper_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._helper_conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
     async def close(self) -> None:
         if self._checkpointer is not None:
