@@ -166,7 +166,7 @@ async def test_register_app_refuses(store: Store, name: str, uris: list[str]) ->
 
 
 LOOP_REGISTERED = "http://127.0.0.1:4000/cb?x=1"
-_LOOP_SAME_BUT_PORT = re.compile(r"^http://127\.0\.0\.1(?::([0-9]{1,5}))?/cb\?x=1$")
+_LOOP_SAME_BUT_PORT = re.compile(r"^http://127\.0\.0\.1(?::([0-9]{1,5}))?/cb\?x=1\Z")
 
 
 @st.composite
