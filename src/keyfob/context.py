@@ -29,11 +29,11 @@ class Keyfob:
     started_at: float = field(default_factory=time.time)
 
     @classmethod
-    async def open(cls, settings: Settings) -> Keyfob:
+    async def open(cls, settings: Settings, *, serving: bool = False) -> Keyfob:
         from keyfob.providers import ProviderRegistry
 
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        store = await Store.open(settings.effective_database_url)
+        store = await Store.open(settings.effective_database_url, serving=serving)
         vault = Vault.load(settings.data_dir, settings.master_key)
         allowance = AllowanceService(store, signing_key=vault.derive(b"keyfob-webhooks"))
         return cls(settings, store, vault, allowance, ProviderRegistry.load())

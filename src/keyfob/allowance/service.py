@@ -370,6 +370,13 @@ class AllowanceService:
         hot = self.store.hot
         if hot is None:
             return None
+        wb = hot.writeback
+        if wb is not None:
+            decided = wb.settle(reservation.entry_id, settlement, time.time())
+            if decided is not None:
+                return self._left_after(reservation, decided)
+            if not wb.flush():  # the transactional path must see the whole batch
+                return None
         states = hot.try_now(
             functools.partial(
                 sqlite_hot.settle_tx,

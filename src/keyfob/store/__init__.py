@@ -66,14 +66,25 @@ class Store:
         )
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True) -> Store:
-        """Connect (creating the SQLite file's folder) and apply migrations."""
+    async def open(cls, url: str, *, migrate: bool = True, serving: bool = False) -> Store:
+        """Connect (creating the SQLite file's folder) and apply migrations.
+
+        ``serving``: this process is the server of a SQLite database, so it meters in
+        memory with a journal (``sqlite_writeback``); raises ``JournalBusy`` when another
+        server already does. Every other opener (the CLI, scripts) stays transactional."""
         path = prepare_sqlite_file(url)
         engine = create_engine(url)
         if migrate:
             await upgrade(engine)
         hot = SqliteHotPath(path) if path is not None else None
         if hot is not None:
+            if serving:
+                try:
+                    hot.own()
+                except BaseException:
+                    await hot.close()
+                    await engine.dispose()
+                    raise
             hot.start()
         return cls.from_engine(engine, hot)
 

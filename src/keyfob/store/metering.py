@@ -31,6 +31,7 @@ from keyfob.store.metering_types import (
 )
 from keyfob.store.records import LedgerEntry, WindowState
 from keyfob.store.sqlite_hot import SqliteHotPath
+from keyfob.store.sqlite_writeback import NotHere, sync_reads
 from keyfob.tokens import new_id
 
 __all__ = [
@@ -111,6 +112,14 @@ class MeteringRepo:
                 wallet_refill_key,
                 downgraded_from,
             )
+            wb = self.hot.writeback
+            if wb is not None:
+                decided = wb.reserve(req)
+                if not isinstance(decided, NotHere):
+                    return decided
+                return await self.hot.run_after_batch(
+                    functools.partial(sqlite_hot.reserve_tx, req=req)
+                )
             return await self.hot.run(functools.partial(sqlite_hot.reserve_tx, req=req))
         async with self.engine.connect() as conn:
             trans = await conn.begin()
@@ -347,6 +356,7 @@ class MeteringRepo:
         return WindowState(*row) if row else WindowState(key, 0, 0, 0)
 
     async def window(self, grant_id: str, key: str) -> WindowState:
+        sync_reads()
         async with self.engine.connect() as conn:
             return await self._window(conn, grant_id, key)
 
@@ -356,6 +366,14 @@ class MeteringRepo:
         """Turn a reservation into a charge. Idempotent: a settled entry is left alone."""
         now = time.time() if now is None else now
         if self.hot is not None:
+            wb = self.hot.writeback
+            if wb is not None:
+                done = wb.settle(entry_id, s, now)
+                if done is not None:
+                    return done
+                return await self.hot.run_after_batch(
+                    functools.partial(sqlite_hot.settle_tx, entry_id=entry_id, s=s, now=now)
+                )
             return await self.hot.run(
                 functools.partial(sqlite_hot.settle_tx, entry_id=entry_id, s=s, now=now)
             )
@@ -444,6 +462,7 @@ class MeteringRepo:
         return tuple(states)
 
     async def reconcile_dead(self, started_before: float) -> int:
+        sync_reads()
         """Charge the reservation of calls that never settled (their process died).
 
         Rule: a reservation still open when its process is gone is charged in full and
@@ -475,6 +494,7 @@ class MeteringRepo:
         return len(rows)
 
     async def entry(self, entry_id: str) -> LedgerEntry | None:
+        sync_reads()
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(t.ledger).where(t.ledger.c.id == entry_id))).first()
         return LedgerEntry.of(row) if row else None
@@ -482,6 +502,7 @@ class MeteringRepo:
     async def entries(
         self, *, user_id: str | None = None, grant_id: str | None = None, limit: int = 1000
     ) -> list[LedgerEntry]:
+        sync_reads()
         q = select(t.ledger)
         if user_id:
             q = q.where(t.ledger.c.user_id == user_id)
@@ -495,6 +516,7 @@ class MeteringRepo:
         self, user_id: str, since: float | None = None
     ) -> list[dict[str, Any]]:
         """Spend per app and model: calls, tokens and micro-USD (settled and pending)."""
+        sync_reads()
         L = t.ledger.c
         cond = [L.user_id == user_id]
         if since is not None:
@@ -524,6 +546,7 @@ async def rolling_used(
     engine: AsyncEngine, grant_id: str, seconds: int, model: str | None, now: float
 ) -> tuple[int, float | None]:
     """Spend held or charged in the last ``seconds`` (and the oldest such call's time)."""
+    sync_reads()
     L = t.ledger.c
     held = case(
         (L.status == "reserved", L.reserved_micro_usd), else_=func.coalesce(L.cost_micro_usd, 0)
@@ -574,6 +597,7 @@ async def usage_rows(
     until: float | None = None,
 ) -> list[dict[str, Any]]:
     """Ledger rows (joined with the app's name) for usage reports, oldest first."""
+    sync_reads()
     L = t.ledger.c
     cond = [L.user_id == user_id]
     if grant_id is not None:
@@ -614,6 +638,7 @@ async def recent_activity(
     engine: AsyncEngine, grant_id: str, now: float
 ) -> tuple[int, int, float | None]:
     """Calls and tokens of the last minute (as the rate limits count them)."""
+    sync_reads()
     L = t.ledger.c
     tokens = case(
         (L.status == "reserved", func.coalesce(L.tokens_reserved, 0)),
@@ -636,6 +661,7 @@ async def typical_output_tokens(
     engine: AsyncEngine, grant_id: str, model: str, sample: int = 50
 ) -> int | None:
     """The mean output tokens of the grant's recent settled calls to ``model``."""
+    sync_reads()
     L = t.ledger.c
     recent = (
         select(L.output_tokens)

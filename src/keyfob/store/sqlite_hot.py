@@ -47,6 +47,7 @@ from keyfob.store.metering_types import (
     Settlement,
 )
 from keyfob.store.records import Client, Token, WindowState
+from keyfob.store.sqlite_writeback import WriteBack
 from keyfob.tokens import new_id
 
 T = TypeVar("T")
@@ -90,6 +91,15 @@ class SqliteHotPath:
         self._helper_conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._checkpointer: asyncio.Task[None] | None = None
+        #: Set by ``own()`` in the serving process: reserve/settle decided in memory.
+        self.writeback: WriteBack | None = None
+
+    def own(self) -> WriteBack:
+        """Become the process that meters this database in memory (``sqlite_writeback``):
+        takes the journal's lock (``JournalBusy`` if another server has it) and replays it."""
+        if self.writeback is None:
+            self.writeback = WriteBack(self.inline, self.path)
+        return self.writeback
 
     # -- running transactions ------------------------------------------------------------
 
@@ -125,7 +135,28 @@ class SqliteHotPath:
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
+        finally:
+            if self.writeback is not None:
+                # this transaction may have revoked a token or moved a window: what the
+                # write-back read from SQLite is read again
+                self.writeback.forget()
         return BUSY
+
+    async def run_after_batch(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction after the write-back's batch is written,
+        inline only: waiting for the lock rather than moving to the helper thread, so no
+        in-memory decision can interleave with it (metering's transactional path)."""
+        if self.writeback is None:
+            return await self.run(fn)
+        await self.writeback.flush_wait()
+        delay = 0.001
+        while True:
+            done = self.try_now(fn)
+            if done is not BUSY:
+                return done  # type: ignore[return-value]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            await self.writeback.flush_wait()
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only ``fn`` on the inline connection (autocommit: a WAL reader
@@ -174,6 +205,9 @@ class SqliteHotPath:
             self._helper_conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
     async def close(self) -> None:
+        if self.writeback is not None:
+            self.writeback.close()
+            self.writeback = None
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

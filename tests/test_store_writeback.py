@@ -1,0 +1,228 @@
+"""The serving process's write-back metering (``store/sqlite_writeback.py``), attacked:
+races on one cap, a crash between decision and batch, a second server on the same file,
+revocations and writes from other connections (the CLI), and the journal's secrecy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from keyfob.store import Store
+from keyfob.store.metering import CredentialRevoked, Refused, Reserved, Settlement, WindowLimit
+from keyfob.store.metering_types import RollingLimit
+from keyfob.store.sqlite_writeback import JOURNAL_SUFFIX, JournalBusy
+from tests.test_store_metering import seed
+
+KEY = "month:2026-11"
+
+
+def url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
+
+
+def reserve_kwargs(ids: tuple[str, str, str, str], amount: int, cap: int) -> dict[str, object]:
+    user_id, client_id, grant_id, token = ids
+    return dict(
+        token_hash=token,
+        grant_id=grant_id,
+        user_id=user_id,
+        client_id=client_id,
+        provider_id=None,
+        model="m",
+        endpoint="chat",
+        streamed=False,
+        amount_micro_usd=amount,
+        windows=[WindowLimit(KEY, cap)],
+    )
+
+
+async def test_racing_calls_never_exceed_the_cap_and_sqlite_agrees(tmp_path: Path) -> None:
+    """300 tasks race for a cap that fits 30 worst cases; settlements land in other
+    batches than their reservations (awaits between), and the counters SQLite ends with
+    equal the ones decided in memory."""
+    cap, worst, actual = 30_000, 1_000, 400
+    store = await Store.open(url(tmp_path), serving=True)
+    try:
+        ids = await seed(store, cap)
+        grant_id = ids[2]
+
+        async def call(i: int) -> bool:
+            await asyncio.sleep((i % 7) * 0.001)
+            r = await store.metering.reserve(entry_id=f"e{i}", **reserve_kwargs(ids, worst, cap))
+            if isinstance(r, Refused):
+                return False
+            assert isinstance(r, Reserved)
+            await asyncio.sleep((i % 5) * 0.002)
+            await store.metering.settle(f"e{i}", Settlement("settled", actual, "upstream"))
+            return True
+
+        admitted = sum(await asyncio.gather(*(call(i) for i in range(300))))
+        state = await store.metering.window(grant_id, KEY)  # a reader: writes the batch first
+        assert state.reserved_micro_usd == 0
+        assert state.spent_micro_usd == admitted * actual <= cap
+        assert admitted >= cap // worst
+        entries = await store.metering.entries(grant_id=grant_id, limit=1000)
+        assert len(entries) == admitted
+        assert {e.status for e in entries} == {"settled"}
+        assert sum(e.cost_micro_usd or 0 for e in entries) == admitted * actual
+    finally:
+        await store.close()
+
+
+async def test_a_crash_before_the_batch_is_written_loses_nothing(tmp_path: Path) -> None:
+    """Decide three calls (one settled), then die without writing the batch: the next
+    server replays the journal; the settled call keeps its real cost, the open ones are
+    charged in full and flagged by the start-up reconciliation."""
+    cap = 10_000
+    store = await Store.open(url(tmp_path), serving=True)
+    ids = await seed(store, cap)
+    grant_id = ids[2]
+    for i in range(3):
+        got = await store.metering.reserve(entry_id=f"c{i}", **reserve_kwargs(ids, 1_000, cap))
+        assert isinstance(got, Reserved)
+    await store.metering.settle("c0", Settlement("settled", 250, "upstream", 10, 20))
+    wb = store.hot.writeback if store.hot else None
+    assert wb is not None and wb.pending
+    # kill -9, as far as SQLite and the journal can tell: no flush, the lock goes away
+    # with the file descriptor, the connections are simply dropped
+    assert wb._timer is not None
+    wb._timer.cancel()
+    os.close(wb.fd)
+    store.hot.writeback = None  # type: ignore[union-attr]
+
+    again = await Store.open(url(tmp_path), serving=True)
+    try:
+        rows = {e.id: e for e in await again.metering.entries(grant_id=grant_id)}
+        assert set(rows) == {"c0", "c1", "c2"}
+        assert (rows["c0"].status, rows["c0"].cost_micro_usd) == ("settled", 250)
+        assert rows["c1"].status == rows["c2"].status == "reserved"
+        state = await again.metering.window(grant_id, KEY)
+        assert (state.spent_micro_usd, state.reserved_micro_usd) == (250, 2_000)
+        assert await again.metering.reconcile_dead(started_before=time.time()) == 2
+        state = await again.metering.window(grant_id, KEY)
+        assert (state.spent_micro_usd, state.reserved_micro_usd) == (2_250, 0)
+        rows = {e.id: e for e in await again.metering.entries(grant_id=grant_id)}
+        assert rows["c1"].needs_reconciliation and rows["c1"].cost_micro_usd == 1_000
+    finally:
+        await again.close()
+        await store.engine.dispose()
+
+
+async def test_replay_twice_changes_nothing(tmp_path: Path) -> None:
+    """The journal is only emptied once it has grown: records already in SQLite are
+    replayed at every start, and must be no-ops."""
+    cap = 10_000
+    store = await Store.open(url(tmp_path), serving=True)
+    ids = await seed(store, cap)
+    await store.metering.reserve(entry_id="a", **reserve_kwargs(ids, 1_000, cap))
+    await store.metering.settle("a", Settlement("settled", 300, "upstream"))
+    await store.metering.reserve(entry_id="b", **reserve_kwargs(ids, 1_000, cap))
+    await store.metering.window(ids[2], KEY)  # writes the batch; the journal keeps it
+    wb = store.hot.writeback if store.hot else None
+    assert wb is not None
+    assert os.path.getsize(wb.path) > 0
+    await store.metering.settle("b", Settlement("settled", 100, "upstream"))
+    wb._timer.cancel() if wb._timer else None
+    os.close(wb.fd)
+    store.hot.writeback = None  # type: ignore[union-attr]
+    await store.close()
+    for _ in range(2):
+        again = await Store.open(url(tmp_path), serving=True)
+        state = await again.metering.window(ids[2], KEY)
+        await again.close()
+        assert (state.spent_micro_usd, state.reserved_micro_usd) == (400, 0)
+
+
+async def test_a_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    first = await Store.open(url(tmp_path), serving=True)
+    try:
+        with pytest.raises(JournalBusy):
+            await Store.open(url(tmp_path), serving=True)
+        cli = await Store.open(url(tmp_path))  # the CLI stays transactional: allowed
+        await cli.close()
+    finally:
+        await first.close()
+    again = await Store.open(url(tmp_path), serving=True)  # the lock left with the owner
+    await again.close()
+
+
+async def test_journal_is_private(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path), serving=True)
+    await store.close()
+    mode = stat.S_IMODE(os.stat(str(tmp_path / "k.db") + JOURNAL_SUFFIX).st_mode)
+    assert mode == 0o600
+
+
+async def test_revocation_by_another_process_refuses_the_next_call(tmp_path: Path) -> None:
+    """The token check is cached, but only until another connection commits: a revoke
+    from the CLI refuses the very next reservation, not a second later."""
+    cap = 10_000
+    store = await Store.open(url(tmp_path), serving=True)
+    cli = await Store.open(url(tmp_path))
+    try:
+        ids = await seed(store, cap)
+        assert isinstance(
+            await store.metering.reserve(entry_id="x1", **reserve_kwargs(ids, 10, cap)), Reserved
+        )
+        await cli.grants.revoke(ids[2])
+        with pytest.raises(CredentialRevoked):
+            await store.metering.reserve(entry_id="x2", **reserve_kwargs(ids, 10, cap))
+    finally:
+        await cli.close()
+        await store.close()
+
+
+async def test_changes_from_other_connections_are_counted(tmp_path: Path) -> None:
+    """Another connection moves the same window (a transactional reservation, as a
+    rolling-limit policy takes): the in-memory decision includes it at once."""
+    cap = 5_000
+    store = await Store.open(url(tmp_path), serving=True)
+    cli = await Store.open(url(tmp_path))
+    try:
+        ids = await seed(store, cap)
+        assert isinstance(
+            await store.metering.reserve(entry_id="m1", **reserve_kwargs(ids, 2_000, cap)),
+            Reserved,
+        )
+        await store.metering.window(ids[2], KEY)  # batch written
+        other = await cli.metering.reserve(entry_id="o1", **reserve_kwargs(ids, 2_000, cap))
+        assert isinstance(other, Reserved)
+        # 2,000 + 2,000 held: a third 2,000 does not fit
+        third = await store.metering.reserve(entry_id="m2", **reserve_kwargs(ids, 2_000, cap))
+        assert isinstance(third, Refused)
+        assert third.window.reserved_micro_usd == 4_000
+    finally:
+        await cli.close()
+        await store.close()
+
+
+async def test_policies_kept_transactional_see_the_batch(tmp_path: Path) -> None:
+    """A rolling limit is summed from ledger rows: the batch is written before that
+    transaction, so calls decided in memory count against it."""
+    cap = 100_000
+    store = await Store.open(url(tmp_path), serving=True)
+    try:
+        ids = await seed(store, cap)
+        for i in range(3):
+            got = await store.metering.reserve(entry_id=f"f{i}", **reserve_kwargs(ids, 1_000, cap))
+            assert isinstance(got, Reserved)
+        kwargs = reserve_kwargs(ids, 1_000, cap)
+        got = await store.metering.reserve(
+            entry_id="r1", rolling=[RollingLimit(3600, 3_500)], **kwargs
+        )
+        assert isinstance(got, Refused)  # 3,000 held in memory + 1,000 > 3,500
+        await store.metering.settle("f0", Settlement("settled", 0, "upstream"))
+        got = await store.metering.reserve(
+            entry_id="r2", rolling=[RollingLimit(3600, 3_500)], **kwargs
+        )
+        assert isinstance(got, Reserved)
+        await store.metering.settle("r2", Settlement("settled", 500, "upstream"))
+        state = await store.metering.window(ids[2], KEY)
+        assert (state.spent_micro_usd, state.reserved_micro_usd) == (500, 2_000)
+    finally:
+        await store.close()
