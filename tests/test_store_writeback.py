@@ -226,3 +226,31 @@ async def test_policies_kept_transactional_see_the_batch(tmp_path: Path) -> None
         assert (state.spent_micro_usd, state.reserved_micro_usd) == (500, 2_000)
     finally:
         await store.close()
+
+
+def test_keyfob_serve_refuses_a_second_server_with_a_clear_message(tmp_path: Path) -> None:
+    """The CLI says why, instead of a traceback from the server's start-up."""
+    import subprocess
+    import sys
+
+    from keyfob.store.sqlite_writeback import WriteBack
+
+    db = tmp_path / "keyfob.db"
+    import sqlite3
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    owner = WriteBack(conn, str(db))  # as a running server holds it
+    try:
+        env = {**os.environ, "KEYFOB_DATA_DIR": str(tmp_path)}
+        out = subprocess.run(
+            [sys.executable, "-m", "keyfob", "serve", "--port", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 1
+        assert "already serving" in out.stderr + out.stdout
+    finally:
+        owner.close()
+        conn.close()

@@ -69,6 +69,15 @@ def serve(
         application = create_app(settings)
     except UnsafeSettings as exc:
         raise fail(str(exc)) from None
+    from keyfob.store import prepare_sqlite_file
+    from keyfob.store.sqlite_writeback import owner_running
+
+    db_file = prepare_sqlite_file(settings.effective_database_url)
+    if db_file is not None and owner_running(db_file):
+        raise fail(
+            f"another keyfob serve is already serving {db_file}; stop it first "
+            "(one server per database: it meters calls in memory)"
+        )
     console.print(f"Keyfob on [bold]{settings.issuer}[/bold] (data: {settings.data_dir})")
     uvicorn.run(
         application,

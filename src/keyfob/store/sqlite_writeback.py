@@ -118,6 +118,24 @@ class JournalBusy(RuntimeError):
     """Another process owns this database's journal: a second server on the same data."""
 
 
+def owner_running(db_path: str) -> bool:
+    """Whether another process serves this database now (holds its journal's lock).
+
+    For a clear message before a second server starts; the server's own start takes the
+    lock for real (``WriteBack``), so a race between two starts still ends in one owner."""
+    path = db_path + JOURNAL_SUFFIX
+    if not os.path.exists(path):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
 class NotHere:
     """The type of ``NOT_HERE``: the operation belongs on the transactional path."""
 
