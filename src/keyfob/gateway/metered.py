@@ -23,9 +23,10 @@ from keyfob.allowance.service import AllowanceExhausted, CredentialRevoked, Rese
 from keyfob.context import Keyfob
 from keyfob.gateway import fallback
 from keyfob.gateway.auth import authenticate
+from keyfob.gateway.deadline import deadlines
 from keyfob.gateway.errors import GatewayError, invalid, unauthorized
 from keyfob.gateway.estimate import estimate_async, message_text
-from keyfob.gateway.headers import DOWNGRADED_TO, iso_utc, keyfob_headers
+from keyfob.gateway.headers import DOWNGRADED_TO, answer_headers, iso_utc, keyfob_headers
 from keyfob.gateway.meter import Meter
 from keyfob.gateway.models import Resolved, resolve
 from keyfob.gateway.relay import MeteredStream, StreamRelay
@@ -163,10 +164,12 @@ async def _send(
     if kf.http is None:
         raise UpstreamError("no upstream session (server not started)", status=502)
     first_byte_s = kf.settings.upstream_first_byte_timeout_s
+    within = deadlines(first_byte_s)  # asyncio.timeout's semantics, no timer per call
     for attempt in (1, 2):
         try:
-            async with asyncio.timeout(first_byte_s):  # no extra task on the hot path
-                resp = await adapter.post(kf.http, r.provider, api_key, plan.path, plan.body)
+            resp = await within.run(
+                adapter.post(kf.http, r.provider, api_key, plan.path, plan.body)
+            )
         except TimeoutError:
             raise UpstreamError(
                 f"no answer within {first_byte_s:g} s", status=504, reached=True
@@ -406,12 +409,34 @@ async def _whole_answer(
             counted, status="estimated", source="estimated", upstream_status=status
         )
     left = await meter.settle(s)
-    headers = {**known, **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left)}
     if plan.whole is not None:
+        headers = {**known, **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left)}
         return JSONResponse(plan.whole(data), status_code=status, headers=headers)
-    return Response(
+    return RawHeadersResponse(
         raw,
-        status_code=status,
-        headers=headers,
-        media_type=upstream.headers.get("Content-Type", "application/json"),
+        status,
+        answer_headers(known, s.cost_micro_usd, left),
+        upstream.headers.get("Content-Type", "application/json"),
     )
+
+
+class RawHeadersResponse(Response):
+    """A ``Response`` whose headers come already encoded (``headers.answer_headers``).
+
+    Why: the relayed answer is the hot path's one response; Starlette's ``init_headers``
+    would re-encode a dict built just for it. Content-Length and Content-Type are added
+    exactly as ``init_headers`` adds them."""
+
+    def __init__(
+        self, body: bytes, status_code: int, raw: list[tuple[bytes, bytes]], media_type: str
+    ) -> None:
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        self.body = body
+        if not (status_code < 200 or status_code in (204, 304)):
+            raw.append((b"content-length", str(len(body)).encode("latin-1")))
+        if media_type.startswith("text/") and "charset=" not in media_type.lower():
+            media_type += "; charset=" + self.charset
+        raw.append((b"content-type", media_type.encode("latin-1")))
+        self.raw_headers = raw
