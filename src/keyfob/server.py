@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import time
@@ -156,6 +157,11 @@ def create_app(settings: Settings) -> Starlette:
         from keyfob.gateway.estimate import count
 
         await asyncio.to_thread(count, "warm up")
+        # Everything loaded so far (tokenizer, price tables, modules) lives as long as the
+        # process: move it out of the collector's reach, so a full collection under load
+        # walks only what requests allocate (measured: ~20 ms pauses otherwise, in p99).
+        gc.collect()
+        gc.freeze()
         app.state.kf = kf
         try:
             yield

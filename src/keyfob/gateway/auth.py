@@ -1,7 +1,9 @@
 """Bearer token -> (Token, Grant), cached for at most a second.
 
 The cache keeps a lookup off the hot path; revocation stays within a second because
-entries expire after one, and the reservation re-checks token and grant atomically.
+entries expire after one (an expired entry is served only while its reload runs), and
+the reservation re-checks token and grant itself (on the personal server, against any
+commit of another connection: ``store/sqlite_writeback.py``).
 """
 
 from __future__ import annotations
@@ -43,13 +45,11 @@ async def authenticate(
         raise unauthorized("invalid access token")
     token_hash = hash_token(token)
     now = time.time()
-    hit = cache.get(token_hash)
-    if hit is not None and hit[0].expires_at > now:
-        return token_hash, hit[0], hit[1]
-    found = await kf.store.tokens.active_with_grant(token_hash, "access", now)
-    if found is None:
+    found = await cache.get_or_load(
+        token_hash, lambda: kf.store.tokens.active_with_grant(token_hash, "access", now)
+    )
+    if found is None or found[0].expires_at <= now:
         raise unauthorized("invalid, expired or revoked access token")
     if not token_audience_ok(found[0].resource, kf.settings):  # RFC 8707
         raise unauthorized("this access token was issued for another resource")
-    cache.put(token_hash, found)
     return token_hash, found[0], found[1]

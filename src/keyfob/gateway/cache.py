@@ -7,20 +7,69 @@ re-checks the token and grant atomically inside every reservation.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Hashable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger("keyfob.gateway")
 
 V = TypeVar("V")
 
 
+#: How long past its expiry an entry may still be served while it is being refreshed.
+STALE_GRACE_S = 5.0
+
+
 class TTLCache(Generic[V]):
-    """A dict with per-entry expiry (monotonic clock) and a size bound."""
+    """A dict with per-entry expiry (monotonic clock) and a size bound.
+
+    ``get_or_load`` adds two things a busy gateway needs. *Single flight*: concurrent
+    misses of one key share one load. *Stale while revalidate*: an entry that has just
+    expired is still served while one background task reloads it. Why: measured under
+    wrk at 50 connections, every expiry of the 1 s grant entry sent all 50 calls in
+    flight to the database at once, through one aiosqlite thread competing for the GIL
+    with a saturated event loop: p99 latency reached ~1 s."""
 
     def __init__(self, ttl_s: float, max_items: int = 10_000) -> None:
         self.ttl_s = ttl_s
         self.max_items = max_items
         self._items: dict[Hashable, tuple[float, V]] = {}
+        self._loading: dict[Hashable, asyncio.Future[V | None]] = {}
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        """The cached value, else ``await load()`` (None results are not cached)."""
+        hit = self._items.get(key)
+        if hit is not None:
+            now = time.monotonic()
+            if hit[0] >= now:
+                return hit[1]
+            if hit[0] + STALE_GRACE_S >= now:
+                if key not in self._loading:
+                    self._start(key, load)
+                return hit[1]
+        fut = self._loading.get(key)
+        if fut is None:
+            fut = self._start(key, load)
+        return await asyncio.shield(fut)
+
+    def _start(
+        self, key: Hashable, load: Callable[[], Awaitable[V | None]]
+    ) -> asyncio.Future[V | None]:
+        async def run() -> V | None:
+            try:
+                value = await load()
+                if value is not None:
+                    self.put(key, value)
+                return value
+            finally:
+                self._loading.pop(key, None)
+
+        fut = asyncio.ensure_future(run())
+        fut.add_done_callback(_quiet)
+        self._loading[key] = fut
+        return fut
 
     def get(self, key: Hashable) -> V | None:
         hit = self._items.get(key)
@@ -44,3 +93,9 @@ class TTLCache(Generic[V]):
 
     def clear(self) -> None:
         self._items.clear()
+
+
+def _quiet(fut: asyncio.Future[Any]) -> None:
+    """A background refresh's failure is logged once; awaiting callers still get it."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("cache load failed: %s", type(fut.exception()).__name__)

@@ -46,10 +46,10 @@ class GatewayState:
     async def providers_of(self, kf: Keyfob, user_id: str) -> list[Provider]:
         """The person's providers in preference order; a ``Catalog`` that also carries
         their model aliases, so model resolution reads no database."""
-        found = self.providers.get(user_id)
-        if found is None:
-            found = await kf.store.providers.catalog(user_id)
-            self.providers.put(user_id, found)
+        found = await self.providers.get_or_load(
+            user_id, lambda: kf.store.providers.catalog(user_id)
+        )
+        assert found is not None  # a catalog is never None (maybe empty)
         return found
 
     def adapter(self, kf: Keyfob, kind: str) -> ProviderAdapter:
@@ -89,18 +89,18 @@ class GatewayState:
         return api_key
 
     async def price(self, kf: Keyfob, provider: Provider, model: str) -> Price:
-        key = (provider.id, model)
-        found = self.prices.get(key)
-        if found is None:
+        async def load() -> Price | str:
             try:
-                found = price_for(
+                return price_for(
                     model,
                     overrides=await kf.store.providers.prices(provider.id),
                     is_local=provider.is_local,
                 )
             except UnknownPrice as exc:
-                found = str(exc)
-            self.prices.put(key, found)
+                return str(exc)
+
+        found = await self.prices.get_or_load((provider.id, model), load)
+        assert found is not None
         if isinstance(found, str):
             raise GatewayError(400, found, code="model_price_unknown", param="model")
         return found

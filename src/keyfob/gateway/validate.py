@@ -29,9 +29,19 @@ def loads(raw: bytes | str) -> Any:
         return json.loads(raw)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
+    """A client's request body: strict JSON (RFC 8259), so ``NaN`` and ``Infinity`` are
+    refused as the providers' own APIs refuse them, and every body Keyfob forwards can
+    be re-encoded by orjson exactly (``providers.http.dumps``)."""
     try:
-        body = loads(raw)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError):
         raise invalid("request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):

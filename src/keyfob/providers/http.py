@@ -11,12 +11,16 @@ import json
 from typing import Any
 
 import aiohttp
+import orjson
 
 from keyfob.providers import UpstreamError
 
 
 def dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 async def post_json(
