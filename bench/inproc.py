@@ -73,7 +73,13 @@ async def call(app: ASGIApp, path: str, body: bytes, headers: list[tuple[bytes, 
 
 
 async def drive(
-    name: str, app: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int
+    name: str,
+    app: Any,
+    path: str,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    n: int,
+    concurrency: int = 1,
 ) -> float:
     """Warm up, then ``n`` sequential calls; returns CPU microseconds per call."""
     state: dict[str, Any] = {}
@@ -100,8 +106,17 @@ async def drive(
         status = await run_one()
         assert status == 200, (name, status)
     t0 = time.process_time()
-    for _ in range(n):
-        await run_one()
+    if concurrency <= 1:
+        for _ in range(n):
+            await run_one()
+    else:
+
+        async def worker() -> None:
+            for _ in range(n // concurrency):
+                await run_one()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        n = n // concurrency * concurrency
     per_call_us = (time.process_time() - t0) / n * 1e6
     await lifespan_q.put({"type": "lifespan.shutdown"})
     await out_q.get()
@@ -123,6 +138,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile Keyfob's calls")
     ap.add_argument("--stream", action="store_true", help="streamed calls")
+    ap.add_argument("-c", "--concurrency", type=int, default=1, help="calls in flight")
     args = ap.parse_args()
 
     import uvloop
@@ -159,7 +175,9 @@ def main() -> int:
 
             async def measure() -> None:
                 for r in range(args.rounds):
-                    b = await drive("bare", bare_app(up.url), bpath, bbody, [], args.n)
+                    b = await drive(
+                        "bare", bare_app(up.url), bpath, bbody, [], args.n, args.concurrency
+                    )
                     kapp = keyfob_app(Settings.from_env())
                     prof = cProfile.Profile() if args.profile and r == args.rounds - 1 else None
                     if prof:

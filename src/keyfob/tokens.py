@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from enum import StrEnum
 
 
@@ -48,3 +49,14 @@ def equal(a: str, b: str) -> bool:
 def new_id() -> str:
     """A public identifier (not a secret): 16 random bytes, hex."""
     return secrets.token_hex(16)
+
+
+def new_sortable_id() -> str:
+    """A public identifier that sorts by creation time: 14 hex digits of microseconds
+    since the epoch, then 9 random bytes (32 hex characters, like ``new_id``).
+
+    Why for ledger rows: a random primary key lands every insert on a random page of the
+    key's index, so a batch of N rows dirties N pages (each a 4 KB WAL frame at commit,
+    and again at checkpoint). Time-ordered keys append. Measured with 8-row batches over
+    160k rows: 15.6 us -> 7.5 us per row, commits and checkpoints included."""
+    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(9)}"

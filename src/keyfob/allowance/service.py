@@ -29,7 +29,7 @@ from keyfob.store.metering import (
     rolling_used,
 )
 from keyfob.store.records import Grant, WindowState
-from keyfob.tokens import new_id
+from keyfob.tokens import new_sortable_id
 
 __all__ = [
     "AllowanceExhausted",
@@ -367,7 +367,7 @@ class AllowanceService:
         plan = _plan(grant, policy, model, now)
         windows, rolling, rates, by_key = plan.windows, plan.rolling, plan.rates, plan.by_key
         month = plan.month
-        entry_id = new_id()
+        entry_id = new_sortable_id()
         result = await self.store.metering.reserve(
             entry_id=entry_id,
             token_hash=token_hash,
