@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -218,7 +219,13 @@ ledger = Table(
     Column("downgraded_from", String(255), nullable=True),
 )
 Index("ix_ledger_grant_created", ledger.c.grant_id, ledger.c.created_at)
-Index("ix_ledger_status", ledger.c.status)
+#: Open reservations only (migration 0005): the start-up reconciliation's query.
+Index(
+    "ix_ledger_reserved",
+    ledger.c.created_at,
+    sqlite_where=text("status = 'reserved'"),
+    postgresql_where=text("status = 'reserved'"),
+)
 
 wallets = Table(
     "wallets",

@@ -72,7 +72,7 @@ JOURNAL_SUFFIX = ".keyfob-journal"
 #: A batch is written this long after its first operation (seconds): long enough to
 #: gather several calls under load, short enough that readers on other connections see a
 #: call a few milliseconds after it ended.
-FLUSH_DELAY_S = 0.002
+FLUSH_DELAY_S = 0.010
 #: ... or at once when this many operations are waiting.
 FLUSH_MAX_OPS = 512
 #: The journal is emptied after a batch is written once it holds this many bytes.
