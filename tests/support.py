@@ -268,8 +268,20 @@ async def _ledger(data_dir: Path) -> list[dict[str, Any]]:
         await store.close()
 
 
-def ledger_rows(data_dir: Path) -> list[dict[str, Any]]:
-    return asyncio.run(_ledger(data_dir))
+def ledger_rows(data_dir: Path, settle_within_s: float = 1.0) -> list[dict[str, Any]]:
+    """The ledger as another process (the CLI) reads it.
+
+    The server writes its rows in batches (``store/sqlite_writeback.py``): another process
+    sees a call's final row up to a batch interval (10 ms) after the call ended, and an
+    open reservation meanwhile. So this waits, up to ``settle_within_s``, for the rows to
+    stop being ``reserved``; a row that stays reserved (a call in flight, a dead one) is
+    returned as it is."""
+    deadline = time.monotonic() + settle_within_s
+    while True:
+        rows = asyncio.run(_ledger(data_dir))
+        if all(r["status"] != "reserved" for r in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
 
 
 def dump(obj: Any) -> str:

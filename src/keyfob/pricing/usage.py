@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
+#: Not frozen, for speed: a frozen dataclass sets each field through
+#: ``object.__setattr__`` (measured 4-6x slower to build), and this one is built
+#: on every gateway call. Treat it as immutable all the same.
+@dataclass(slots=True)
 class TokenUsage:
     #: All input tokens, cached ones included (OpenAI's prompt_tokens).
     input_tokens: int
