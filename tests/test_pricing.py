@@ -100,3 +100,37 @@ def test_estimate_counts_cl100k_tokens() -> None:
     assert count("Hi there! This is a mock response from fakellm.") == 14
     u = estimate(_body("hello"), "Hi")
     assert u.output_tokens == 1 and u.input_tokens >= 1
+
+
+@given(
+    rates=st.lists(st.tuples(st.integers(0, 10**8), st.integers(0, 8)), min_size=4, max_size=4),
+    cached_rate=st.booleans(),
+    written_rate=st.booleans(),
+    tokens=st.tuples(st.integers(0, 10**7), st.integers(0, 10**7)),
+    split=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+)
+def test_integer_cost_path_equals_the_decimal_one(
+    rates: list[tuple[int, int]],
+    cached_rate: bool,
+    written_rate: bool,
+    tokens: tuple[int, int],
+    split: tuple[float, float],
+) -> None:
+    """The fast path (rates scaled to integers) must give exactly the Decimal result,
+    and step aside for rates finer than 10^-6."""
+    from decimal import Decimal
+
+    from keyfob.pricing.prices import Price
+    from keyfob.pricing.usage import TokenUsage
+
+    r = [Decimal(m) / (Decimal(10) ** e) for m, e in rates]
+    price = Price(
+        "override", r[0], r[1], r[2] if cached_rate else None, r[3] if written_rate else None
+    )
+    inp, out = tokens
+    cached = int(inp * split[0])
+    written = int((inp - cached) * split[1])
+    usage = TokenUsage(inp, out, cached, written, 0)
+    fast = price.cost_micro_usd(usage)
+    object.__setattr__(price, "_scaled", None)
+    assert fast == price.cost_micro_usd(usage)

@@ -28,7 +28,9 @@ from keyfob.store.metering import (
     WindowLimit,
     rolling_used,
 )
+from keyfob.store.metering_types import Reserved, ReserveRequest
 from keyfob.store.records import Grant, WindowState
+from keyfob.store.sqlite_writeback import NOT_HERE, NotHere
 from keyfob.tokens import new_sortable_id
 
 __all__ = [
@@ -371,26 +373,46 @@ class AllowanceService:
         windows, rolling, rates, by_key = plan.windows, plan.rolling, plan.rates, plan.by_key
         month = plan.month
         entry_id = new_sortable_id()
-        result = await self.store.metering.reserve(
-            entry_id=entry_id,
-            token_hash=token_hash,
-            grant_id=grant.id,
-            user_id=grant.user_id,
-            client_id=grant.client_id,
-            provider_id=provider_id,
-            model=model,
-            endpoint=endpoint,
-            streamed=streamed,
-            amount_micro_usd=amount,
-            windows=windows,
-            rolling=rolling,
-            rates=rates,
-            tokens_reserved=tokens_bound,
-            wallet_user_id=grant.user_id if policy.use_wallet else None,
-            wallet_refill_key=month.key,
-            downgraded_from=downgraded_from,
-            now=now,
-        )
+        result: Reserved | Refused | NotHere = NOT_HERE
+        hot = self.store.hot
+        wb = hot.writeback if hot is not None else None
+        if wb is not None and not rolling and rates is None and not policy.use_wallet:
+            # the serving process's in-memory decision, without the repository's layer
+            # of keyword arguments (what ``MeteringRepo.reserve`` would do first)
+            result = wb.reserve(
+                ReserveRequest(
+                    entry_id,
+                    token_hash,
+                    grant.id,
+                    grant.user_id,
+                    grant.client_id,
+                    provider_id,
+                    model,
+                    endpoint,
+                    streamed,
+                    amount,
+                    now,
+                    windows,
+                    tokens_reserved=tokens_bound,
+                    downgraded_from=downgraded_from,
+                )
+            )
+        if isinstance(result, NotHere):
+            result = await self._reserve_in_store(
+                entry_id,
+                grant,
+                policy,
+                plan,
+                token_hash,
+                provider_id,
+                model,
+                endpoint,
+                streamed,
+                amount,
+                tokens_bound,
+                downgraded_from,
+                now,
+            )
         if isinstance(result, Refused):
             st = result.window
             retry_at = result.retry_at
@@ -404,6 +426,45 @@ class AllowanceService:
             tightest = WindowState("unlimited", 0, 0, 0)
         w = by_key.get(tightest.window_key) or Window(tightest.window_key, now, now)
         return Reservation(entry_id, amount, w, tightest.left_micro_usd, grant.id)
+
+    async def _reserve_in_store(
+        self,
+        entry_id: str,
+        grant: Grant,
+        policy: Policy,
+        plan: _Plan,
+        token_hash: str,
+        provider_id: str | None,
+        model: str,
+        endpoint: str,
+        streamed: bool,
+        amount: int,
+        tokens_bound: int | None,
+        downgraded_from: str | None,
+        now: float,
+    ) -> Reserved | Refused:
+        """The store's reservation: one transaction (PostgreSQL; SQLite outside the
+        serving process, or for policies the in-memory path leaves to SQL)."""
+        return await self.store.metering.reserve(
+            entry_id=entry_id,
+            token_hash=token_hash,
+            grant_id=grant.id,
+            user_id=grant.user_id,
+            client_id=grant.client_id,
+            provider_id=provider_id,
+            model=model,
+            endpoint=endpoint,
+            streamed=streamed,
+            amount_micro_usd=amount,
+            windows=plan.windows,
+            rolling=plan.rolling,
+            rates=plan.rates,
+            tokens_reserved=tokens_bound,
+            wallet_user_id=grant.user_id if policy.use_wallet else None,
+            wallet_refill_key=plan.month.key,
+            downgraded_from=downgraded_from,
+            now=now,
+        )
 
     def settle_now(self, reservation: Reservation, settlement: Settlement) -> int | None:
         """``settle`` without suspending, when the store can (SQLite's inline path and

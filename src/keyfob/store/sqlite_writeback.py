@@ -62,6 +62,7 @@ from keyfob.store.metering_types import (
     Reserved,
     ReserveRequest,
     Settlement,
+    WindowLimit,
 )
 from keyfob.store.records import WindowState
 
@@ -143,7 +144,7 @@ class NotHere:
 NOT_HERE = NotHere()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Open:
     """A reservation decided here and not settled yet."""
 
@@ -192,6 +193,9 @@ class WriteBack:
         #: (grant id, window key) -> [cap, spent delta, reserved delta] not yet written.
         self._delta: dict[tuple[str, str], list[int]] = {}
         self._open: dict[str, _Open] = {}
+        self._shapes: dict[
+            int, tuple[list[WindowLimit], tuple[str, ...], tuple[int, ...], str]
+        ] = {}
         #: Ledger rows to insert and settlements of rows already in SQLite, in order.
         self._rows: list[list[Any]] = []
         self._settles: list[
@@ -299,6 +303,22 @@ class WriteBack:
 
     # -- reserve and settle --------------------------------------------------------------
 
+    def _shape(self, windows: list[WindowLimit]) -> tuple[tuple[str, ...], tuple[int, ...], str]:
+        """(keys, caps, keys as JSON) of a list of limits, memoised per list object.
+
+        The allowance service hands over the same list for every call of a grant and
+        model until a window resets (its plan cache), so this is a dictionary hit; the
+        entry keeps the list alive, so its ``id`` cannot be reused by another list."""
+        found = self._shapes.get(id(windows))
+        if found is not None and found[0] is windows:
+            return found[1], found[2], found[3]
+        keys = tuple(w.window_key for w in windows)
+        caps = tuple(w.cap_micro_usd for w in windows)
+        if len(self._shapes) >= 4096:
+            self._shapes.clear()
+        self._shapes[id(windows)] = (windows, keys, caps, _keys_json(keys))
+        return keys, caps, _keys_json(keys)
+
     def reserve(self, req: ReserveRequest) -> Reserved | Refused | NotHere:
         """Check and hold every window of ``req`` in memory, all or nothing.
 
@@ -323,8 +343,7 @@ class WriteBack:
                 state = WindowState(w.window_key, w.cap_micro_usd, spent, reserved)
                 return Refused(state, w.label or w.window_key, w.resets_at)
             states.append(WindowState(w.window_key, w.cap_micro_usd, spent, reserved + amount))
-        keys = tuple(w.window_key for w in req.windows)
-        caps = tuple(w.cap_micro_usd for w in req.windows)
+        keys, caps, keys_json = self._shape(req.windows)
         row: list[Any] = [
             req.entry_id,
             req.grant_id,
@@ -336,7 +355,7 @@ class WriteBack:
             int(req.streamed),
             "reserved",
             amount,
-            _keys_json(keys),
+            keys_json,
             0,
             req.now,
             req.tokens_reserved,
