@@ -182,7 +182,15 @@ def main() -> int:
                     prof = cProfile.Profile() if args.profile and r == args.rounds - 1 else None
                     if prof:
                         prof.enable()
-                    k = await drive("keyfob", kapp, "/v1/chat/completions", kbody, auth, args.n)
+                    k = await drive(
+                        "keyfob",
+                        kapp,
+                        "/v1/chat/completions",
+                        kbody,
+                        auth,
+                        args.n,
+                        args.concurrency,
+                    )
                     if prof:
                         prof.disable()
                         pstats.Stats(prof).sort_stats("tottime").print_stats(45)

@@ -281,9 +281,19 @@ async def test_a_call_straddling_the_month_boundary_is_charged_to_its_own_month(
     assert (october.key, november.key) == ("month:2026-10", "month:2026-11")
     assert october.resets_at == november.starts_at
     r = await store.metering.reserve(
-        entry_id="edge", token_hash=f"tok-{g.id}", grant_id=g.id, user_id=g.user_id,
-        client_id=g.client_id, provider_id=None, model=MODEL, endpoint="chat", streamed=True,
-        amount_micro_usd=900, windows=[WindowLimit(october.key, 1_000)], now=before)
+        entry_id="edge",
+        token_hash=f"tok-{g.id}",
+        grant_id=g.id,
+        user_id=g.user_id,
+        client_id=g.client_id,
+        provider_id=None,
+        model=MODEL,
+        endpoint="chat",
+        streamed=True,
+        amount_micro_usd=900,
+        windows=[WindowLimit(october.key, 1_000)],
+        now=before,
+    )
     assert not hasattr(r, "label")
     await store.metering.settle("edge", Settlement("settled", 700, "upstream"), now=after)
     old = await store.metering.window(g.id, october.key)

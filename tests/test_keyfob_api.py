@@ -22,8 +22,9 @@ HELLO = {"model": MODEL, "max_tokens": 1000, "messages": [{"role": "user", "cont
 
 
 def api(server: KeyfobServer, token: str) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                        timeout=30)
+    return httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
 
 
 def test_quote_names_worst_case_expected_cost_and_the_refusing_limit(
@@ -35,8 +36,11 @@ def test_quote_names_worst_case_expected_cost_and_the_refusing_limit(
     with api(server, roomy["token"]) as c:
         q = c.post("/v1/keyfob/quote", json=HELLO).json()
         # bound: 16 + 8 + 5 bytes = 29 input tokens, 1000 output: 29 x 0.15 + 1000 x 0.60
-        assert q["worst_case"] == {"input_tokens": 29, "output_tokens": 1000,
-                                   "cost_usd": "0.000605"}
+        assert q["worst_case"] == {
+            "input_tokens": 29,
+            "output_tokens": 1000,
+            "cost_usd": "0.000605",
+        }
         assert q["allowed"] is True and q["refused_by"] is None
         assert q["expected"]["output_basis"] == "bound / 4"
         assert c.post("/v1/chat/completions", json=HELLO).status_code == 200
@@ -44,8 +48,10 @@ def test_quote_names_worst_case_expected_cost_and_the_refusing_limit(
         assert again["expected"]["output_basis"] == "recent calls"
         assert again["expected"]["output_tokens"] == 11
         assert c.post("/v1/keyfob/quote", content=b"{nope").status_code == 400
-        assert c.post("/v1/keyfob/quote", json={"model": "nope/x", "messages": [
-            {"role": "user", "content": "hi"}]}).status_code in (400, 404)
+        assert c.post(
+            "/v1/keyfob/quote",
+            json={"model": "nope/x", "messages": [{"role": "user", "content": "hi"}]},
+        ).status_code in (400, 404)
         limits = c.get("/v1/keyfob/allowance").json()["limits"]
         assert [(x["limit"], x["spent_usd"]) for x in limits] == [("month", "0.000007")]
     with api(server, tight["token"]) as c:
@@ -80,14 +86,27 @@ async def _downgrade_setup(data_dir: Path, fakellm: FakeLLM, grant_id: str) -> N
     try:
         owner = await kf.store.users.owner()
         assert owner is not None
-        await link_provider(kf, user_id=owner.id, name="local", kind="openai_compatible",
-                            base_url=fakellm.base_url, api_key=None, models=["gpt-4o-mini"],
-                            is_local=True)
-        policy = Policy(limits=(SpendLimit("month", 100),), on_exhausted="downgrade",
-                        fallback_model="local/gpt-4o-mini")
-        await kf.store.grants.set_policy(grant_id, policy_json=policy.to_json(),
-                                         cap_micro_usd=100,
-                                         models=[MODEL, "local/gpt-4o-mini"])
+        await link_provider(
+            kf,
+            user_id=owner.id,
+            name="local",
+            kind="openai_compatible",
+            base_url=fakellm.base_url,
+            api_key=None,
+            models=["gpt-4o-mini"],
+            is_local=True,
+        )
+        policy = Policy(
+            limits=(SpendLimit("month", 100),),
+            on_exhausted="downgrade",
+            fallback_model="local/gpt-4o-mini",
+        )
+        await kf.store.grants.set_policy(
+            grant_id,
+            policy_json=policy.to_json(),
+            cap_micro_usd=100,
+            models=[MODEL, "local/gpt-4o-mini"],
+        )
     finally:
         await kf.close()
 
@@ -98,8 +117,9 @@ def test_downgrade_serves_the_local_fallback_and_says_so(
     asyncio.run(link_fake(server.data_dir, fakellm))
     minted = mint_token(server.data_dir, [MODEL], 100, "frugal")
     asyncio.run(_downgrade_setup(server.data_dir, fakellm, minted["grant_id"]))
-    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=minted["token"],
-                       max_retries=0) as client:
+    with openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key=minted["token"], max_retries=0
+    ) as client:
         raw = client.chat.completions.with_raw_response.create(**HELLO)  # type: ignore[arg-type]
         assert raw.headers["x-keyfob-downgraded-to"] == "local/gpt-4o-mini"
         assert raw.headers["x-keyfob-cost-usd"] == "0.000000"

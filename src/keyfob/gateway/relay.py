@@ -6,19 +6,19 @@ for and the client did not) or translates them (``streams.py``). An SSE comment
 ``: keyfob-cost-usd=...`` precedes the terminal event (``data: [DONE]``, Anthropic's
 ``message_stop``, ``response.completed``; SDK parsers ignore comments) so a client can read
 the exact cost. Settlement happens before the terminal event is sent, so once a client
-has seen the end of the stream its ledger row is final; ``finally`` blocks settle every
-other ending.
+has seen the end of the stream its ledger row is final; ``StreamRelay.run``'s ``finally``
+settles every other ending.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from keyfob.gateway.estimate import estimate_async
@@ -47,7 +47,8 @@ class StreamRelay:
         self.splitter = Splitter()
         #: Keyfob's own count, when the upstream reported no usage.
         self.counted: TokenUsage | None = None
-        self._iter: AsyncGenerator[bytes, None] | None = None
+        #: Set by the listener when the client hung up (its cancellation is then ours).
+        self.hung_up = False
 
     async def complete(self) -> int:
         """The stream ended normally: settle from the upstream's usage or our own count."""
@@ -110,64 +111,126 @@ class StreamRelay:
         }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
-    async def events(self) -> AsyncGenerator[bytes, None]:
-        watcher, transform = self.watcher, self.transform
+    async def run(
+        self, send: Send, receive: Receive, raw_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Send the whole response, and settle the call however it ends.
+
+        Why not Starlette's ``StreamingResponse``: on an ASGI 2.3 server (uvicorn) it runs
+        an anyio task group per response to hear the client hang up, some 20 us a stream.
+        A hang-up can only be acted on while this task waits, so the listener task starts
+        the first time the relay has to wait for the upstream (a stream that arrives whole
+        needs none) and, as the task group did, cancels this task when the client is gone.
+        """
+        main = asyncio.current_task()
+        assert main is not None
+        cancelling = main.cancelling()
+        listener: asyncio.Task[None] | None = None
+        reason = "the response was never sent"
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+            reason = "client disconnected before the stream ended"
+            content = self.upstream.content
+            read_nowait, readany, at_eof = content.read_nowait, content.readany, content.at_eof
+            split, observe = self.splitter.feed, self.watcher.observe
+            transform, meter = self.transform, self.meter
+            tfeed = transform.feed
+            tail: list[bytes] = []
             try:
-                async for chunk in self.upstream.content.iter_any():
+                while True:
+                    chunk = read_nowait()
+                    if not chunk:
+                        if content.is_eof():
+                            break
+                        if listener is None:
+                            listener = asyncio.ensure_future(self._listen(receive, main))
+                        chunk = await readany()
+                        if not chunk:
+                            break
                     pending: list[bytes] = []
-                    for event in self.splitter.feed(chunk):
-                        watcher.observe(event)
-                        out = transform.feed(event)
-                        if transform.done and not self.meter.settled:
+                    for event in split(chunk):
+                        observe(event)
+                        out = tfeed(event)
+                        if transform.done and not meter.settled:
                             pending.append(await self._terminal(out))
                         else:
-                            pending.extend(out)
+                            pending += out
                     if pending:
-                        yield b"".join(pending)
+                        if at_eof():  # the last bytes: they go out with the response's end
+                            tail = pending
+                            break
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": b"".join(pending),
+                                "more_body": True,
+                            }
+                        )
             except (TimeoutError, aiohttp.ClientError) as exc:
                 await self.abort(f"upstream stream broke off ({type(exc).__name__})")
-                yield transform.error_event("the upstream stream broke off")
-                return
-            if self.splitter.buf and not transform.done:
-                watcher.observe(self.splitter.buf)
-                yield b"".join(transform.feed(self.splitter.buf))
-            if not self.meter.settled:
-                if watcher.finish_seen and watcher.error is None:
-                    out = transform.finish()
-                    if out:
-                        yield await self._terminal(out)
-                    else:
-                        await self.complete()
-                else:
-                    await self.abort(watcher.error or "upstream stream ended early")
-                    if not transform.done:
-                        yield transform.error_event("the upstream stream ended early")
+                tail = [transform.error_event("the upstream stream broke off")]
+            else:
+                tail += await self._ending()
+            if listener is not None:
+                listener.cancel()  # what it would hear now is the response's own end
+                listener = None
+            await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+        except asyncio.CancelledError:
+            if not self.hung_up or main.uncancel() > cancelling:
+                raise  # not (only) the listener's doing (as ``asyncio.timeout`` decides)
         finally:
+            if listener is not None:
+                listener.cancel()
             self.upstream.close()
-            await self.abort("client disconnected before the stream ended")
+            await self.abort(reason)
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._iter is None:
-            self._iter = self.events()
-        return self._iter
+    async def _listen(self, receive: Receive, main: asyncio.Task[Any]) -> None:
+        """Wait for the client to hang up, then stop the relay (``main``)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.hung_up = True
+        main.cancel()
 
-    async def aclose(self) -> None:
-        if self._iter is not None:
-            await self._iter.aclose()
-        self.upstream.close()
-        await self.abort("the response was never sent")
+    async def _ending(self) -> list[bytes]:
+        """After the upstream's last byte: an unterminated last event, then settlement and
+        the terminal event (or the error event of a stream that ended early)."""
+        watcher, transform = self.watcher, self.transform
+        out: list[bytes] = []
+        if self.splitter.buf and not transform.done:
+            watcher.observe(self.splitter.buf)
+            out += transform.feed(self.splitter.buf)
+        if not self.meter.settled:
+            if watcher.finish_seen and watcher.error is None:
+                last = transform.finish()
+                if last:
+                    out.append(await self._terminal(last))
+                else:
+                    await self.complete()
+            else:
+                await self.abort(watcher.error or "upstream stream ended early")
+                if not transform.done:
+                    out.append(transform.error_event("the upstream stream ended early"))
+        return out
 
 
-class MeteredStream(StreamingResponse):
-    """A StreamingResponse that settles its call however the response ends."""
+class MeteredStream(Response):
+    """The streamed response; ``StreamRelay.run`` sends it and settles its call however
+    it ends."""
+
+    media_type = "text/event-stream"
 
     def __init__(self, relay: StreamRelay, headers: dict[str, str]) -> None:
-        super().__init__(relay, headers=headers, media_type="text/event-stream")
+        self.status_code = 200
+        self.background = None
+        # What ``init_headers`` makes of them (no Content-Length for a stream), for less.
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if all(k != b"content-type" for k, _ in raw):
+            raw.append(_CONTENT_TYPE)
+        self.raw_headers = raw
         self.relay = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.relay.aclose()
+        await self.relay.run(send, receive, self.raw_headers)
+
+
+_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")

@@ -21,9 +21,12 @@ from keyfob.pricing.usage import TokenUsage
 
 
 class Watcher(Protocol):
-    text: list[str]
     finish_seen: bool
     error: str | None
+
+    @property
+    def text(self) -> list[str]:
+        """The generated text so far, for Keyfob's own count."""
 
     @property
     def usage(self) -> TokenUsage | None:
@@ -50,11 +53,22 @@ class Transform(Protocol):
 
 class OpenAIWatcher:
     """Chat-completion chunks: classifies each (``kind``) so a pass-through needs no
-    second parse."""
+    second parse.
+
+    Each chunk is parsed (orjson on its bytes) but only checked for what ends or settles
+    the stream. Its text matters only if the stream ends without the upstream's usage
+    (Keyfob then counts it), so the event is held (``_held``) and ``text`` reads the held
+    events when first asked for. Why: walking every chunk's deltas was most of the cost
+    Keyfob added per streamed event, and an upstream that reports usage never needs it.
+    (Screening the bytes for the keys instead costs more than orjson's parse.)
+    """
 
     def __init__(self) -> None:
         self.usage: TokenUsage | None = None
-        self.text: list[str] = []
+        self._text: list[str] = []
+        #: Events whose text is still to be read, in order, and their size.
+        self._held: list[bytes] = []
+        self._held_bytes = 0
         self.finish_seen = False
         self.error: str | None = None
         self.kind = "data"
@@ -67,26 +81,63 @@ class OpenAIWatcher:
     def usage_final(self) -> bool:
         return self.usage is not None  # OpenAI reports usage once, at the end
 
+    @property
+    def text(self) -> list[str]:
+        """The generated text so far."""
+        if self._held:
+            self._read_held()
+        return self._text
+
     def observe(self, event: bytes) -> None:
+        self._held.append(event)
+        self._held_bytes += len(event)
+        if self._held_bytes > HELD_MAX_BYTES:
+            self._read_held()
+        # The common chunk, ``data: {...}`` on one line (as in ``_single_data_line``):
+        # parsed here, and whether it says more than its text settled with the fewest
+        # look-ups; anything else takes the general path.
+        if (
+            self.chunk_id is not None
+            and event.startswith(b"data: {")
+            and event.find(b"\n") == len(event) - 2
+            and event.endswith(b"\n\n")
+        ):
+            try:
+                obj = _loads(event[6:-2])
+            except orjson.JSONDecodeError:
+                pass
+            else:  # a dict: the data starts with "{"
+                if type(obj.get("usage")) is not dict and obj.get("error") is None:
+                    choices = obj.get("choices")
+                    if type(choices) is not list:
+                        self.kind = "data"
+                        return
+                    for c in choices:
+                        if type(c) is dict and c.get("finish_reason"):
+                            break
+                    else:
+                        self.kind = "data"
+                        return
+                self.kind = self._classify(obj)
+                return
         self.kind = self._observe(event)
 
+    def _read_held(self) -> None:
+        held, self._held, self._held_bytes = self._held, [], 0
+        for event in held:
+            obj = _parse(event)
+            if isinstance(obj, dict):
+                _chunk_text(obj, self._text)
+
     def _observe(self, event: bytes) -> str:
-        obj = _single_data_line(event)
-        if obj is None:
-            lines = event.decode("utf-8", errors="replace").splitlines()
-            data = "\n".join(ln[5:].removeprefix(" ") for ln in lines if ln.startswith("data:"))
-            if not data:
-                return "data"
-            if data.strip() == "[DONE]":
-                return "done"
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                return "data"
-        elif obj is _DONE:
+        obj = _parse(event)
+        if obj is _DONE:
             return "done"
         if not isinstance(obj, dict):
             return "data"
+        return self._classify(obj)
+
+    def _classify(self, obj: dict[str, Any]) -> str:
         if self.chunk_id is None and isinstance(obj.get("id"), str):
             self.chunk_id = obj["id"]
             self.model = obj.get("model") if isinstance(obj.get("model"), str) else None
@@ -100,22 +151,52 @@ class OpenAIWatcher:
         choices = obj.get("choices")
         if isinstance(choices, list):
             for c in choices:
-                if not isinstance(c, dict):
-                    continue
-                if c.get("finish_reason"):
+                if isinstance(c, dict) and c.get("finish_reason"):
                     self.finish_seen = True
-                delta = c.get("delta")
-                if isinstance(delta, dict):
-                    for key in ("content", "refusal", "reasoning_content"):
-                        if isinstance(delta.get(key), str):
-                            self.text.append(delta[key])
-                    self.text.extend(tool_call_text(delta.get("tool_calls")))
             if not choices and isinstance(usage, dict):
                 return "usage_only"
         return "data"
 
 
+#: Held events are read (and let go) beyond this size: what a long stream holds stays
+#: bounded, and costs what reading the text per event did.
+HELD_MAX_BYTES = 256 * 1024
+
+
+def _chunk_text(obj: dict[str, Any], out: list[str]) -> None:
+    """The generated text in a chunk's deltas (content, refusal, reasoning, tool calls)."""
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for c in choices:
+            if not isinstance(c, dict):
+                continue
+            delta = c.get("delta")
+            if isinstance(delta, dict):
+                for key in ("content", "refusal", "reasoning_content"):
+                    if isinstance(delta.get(key), str):
+                        out.append(delta[key])
+                out.extend(tool_call_text(delta.get("tool_calls")))
+
+
+def _parse(event: bytes) -> Any:
+    """An event's data as JSON; ``_DONE`` for ``[DONE]``; None without data or valid JSON."""
+    obj = _single_data_line(event)
+    if obj is None:
+        lines = event.decode("utf-8", errors="replace").splitlines()
+        data = "\n".join(ln[5:].removeprefix(" ") for ln in lines if ln.startswith("data:"))
+        if not data:
+            return None
+        if data.strip() == "[DONE]":
+            return _DONE
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
+    return obj
+
+
 _DONE = object()
+_loads = orjson.loads
 
 
 def _single_data_line(event: bytes) -> Any:

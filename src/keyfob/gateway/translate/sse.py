@@ -16,13 +16,22 @@ class Splitter:
         self.buf = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        self.buf += chunk
+        buf = self.buf + chunk if self.buf else chunk
+        if b"\r" in buf:
+            return self._feed_cr(buf)
+        # Without a CR the only terminator is LF LF, where ``split`` cuts exactly as the
+        # regular expression does, at a fraction of its cost per event.
+        events = buf.split(b"\n\n")
+        self.buf = events.pop()
+        return [event + b"\n\n" for event in events]
+
+    def _feed_cr(self, buf: bytes) -> list[bytes]:
         events: list[bytes] = []
         start = 0
-        for m in EVENT_END.finditer(self.buf):
-            events.append(self.buf[start : m.end()])
+        for m in EVENT_END.finditer(buf):
+            events.append(buf[start : m.end()])
             start = m.end()
-        self.buf = self.buf[start:]
+        self.buf = buf[start:]
         return events
 
 
