@@ -254,3 +254,28 @@ def test_keyfob_serve_refuses_a_second_server_with_a_clear_message(tmp_path: Pat
     finally:
         owner.close()
         conn.close()
+
+
+async def test_a_row_settled_elsewhere_is_not_settled_twice(tmp_path: Path) -> None:
+    """Another connection settles a row this process wrote (a reconciliation): when this
+    process's own settlement of it reaches SQLite it matches nothing, and its move of the
+    window is undone, so the window counts the call once."""
+    cap = 10_000
+    store = await Store.open(url(tmp_path), serving=True)
+    cli = await Store.open(url(tmp_path))
+    try:
+        ids = await seed(store, cap)
+        got = await store.metering.reserve(entry_id="d1", **reserve_kwargs(ids, 1_000, cap))
+        assert isinstance(got, Reserved)
+        await store.metering.window(ids[2], KEY)  # the reservation is in SQLite now
+        await cli.metering.settle(
+            "d1", Settlement("charged_reservation", 1_000, "reservation", needs_reconciliation=True)
+        )
+        await store.metering.settle("d1", Settlement("settled", 300, "upstream"))
+        state = await store.metering.window(ids[2], KEY)
+        assert (state.spent_micro_usd, state.reserved_micro_usd) == (1_000, 0)
+        [row] = await store.metering.entries(grant_id=ids[2])
+        assert (row.status, row.cost_micro_usd) == ("charged_reservation", 1_000)
+    finally:
+        await cli.close()
+        await store.close()
