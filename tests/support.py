@@ -272,16 +272,20 @@ def ledger_rows(data_dir: Path, settle_within_s: float = 1.0) -> list[dict[str, 
     """The ledger as another process (the CLI) reads it.
 
     The server writes its rows in batches (``store/sqlite_writeback.py``): another process
-    sees a call's final row up to a batch interval (10 ms) after the call ended, and an
-    open reservation meanwhile. So this waits, up to ``settle_within_s``, for the rows to
-    stop being ``reserved``; a row that stays reserved (a call in flight, a dead one) is
-    returned as it is."""
+    sees a call's row up to a batch interval (10 ms) after the call was decided, and its
+    final state up to an interval after the call ended. So this reads until two reads in a
+    row agree and no row is ``reserved``, for at most ``settle_within_s``; a row that stays
+    reserved (a call in flight, a dead one) is returned as it is."""
     deadline = time.monotonic() + settle_within_s
+    previous: list[dict[str, Any]] | None = None
+    time.sleep(0.03)
     while True:
         rows = asyncio.run(_ledger(data_dir))
-        if all(r["status"] != "reserved" for r in rows) or time.monotonic() > deadline:
+        settled = all(r["status"] != "reserved" for r in rows)
+        if (settled and rows == previous) or time.monotonic() > deadline:
             return rows
-        time.sleep(0.02)
+        previous = rows
+        time.sleep(0.03)
 
 
 def dump(obj: Any) -> str:

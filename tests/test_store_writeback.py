@@ -279,3 +279,33 @@ async def test_a_row_settled_elsewhere_is_not_settled_twice(tmp_path: Path) -> N
     finally:
         await cli.close()
         await store.close()
+
+
+async def test_a_held_write_lock_delays_the_batch_but_never_a_call(tmp_path: Path) -> None:
+    """The CLI holds SQLite's write lock while calls keep coming (more than a full batch):
+    every call is decided at once, nothing fails, and the rows land once the lock goes."""
+    import sqlite3
+
+    cap = 10**9
+    store = await Store.open(url(tmp_path), serving=True)
+    try:
+        ids = await seed(store, cap)
+        blocker = sqlite3.connect(tmp_path / "k.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(600):  # above FLUSH_MAX_OPS reservations + settlements
+                got = await store.metering.reserve(entry_id=f"b{i}", **reserve_kwargs(ids, 10, cap))
+                assert isinstance(got, Reserved)
+                await store.metering.settle(f"b{i}", Settlement("settled", 5, "upstream"))
+            wb = store.hot.writeback if store.hot else None
+            assert wb is not None and wb.pending
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await asyncio.sleep(0.2)  # the retry timer writes the batch
+        assert not wb.pending
+        state = await store.metering.window(ids[2], KEY)
+        assert (state.spent_micro_usd, state.reserved_micro_usd) == (600 * 5, 0)
+        assert len(await store.metering.entries(grant_id=ids[2], limit=1000)) == 600
+    finally:
+        await store.close()

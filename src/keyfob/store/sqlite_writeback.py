@@ -432,9 +432,15 @@ class WriteBack:
     # -- writing batches -----------------------------------------------------------------
 
     def _queued(self) -> None:
+        """Count an operation; write the batch when it is full, else schedule it.
+
+        A failed write never fails the call that filled the batch: that call is already
+        decided and in the journal, and the timer tries again."""
         self._ops += 1
         if self._ops >= FLUSH_MAX_OPS:
-            self.flush()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._on_timer()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._on_timer)
 
