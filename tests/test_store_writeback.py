@@ -25,6 +25,23 @@ def url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
 
 
+def die(store: Store) -> None:
+    """What kill -9 leaves of a serving process, as far as SQLite and the journal can
+    tell: no batch written, the journal's lock gone with its file descriptor, and nothing
+    of the process's memory (its write-back leaves this thread's registry)."""
+    import threading
+
+    from keyfob.store import sqlite_writeback
+
+    wb = store.hot.writeback if store.hot else None
+    assert wb is not None
+    if wb._timer is not None:
+        wb._timer.cancel()
+    os.close(wb.fd)
+    sqlite_writeback._OWNERS[threading.get_ident()].remove(wb)
+    store.hot.writeback = None  # type: ignore[union-attr]
+
+
 def reserve_kwargs(ids: tuple[str, str, str, str], amount: int, cap: int) -> dict[str, object]:
     user_id, client_id, grant_id, token = ids
     return dict(
@@ -91,9 +108,7 @@ async def test_a_crash_before_the_batch_is_written_loses_nothing(tmp_path: Path)
     # kill -9, as far as SQLite and the journal can tell: no flush, the lock goes away
     # with the file descriptor, the connections are simply dropped
     assert wb._timer is not None
-    wb._timer.cancel()
-    os.close(wb.fd)
-    store.hot.writeback = None  # type: ignore[union-attr]
+    die(store)
 
     again = await Store.open(url(tmp_path), serving=True)
     try:
@@ -127,9 +142,7 @@ async def test_replay_twice_changes_nothing(tmp_path: Path) -> None:
     assert wb is not None
     assert os.path.getsize(wb.path) > 0
     await store.metering.settle("b", Settlement("settled", 100, "upstream"))
-    wb._timer.cancel() if wb._timer else None
-    os.close(wb.fd)
-    store.hot.writeback = None  # type: ignore[union-attr]
+    die(store)
     await store.close()
     for _ in range(2):
         again = await Store.open(url(tmp_path), serving=True)
@@ -307,5 +320,29 @@ async def test_a_held_write_lock_delays_the_batch_but_never_a_call(tmp_path: Pat
         state = await store.metering.window(ids[2], KEY)
         assert (state.spent_micro_usd, state.reserved_micro_usd) == (600 * 5, 0)
         assert len(await store.metering.entries(grant_id=ids[2], limit=1000)) == 600
+    finally:
+        await store.close()
+
+
+async def test_readers_write_only_their_own_threads_batch(tmp_path: Path) -> None:
+    """``sync_reads`` runs on a server's event loop; a write-back living on another
+    thread's loop (tests run several apps) must never be touched from here."""
+    import threading
+
+    from keyfob.store.sqlite_writeback import sync_reads
+
+    cap = 10_000
+    store = await Store.open(url(tmp_path), serving=True)
+    try:
+        ids = await seed(store, cap)
+        await store.metering.reserve(entry_id="t1", **reserve_kwargs(ids, 10, cap))
+        wb = store.hot.writeback if store.hot else None
+        assert wb is not None and wb.pending
+        other = threading.Thread(target=sync_reads)
+        other.start()
+        other.join()
+        assert wb.pending  # another thread's reader left it alone
+        sync_reads()
+        assert not wb.pending
     finally:
         await store.close()

@@ -196,9 +196,18 @@ class StreamRelay:
         the terminal event (or the error event of a stream that ended early)."""
         watcher, transform = self.watcher, self.transform
         out: list[bytes] = []
-        if self.splitter.buf and not transform.done:
-            watcher.observe(self.splitter.buf)
-            out += transform.feed(self.splitter.buf)
+        partial = self.splitter.buf if not transform.done else b""
+        error_before = watcher.error
+        if partial:
+            watcher.observe(partial)
+        if partial and (
+            self.meter.settled
+            or (watcher.finish_seen and watcher.error is None)
+            or watcher.error is not error_before  # a whole error event, unterminated
+        ):
+            out += transform.feed(partial)
+            if watcher.error is not error_before:
+                out.append(b"\n\n")  # ends it, so what follows is an event of its own
         if not self.meter.settled:
             if watcher.finish_seen and watcher.error is None:
                 last = transform.finish()
@@ -207,6 +216,8 @@ class StreamRelay:
                 else:
                     await self.complete()
             else:
+                # Ended early: a cut-off last event is dropped (as when the upstream
+                # breaks mid-event), so the error event is one the client can read.
                 await self.abort(watcher.error or "upstream stream ended early")
                 if not transform.done:
                     out.append(transform.error_event("the upstream stream ended early"))

@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,8 +208,8 @@ class WriteBack:
         self._batch_bytes = 0
         self._logged = 0
         self.replay()
-        global _OWNER
-        _OWNER = self
+        self._thread = threading.get_ident()
+        _OWNERS.setdefault(self._thread, []).append(self)
 
     # -- the journal ---------------------------------------------------------------------
 
@@ -539,23 +540,29 @@ class WriteBack:
                 os.ftruncate(self.fd, 0)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
-        global _OWNER
-        if _OWNER is self:
-            _OWNER = None
+        owners = _OWNERS.get(self._thread, [])
+        if self in owners:
+            owners.remove(self)
+        if not owners:
+            _OWNERS.pop(self._thread, None)
 
 
-#: The write-back of this process, if it serves a database (one per process).
-_OWNER: WriteBack | None = None
+#: The write-backs of this process by the thread whose event loop runs them (one in a
+#: server; tests may run several apps, each on its own loop thread).
+_OWNERS: dict[int, list[WriteBack]] = {}
 
 
 def sync_reads() -> None:
     """Write the pending batch before a read on another connection (usage pages, the
     allowance API, exports), so a reader in this process sees every call that ended.
-    Best effort: with the write lock taken the read is at most a few milliseconds old."""
-    owner = _OWNER
-    if owner is not None and owner.pending:
-        with contextlib.suppress(sqlite3.Error):
-            owner.flush()
+
+    Only the write-backs of the calling thread: a reader runs on its server's event loop,
+    and a write-back must never be touched from another thread. Best effort: with the
+    write lock taken the read is at most a few milliseconds old."""
+    for owner in _OWNERS.get(threading.get_ident(), ()):
+        if owner.pending:
+            with contextlib.suppress(sqlite3.Error):
+                owner.flush()
 
 
 @functools.lru_cache(maxsize=1024)
