@@ -239,13 +239,35 @@ def run(args: argparse.Namespace) -> int:
                 load.run_wrk(t, workdir, connections=10, duration_s=2)
                 load.run_wrk(t, workdir, connections=10, duration_s=1, stream=True)
 
+            dead: set[str] = set()
+
+            def died(exc: load.TargetDied) -> None:
+                dead.add(exc.name)
+                raw["meta"]["notes"].append(
+                    f"{exc} (round {rnd + 1}, {'stream' if stream else 'chat'} c={n}); "
+                    "its later cells are missing. Its log ended: "
+                    + " | ".join(exc.log_tail.strip().splitlines()[-3:])
+                )
+                say(str(exc))
+
+            rnd, stream, n = 0, False, 0
             for rnd in range(args.rounds):
                 for stream in (False, True):
                     for n in CONNECTIONS:
                         for t in ts.values():
-                            r = load.run_wrk(
-                                t, workdir, connections=n, duration_s=args.duration, stream=stream
-                            )
+                            if t.name in dead:
+                                continue
+                            try:
+                                r = load.run_wrk(
+                                    t,
+                                    workdir,
+                                    connections=n,
+                                    duration_s=args.duration,
+                                    stream=stream,
+                                )
+                            except load.TargetDied as exc:
+                                died(exc)
+                                continue
                             raw["wrk"].append({"target": t.name, "round": rnd, **r.as_dict()})
                             say(
                                 f"round {rnd + 1} {'stream' if stream else 'chat'} c={n} "
@@ -253,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
                                 f"p99 {r.p99_ms:.2f} ms, errors {r.errors}"
                             )
 
-            for t in ts.values():
+            live = [t for t in ts.values() if t.name not in dead]
+            for t in live:
                 raw["stream_timing"][t.name] = st = load.stream_timing(
                     t, args.stream_calls, max_s=args.duration * 3
                 )
@@ -261,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
                     f"stream first byte {t.name}: p50 {st['first_p50_ms']:.2f} ms, "
                     f"total p50 {st['total_p50_ms']:.2f} ms ({st['calls']} calls)"
                 )
-            for t in ts.values():
+            for t in live:
                 raw["fixed_rate"][t.name] = fr = load.fixed_rate(t, args.rate, args.fixed_s)
                 say(
                     f"fixed {args.rate:.0f} req/s {t.name}: p50 {fr['p50_ms']:.2f} ms, "
@@ -277,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
                 )
 
             for t in measured:
+                if t.name in dead:
+                    continue
                 mem = raw["memory"].setdefault(t.name, {})
                 mem["peak_kb"] = procs.peak_rss_kb(t.worker_pid)
                 mem["rss_end_kb"] = procs.rss_kb(t.worker_pid)

@@ -43,7 +43,9 @@ class WrkResult:
 
     @property
     def rps(self) -> float:
-        return (self.requests - self.errors) / self.duration_s if self.duration_s else 0.0
+        # wrk counts refused connections as errors but not as requests: never below zero
+        ok = max(0, self.requests - self.errors)
+        return ok / self.duration_s if self.duration_s else 0.0
 
     @property
     def error_rate(self) -> float:
@@ -122,6 +124,8 @@ def run_wrk(
     cpu1 = procs.cpu_seconds(target.worker_pid) if target.worker_pid else 0.0
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if line is None:
+        if target.proc is not None and not target.proc.alive:
+            raise TargetDied(target.name, target.proc.popen.returncode, target.proc.log_tail())
         raise RuntimeError(f"wrk gave no result for {target.name}:\n{out.stdout}\n{out.stderr}")
     d = json.loads(line.removeprefix("BENCH_JSON "))
     if d["requests"] == 0:  # nothing completed within the run: no latency to report
@@ -138,6 +142,16 @@ def run_wrk(
         d["mean"] / 1000,
         cpu1 - cpu0,
     )
+
+
+class TargetDied(RuntimeError):
+    """The server under test exited during the run: its remaining cells are skipped and
+    the report says so, instead of the whole run being lost."""
+
+    def __init__(self, name: str, code: int | None, log_tail: str) -> None:
+        super().__init__(f"{name} exited (code {code}) during the run")
+        self.name = name
+        self.log_tail = log_tail
 
 
 def percentile(values: list[float], pct: float) -> float:
