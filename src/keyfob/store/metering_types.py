@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 
 from keyfob.store.records import WindowState
@@ -101,3 +103,9 @@ class ReserveRequest:
     wallet_user_id: str | None = None
     wallet_refill_key: str | None = None
     downgraded_from: str | None = None
+
+
+@functools.lru_cache(maxsize=1024)
+def keys_json(keys: tuple[str, ...]) -> str:
+    """A ledger row's ``window_keys_json``; memoised (a grant's keys change once a window)."""
+    return json.dumps(list(keys))

@@ -45,6 +45,7 @@ from keyfob.store.metering_types import (
     Reserved,
     ReserveRequest,
     Settlement,
+    keys_json,
 )
 from keyfob.store.records import Client, Token, WindowState
 from keyfob.store.sqlite_writeback import WriteBack
@@ -332,12 +333,6 @@ def settle_entry(
 
 
 @functools.lru_cache(maxsize=1024)
-def _keys_json(keys: tuple[str, ...]) -> str:
-    """A ledger row's ``window_keys_json``; memoised (a grant's keys change once a window)."""
-    return json.dumps(list(keys))
-
-
-@functools.lru_cache(maxsize=1024)
 def _keys_tuple(keys_json: str) -> tuple[str, ...]:
     return tuple(json.loads(keys_json))
 
@@ -494,7 +489,7 @@ def reserve_tx(conn: sqlite3.Connection, req: ReserveRequest) -> Reserved | Refu
             req.endpoint,
             int(req.streamed),
             req.amount_micro_usd,
-            _keys_json(tuple(w.window_key for w in req.windows)),
+            keys_json(tuple(w.window_key for w in req.windows)),
             req.now,
             req.tokens_reserved,
             int(req.wallet_user_id is not None),

@@ -46,8 +46,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
-import json
 import logging
 import os
 import sqlite3
@@ -64,6 +62,7 @@ from keyfob.store.metering_types import (
     ReserveRequest,
     Settlement,
     WindowLimit,
+    keys_json,
 )
 from keyfob.store.records import WindowState
 
@@ -317,8 +316,8 @@ class WriteBack:
         caps = tuple(w.cap_micro_usd for w in windows)
         if len(self._shapes) >= 4096:
             self._shapes.clear()
-        self._shapes[id(windows)] = (windows, keys, caps, _keys_json(keys))
-        return keys, caps, _keys_json(keys)
+        self._shapes[id(windows)] = (windows, keys, caps, keys_json(keys))
+        return keys, caps, keys_json(keys)
 
     def reserve(self, req: ReserveRequest) -> Reserved | Refused | NotHere:
         """Check and hold every window of ``req`` in memory, all or nothing.
@@ -563,9 +562,3 @@ def sync_reads() -> None:
         if owner.pending:
             with contextlib.suppress(sqlite3.Error):
                 owner.flush()
-
-
-@functools.lru_cache(maxsize=1024)
-def _keys_json(keys: tuple[str, ...]) -> str:
-    """A ledger row's ``window_keys_json``; memoised (a grant's keys change once a window)."""
-    return json.dumps(list(keys))
