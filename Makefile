@@ -1,7 +1,7 @@
 # One entry per task; CI (.ci/run) calls the same ones.
 PYTHON ?= python3
 
-.PHONY: install test test-llama lint typecheck format bench services
+.PHONY: install test test-llama lint typecheck format bench services browser
 
 install:  ## the project and its test tools, editable
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -22,6 +22,9 @@ typecheck:
 format:
 	$(PYTHON) -m ruff format src tests bench
 	$(PYTHON) -m ruff check --fix src tests bench
+
+browser:  ## Debian's Chromium and axe-core for the browser tests (installed when missing)
+	bash scripts/browser.sh
 
 services:  ## start PostgreSQL and Redis if they are not running (hosted-mode tests)
 	bash scripts/services.sh
