@@ -59,7 +59,7 @@ def axe_violations(
 
 
 def screenshot(page: Any, name: str) -> Path:
-    """Save a full-page screenshot under tests/screenshots/ (git-ignored) for a person to look at."""
+    """Save a full-page screenshot under tests/screenshots/ (git-ignored) for a person."""
     SCREENSHOTS.mkdir(exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
