@@ -429,10 +429,10 @@ def apps_add(
 
 @apps_app.command("list")
 def apps_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
-    """List apps and what each was granted, with this window's spend."""
+    """List apps and what each was granted: every limit with its own window, spent, left."""
     from rich.table import Table
 
-    from keyfob.money import format_usd
+    from keyfob.money import usd_summary
 
     async def body(kf: Any) -> list[tuple[Any, ...]]:
         owner = await _owner(kf)
@@ -440,28 +440,30 @@ def apps_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
         rows = []
         for c in await kf.store.clients.list():
             g = grants.get(c.id)
-            if g is None:
-                rows.append((c, None, None, None))
-                continue
-            window, state = await kf.allowance.remaining(g)
-            rows.append((c, g, window, state))
+            rows.append((c, g, await kf.allowance.limits(g) if g is not None else []))
         return rows
 
-    table = Table("app", "client_id", "type", "granted", "cap / month", "spent", "left", "models")
-    for c, g, _window, state in _with_kf(data_dir, database_url, body):
+    table = Table("app", "client_id", "type", "granted", "limit", "cap", "spent", "left", "models")
+    for c, g, states in _with_kf(data_dir, database_url, body):
         kind = "public" if c.is_public else "confidential"
         if g is None:
-            table.add_row(c.name, c.id, kind, "no", "-", "-", "-", "")
-        else:
+            table.add_row(c.name, c.id, kind, "no", "-", "-", "-", "-", "")
+            continue
+        models = ", ".join(g.models) or "none"
+        if not states:
+            table.add_row(c.name, c.id, kind, "yes", "none", "-", "-", "-", models)
+        for i, st in enumerate(states):
+            first = i == 0
             table.add_row(
-                c.name,
-                c.id,
-                kind,
-                "yes",
-                format_usd(g.cap_micro_usd),
-                format_usd(state.spent_micro_usd),
-                format_usd(state.left_micro_usd),
-                ", ".join(g.models),
+                c.name if first else "",
+                c.id if first else "",
+                kind if first else "",
+                "yes" if first else "",
+                st.label,
+                f"{usd_summary(st.cap_micro_usd)} / {st.label}",
+                usd_summary(st.spent_micro_usd + st.reserved_micro_usd),
+                usd_summary(st.left_micro_usd),
+                models if first else "",
             )
     console.print(table)
 
@@ -509,7 +511,7 @@ def usage(
     from rich.table import Table
 
     from keyfob.allowance.usage import FIELDS, parse_groups, summarize, to_csv
-    from keyfob.money import format_usd
+    from keyfob.money import usd_summary
     from keyfob.store.metering import usage_rows
 
     output = "json" if as_json else output
@@ -537,7 +539,7 @@ def usage(
     if output == "csv":
         typer.echo(to_csv(rows, groups), nl=False)
         return
-    table = Table(*groups, *(f.replace("_", " ") for f in FIELDS[:3]), "cost (USD)", "to reconcile")
+    table = Table(*groups, *(f.replace("_", " ") for f in FIELDS[:3]), "cost", "to reconcile")
     total = 0
     for r in rows:
         total += int(r["cost_micro_usd"])
@@ -546,11 +548,11 @@ def usage(
             str(r["calls"]),
             str(r["input_tokens"]),
             str(r["output_tokens"]),
-            r["cost_usd"],
+            usd_summary(int(r["cost_micro_usd"])),
             str(r["to_reconcile"]),
         )
     console.print(table)
-    console.print(f"Total: {format_usd(total)} USD")
+    console.print(f"Total: {usd_summary(total)}")
 
 
 def _day_start(day: str | None, timezone: str) -> float | None:
@@ -622,7 +624,7 @@ def apps_policy(
 
     from keyfob.allowance.policy import PolicyError, SpendLimit, parse_duration
     from keyfob.allowance.service import policy_of
-    from keyfob.money import format_usd, parse_usd
+    from keyfob.money import parse_usd, usd_summary
 
     async def body(kf: Any) -> tuple[Any, list[Any], str]:
         grant = await _grant_of(kf, app_ref)
@@ -688,9 +690,9 @@ def apps_policy(
     console.print(f"policy: {policy.to_json()}")
     for st in states:
         console.print(
-            f"  {st.label:<24} cap {format_usd(st.cap_micro_usd)}  "
-            f"spent {format_usd(st.spent_micro_usd)}  "
-            f"left {format_usd(st.left_micro_usd)}"
+            f"  {st.label:<24} cap {usd_summary(st.cap_micro_usd)}  "
+            f"spent {usd_summary(st.spent_micro_usd)}  "
+            f"left {usd_summary(st.left_micro_usd)}"
         )
     if policy.webhook_url:
         console.print(f"webhook signing secret (HMAC-SHA256): {secret}")
@@ -701,7 +703,7 @@ def wallet_show(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
     """Balance, holds of calls in flight, refill, and the history."""
     from rich.table import Table
 
-    from keyfob.money import format_usd
+    from keyfob.money import usd_precise, usd_summary
 
     async def body(kf: Any) -> tuple[Any, list[Any]]:
         owner = await _owner(kf)
@@ -709,13 +711,13 @@ def wallet_show(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
 
     wallet, history = _with_kf(data_dir, database_url, body)
     refill = (
-        format_usd(wallet.monthly_refill_micro_usd)
+        usd_summary(wallet.monthly_refill_micro_usd)
         if wallet.monthly_refill_micro_usd is not None
         else "none"
     )
     console.print(
-        f"balance {format_usd(wallet.balance_micro_usd)} USD, held by calls in "
-        f"flight {format_usd(wallet.reserved_micro_usd)}, monthly refill {refill}"
+        f"balance {usd_summary(wallet.balance_micro_usd)}, held by calls in "
+        f"flight {usd_summary(wallet.reserved_micro_usd)}, monthly refill {refill}"
     )
     table = Table("when (UTC)", "kind", "amount", "balance after", "note")
     from datetime import UTC, datetime
@@ -724,8 +726,8 @@ def wallet_show(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
         table.add_row(
             datetime.fromtimestamp(tx.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
             tx.kind,
-            format_usd(tx.amount_micro_usd),
-            format_usd(tx.balance_after_micro_usd),
+            usd_precise(tx.amount_micro_usd),
+            usd_precise(tx.balance_after_micro_usd),
             tx.note or "",
         )
     console.print(table)
@@ -739,7 +741,7 @@ def wallet_topup(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Add money to the wallet (held calls waiting for it continue)."""
-    from keyfob.money import format_usd, parse_usd
+    from keyfob.money import parse_usd, usd_summary
 
     try:
         micro = parse_usd(amount)
@@ -754,7 +756,7 @@ def wallet_topup(
         wallet = _with_kf(data_dir, database_url, body)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    console.print(f"Wallet balance: {format_usd(wallet.balance_micro_usd)} USD")
+    console.print(f"Wallet balance: {usd_summary(wallet.balance_micro_usd)}")
 
 
 @wallet_app.command("refill")

@@ -39,3 +39,42 @@ def format_usd(amount_micro_usd: int) -> str:
     sign = "-" if amount_micro_usd < 0 else ""
     whole, frac = divmod(abs(amount_micro_usd), MICRO_PER_USD)
     return f"{sign}{whole}.{frac:06d}"
+
+
+_CENT_MICRO = 10_000
+
+
+def _two_decimals(amount_micro_usd: int) -> str:
+    cents = (abs(amount_micro_usd) + _CENT_MICRO // 2) // _CENT_MICRO  # half up, exact
+    return f"{cents // 100:,}.{cents % 100:02d}"
+
+
+def usd_summary(amount_micro_usd: int) -> str:
+    """For totals, caps and balances a person reads at a glance: "$1,234.50", "$0.00",
+    and "< $0.01" for a spend that is real but below a cent (never "$0.00" for it: that
+    would say the app cost nothing)."""
+    if amount_micro_usd == 0:
+        return "$0.00"
+    if 0 < abs(amount_micro_usd) < _CENT_MICRO:
+        return "< $0.01" if amount_micro_usd > 0 else "> -$0.01"
+    sign = "-" if amount_micro_usd < 0 else ""
+    return f"{sign}${_two_decimals(amount_micro_usd)}"
+
+
+def usd_precise(amount_micro_usd: int) -> str:
+    """For one call's cost in a call log: two decimals from a cent up ("$0.25"), and
+    below a cent as many decimals as the amount needs, up to the micro-dollar ("$0.0003",
+    "$0.000045"), so a cheap call is never shown as free."""
+    if amount_micro_usd == 0:
+        return "$0.00"
+    sign = "-" if amount_micro_usd < 0 else ""
+    micro = abs(amount_micro_usd)
+    if micro >= _CENT_MICRO:
+        return f"{sign}${_two_decimals(micro)}"
+    return f"{sign}$0.{micro:06d}".rstrip("0")
+
+
+def usd_input(amount_micro_usd: int) -> str:
+    """An amount as a person would type it back into a form: "5", "2.5", "0.000001"."""
+    text = format_usd(amount_micro_usd)
+    return text.rstrip("0").rstrip(".") if "." in text else text
