@@ -328,7 +328,9 @@ def test_refused_before_upstream_when_cap_too_small(server: KeyfobServer, fakell
     err = info.value
     assert err.code == "allowance_exhausted"
     assert "month:" in err.message and "resets at" in err.message
-    assert int(err.response.headers["Retry-After"]) > 0
+    # a month away: no Retry-After (SDKs would sleep it), and told not to retry
+    assert "retry-after" not in err.response.headers
+    assert err.response.headers["x-should-retry"] == "false"
     assert err.response.headers[h.LEFT] == "0.000005"
     assert ledger_rows(server.data_dir) == []
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +25,10 @@ from keyfob.gateway.auth import authenticate
 from keyfob.gateway.deadline import deadlines
 from keyfob.gateway.errors import GatewayError, invalid, unauthorized
 from keyfob.gateway.estimate import estimate_async, message_text
-from keyfob.gateway.headers import DOWNGRADED_TO, answer_headers, iso_utc, keyfob_headers
+from keyfob.gateway.headers import DOWNGRADED_TO, answer_headers, keyfob_headers
 from keyfob.gateway.meter import Meter
 from keyfob.gateway.models import Resolved, resolve
+from keyfob.gateway.refusals import exhausted
 from keyfob.gateway.relay import MeteredStream, StreamRelay
 from keyfob.gateway.state import GatewayState
 from keyfob.gateway.streams import AnthropicWatcher, OpenAIWatcher, Watcher
@@ -37,7 +37,6 @@ from keyfob.gateway.translate import Untranslatable
 from keyfob.gateway.upstream_errors import MAX_ERROR_BODY, passed_headers, upstream_error
 from keyfob.gateway.validate import loads, parse_json
 from keyfob.limits import BodyTooLarge, read_limited
-from keyfob.money import format_usd
 from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import ProviderAdapter, UpstreamError
@@ -46,34 +45,6 @@ from keyfob.store.records import Grant
 #: Upstream answers worth one more try: nothing was relayed and no work was done.
 RETRY_STATUSES = frozenset({502, 503, 529})
 RETRY_DELAY_S = 0.25
-
-
-def exhausted(exc: AllowanceExhausted) -> GatewayError:
-    state, window = exc.state, exc.window
-    now = time.time()
-    retry_at = (
-        exc.retry_at
-        if exc.retry_at is not None
-        else (window.resets_at if window.resets_at > now else None)
-    )
-    when = (
-        f"It resets at {iso_utc(retry_at)}"
-        if retry_at is not None
-        else "It does not reset by itself (a top-up or the person can raise it)"
-    )
-    message = (
-        f"allowance exhausted: limit {exc.label!r} ({window.key}) has a cap of "
-        f"${format_usd(state.cap_micro_usd)}, ${format_usd(state.left_micro_usd)} left "
-        f"(${format_usd(state.reserved_micro_usd)} held by calls in flight); this call "
-        f"may cost up to ${format_usd(exc.needed_micro_usd)}. {when}; lower max_tokens "
-        f"or ask the person to raise the allowance"
-    )
-    headers = keyfob_headers(left_micro_usd=state.left_micro_usd, resets_at=retry_at)
-    if retry_at is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_at - now)))
-    return GatewayError(
-        429, message, code="allowance_exhausted", type_="insufficient_quota", headers=headers
-    )
 
 
 #: Not frozen, for speed: a frozen dataclass sets each field through
