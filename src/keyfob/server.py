@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 
 from keyfob.context import Keyfob
+from keyfob.cors import Cors, request_origin
 from keyfob.settings import Settings
 from keyfob.vault import write_secret_file
 
@@ -81,6 +82,8 @@ class KeyfobApp(Starlette):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fast: dict[str, tuple[frozenset[str], Endpoint, Route]] = {}
+        #: Cross-origin rules for browser apps (``cors/``), set by ``create_app``.
+        self.cors: Cors | None = None
 
     def set_fast_routes(self, routes: Sequence[Route]) -> None:
         fast: dict[str, tuple[frozenset[str], Endpoint, Route]] = {}
@@ -102,6 +105,12 @@ class KeyfobApp(Starlette):
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.cors is not None and "keyfob.cors" not in scope:
+            origin = request_origin(scope)  # None unless a browser sent it
+            if origin is not None:
+                scope["keyfob.cors"] = True  # decided once; the call below dispatches
+                await self.cors(self, scope, receive, send, origin)
+                return
         if scope["type"] == "http" and not scope.get("root_path"):
             hit = self._fast.get(scope["path"])
             if hit is not None and scope["method"] in hit[0]:
@@ -181,5 +190,6 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = KeyfobApp(routes=collect_routes(), middleware=middleware, lifespan=lifespan)
     app.set_fast_routes(gateway_routes())
+    app.cors = Cors(settings)
     app.state.settings = settings
     return app

@@ -57,6 +57,8 @@ PENDING_TTL_S = 15 * 60
 MAX_QUERY_BYTES = 8192
 DEFAULT_CAP_USD = "5"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: Discovery documents are public: any page may read them (never with credentials).
+PUBLIC_DOCUMENT = {"Cache-Control": "public, max-age=3600", "Access-Control-Allow-Origin": "*"}
 DEVICE_CODES_PER_10_MIN = 60
 T = TypeVar("T")
 
@@ -75,15 +77,11 @@ def _address(request: Request) -> str:
 
 
 async def metadata(request: Request) -> Response:
-    return JSONResponse(
-        rfc8414.metadata(kf_of(request).settings), headers={"Cache-Control": "public, max-age=3600"}
-    )
+    return JSONResponse(rfc8414.metadata(kf_of(request).settings), headers=PUBLIC_DOCUMENT)
 
 
 async def resource_metadata(request: Request) -> Response:
-    return JSONResponse(
-        rfc9728.metadata(kf_of(request).settings), headers={"Cache-Control": "public, max-age=3600"}
-    )
+    return JSONResponse(rfc9728.metadata(kf_of(request).settings), headers=PUBLIC_DOCUMENT)
 
 
 # --- pending requests in the session -------------------------------------------------
