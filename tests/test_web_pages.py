@@ -61,6 +61,13 @@ def grants_of(server: KeyfobServer, client_id: str) -> list[Grant]:
     return result
 
 
+def setup_link(server: KeyfobServer) -> str:
+    """The one-time /setup link ``keyfob serve`` printed in its terminal (path and query)."""
+    found = re.search(r"(/setup\?token=[A-Za-z0-9_-]+)", server.log())
+    assert found, server.log()
+    return found.group(1)
+
+
 @pytest.fixture
 def fresh_server(data_dir: Path) -> Iterator[KeyfobServer]:
     """A server with no owner yet (first run)."""
@@ -74,7 +81,7 @@ def test_first_run_setup(fresh_server: KeyfobServer) -> None:
     with requests.Session() as browser:
         home = browser.get(url + "/", allow_redirects=False, timeout=10)
         assert home.status_code in (302, 303) and home.headers["location"] == "/setup"
-        page = browser.get(url + "/setup", timeout=10)
+        page = browser.get(url + setup_link(fresh_server), timeout=10)
         assert page.status_code == 200
         token = hidden(page.text, "csrf_token")
         form = {

@@ -65,8 +65,14 @@ def serve(
     from keyfob.server import create_app
 
     settings = settings_for(data_dir, database_url, host=host, port=port, mode=mode)
+
+    def announce(link: str) -> None:
+        # The terminal only, never the log: whoever holds this link creates the owner.
+        console.print(f"No owner yet. Create one at [bold]{link}[/bold]", soft_wrap=True)
+        console.file.flush()
+
     try:
-        application = create_app(settings)
+        application = create_app(settings, announce)
     except UnsafeSettings as exc:
         raise fail(str(exc)) from None
     from keyfob.store import prepare_sqlite_file
@@ -88,6 +94,10 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        # Forwarding headers are believed only from KEYFOB_TRUSTED_PROXIES (guard.py):
+        # uvicorn's own default trusts them from 127.0.0.1, i.e. from every local client.
+        proxy_headers=False,
+        forwarded_allow_ips="",
     )
 
 

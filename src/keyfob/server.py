@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import secrets
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -21,12 +22,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 
 from keyfob.context import Keyfob
 from keyfob.cors import Cors, request_origin
+from keyfob.guard import Guard
 from keyfob.settings import Settings
 from keyfob.vault import write_secret_file
 
@@ -79,11 +81,12 @@ class KeyfobApp(Starlette):
     the answer is the ``ServerErrorMiddleware`` one (a plain-text 500, then re-raised).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, guard: Guard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fast: dict[str, tuple[frozenset[str], Endpoint, Route]] = {}
         #: Cross-origin rules for browser apps (``cors/``), set by ``create_app``.
         self.cors: Cors | None = None
+        self.guard = guard
 
     def set_fast_routes(self, routes: Sequence[Route]) -> None:
         fast: dict[str, tuple[frozenset[str], Endpoint, Route]] = {}
@@ -105,6 +108,18 @@ class KeyfobApp(Starlette):
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.guard
+        if (
+            guard is not None
+            and scope["type"] in ("http", "websocket")
+            and "keyfob.guarded" not in scope
+        ):
+            # Before any route, middleware or fast path (guard.py says why).
+            if not guard.host_allowed(scope):
+                await wrong_host(scope)(scope, receive, send)
+                return
+            guard.apply_proxy(scope)
+            scope["keyfob.guarded"] = True
         if scope["type"] == "http" and self.cors is not None and "keyfob.cors" not in scope:
             origin = request_origin(scope)  # None unless a browser sent it
             if origin is not None:
@@ -131,15 +146,58 @@ class KeyfobApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def wrong_host(scope: Scope) -> Response:
+    """421-style refusal of a Host this server does not answer to, in the client's format."""
+    path: str = scope.get("path", "")
+    message = "this server does not answer to that Host name (see KEYFOB_ALLOWED_HOSTS)"
+    if path.startswith("/v1/messages"):
+        body: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": message},
+        }
+        return JSONResponse(body, status_code=400)
+    if path.startswith("/v1/"):
+        body = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_host",
+            }
+        }
+        return JSONResponse(body, status_code=400)
+    return PlainTextResponse(message, status_code=400)
+
+
+def tighten_data_dir(settings: Settings) -> None:
+    """Create the data dir 0700, or take group/other access away from an existing one.
+
+    Why warn rather than refuse: the person's keys are already in there; fixing the
+    permissions is the safe move, and the warning says something else had loosened them."""
+    path = settings.data_dir
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        path.chmod(0o700)
+        log.warning(
+            "the data dir %s was readable by others (mode %o); tightened it to 0700",
+            path,
+            mode,
+        )
+
+
 async def healthz(request: Request) -> Response:
     """Liveness: answers once the lifespan has opened the store."""
     ok = getattr(request.app.state, "kf", None) is not None
     return PlainTextResponse("ok" if ok else "starting", status_code=200 if ok else 503)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, announce: Callable[[str], None] | None = None) -> Starlette:
+    """The ASGI app. ``announce`` is told the one-time setup link when the store has no
+    owner yet (``keyfob serve`` prints it in the terminal; nothing logs it)."""
     settings.check_safe()
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tighten_data_dir(settings)
+    setup_token = settings.setup_token or secrets.token_urlsafe(32)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -153,6 +211,8 @@ def create_app(settings: Settings) -> Starlette:
             charged = await kf.store.metering.reconcile_dead(time.time() - horizon)
         if charged:
             log.warning("charged %d unsettled reservations from a previous run", charged)
+        if announce is not None and await kf.store.users.owner() is None:
+            announce(f"{settings.issuer}/setup?token={setup_token}")
         kf.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(
@@ -188,8 +248,14 @@ def create_app(settings: Settings) -> Starlette:
             max_age=14 * 24 * 3600,
         ),
     ]
-    app = KeyfobApp(routes=collect_routes(), middleware=middleware, lifespan=lifespan)
+    app = KeyfobApp(
+        routes=collect_routes(),
+        middleware=middleware,
+        lifespan=lifespan,
+        guard=Guard.from_settings(settings),
+    )
     app.set_fast_routes(gateway_routes())
     app.cors = Cors(settings)
     app.state.settings = settings
+    app.state.setup_token = setup_token
     return app

@@ -30,6 +30,11 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _env_list(name: str) -> tuple[str, ...]:
+    """A comma-separated list (``KEYFOB_TRUSTED_PROXIES=10.0.0.0/8,192.168.1.5``)."""
+    return tuple(p.strip() for p in os.environ.get(name, "").split(",") if p.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     mode: Mode = "personal"
@@ -71,6 +76,23 @@ class Settings:
     openrouter_auth_url: str = "https://openrouter.ai"
     openrouter_api_url: str = "https://openrouter.ai/api/v1"
     log_level: str = "info"
+    #: Proxies whose ``X-Forwarded-For``/``-Proto`` are believed (addresses or CIDRs).
+    #: Hosted mode only; personal mode trusts no proxy, so no header can fake an address.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Host names this server answers to besides its public URL's host (hosted mode) or
+    #: its loopback names (personal mode); anything else is refused (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    #: The one-time token /setup requires on a server with no owner yet; random per
+    #: start when unset (``keyfob serve`` prints the link, as Jupyter does).
+    setup_token: str | None = None
+    #: Dashboard sessions end after this long without a request, and in any case after
+    #: ``session_max_s`` (they live server-side: logout ends them for good).
+    session_idle_s: int = 12 * 3600
+    session_max_s: int = 14 * 24 * 3600
+    #: Password hashes computed at once (each is ~50 ms of one core, off the event loop);
+    #: logins beyond this wait, and beyond ``login_queue_max`` waiting are refused (503).
+    concurrent_password_hashes: int = 1
+    login_queue_max: int = 16
 
     @property
     def issuer(self) -> str:
@@ -112,11 +134,26 @@ class Settings:
                 "KEYFOB_DEFAULT_MAX_OUTPUT_TOKENS", base.default_max_output_tokens
             ),
             log_level=env.get("KEYFOB_LOG_LEVEL", base.log_level),
+            trusted_proxies=_env_list("KEYFOB_TRUSTED_PROXIES"),
+            allowed_hosts=_env_list("KEYFOB_ALLOWED_HOSTS"),
+            setup_token=env.get("KEYFOB_SETUP_TOKEN") or None,
+            session_idle_s=_env_int("KEYFOB_SESSION_IDLE", base.session_idle_s),
         )
 
     def check_safe(self) -> None:
         """Refuse configurations that would expose a person's credentials or money."""
         loopback = self.host in ("127.0.0.1", "::1", "localhost")
+        if self.mode == "personal" and self.trusted_proxies:
+            raise UnsafeSettings(
+                "personal mode trusts no proxy (every local client shares 127.0.0.1, so a "
+                "trusted X-Forwarded-For would let any of them pick its address); "
+                "KEYFOB_TRUSTED_PROXIES is for hosted mode"
+            )
+        from keyfob.guard import parse_networks
+
+        parse_networks(self.trusted_proxies)  # raises UnsafeSettings on a bad entry
+        if self.setup_token is not None and len(self.setup_token) < 16:
+            raise UnsafeSettings("KEYFOB_SETUP_TOKEN needs at least 16 characters")
         if self.mode == "personal" and not loopback:
             raise UnsafeSettings(
                 "personal mode listens on loopback only; use --mode hosted (with a "

@@ -1,8 +1,13 @@
-"""Login throttling: per username+address failures with exponential back-off, in memory.
+"""Login throttling: failures per account+address *and* per account, with exponential
+back-off, in memory.
 
 Passwords are argon2-hashed, which already makes each guess slow; this stops an online
-guesser from trying many passwords quickly. It is per process (good enough for personal
-mode; a hosted deployment also rate-limits at its proxy).
+guesser from trying many passwords quickly. The address is the one ``guard.py`` trusts
+(never a client's own ``X-Forwarded-For``). The per-account count catches a guesser that
+does own many addresses; it allows more failures before backing off, so someone else
+mistyping from one address does not lock the owner out, and its delay is capped.
+Per process (good enough for personal mode; a hosted deployment also rate-limits at its
+proxy).
 """
 
 from __future__ import annotations
@@ -10,22 +15,31 @@ from __future__ import annotations
 import time
 
 FREE_ATTEMPTS = 5
+ACCOUNT_FREE_ATTEMPTS = 20
 MAX_DELAY_S = 300.0
 MAX_ENTRIES = 10_000
+
+_Key = tuple[str, str]
+
+
+def _delay(count: int, free: int) -> float:
+    if count < free:
+        return 0.0
+    return min(MAX_DELAY_S, 2.0 ** min(count - free + 1, 16))
 
 
 class LoginThrottle:
     def __init__(self) -> None:
-        self._failures: dict[tuple[str, str], tuple[int, float]] = {}
+        self._failures: dict[_Key, tuple[int, float]] = {}
 
     def retry_after(self, username: str, address: str, now: float | None = None) -> float:
         """Seconds until the next attempt is allowed (0 when it is allowed now)."""
         now = time.monotonic() if now is None else now
-        count, last = self._failures.get((username.lower(), address), (0, 0.0))
-        if count < FREE_ATTEMPTS:
-            return 0.0
-        delay = min(MAX_DELAY_S, 2.0 ** (count - FREE_ATTEMPTS + 1))
-        return max(0.0, last + delay - now)
+        name = username.lower()
+        count, last = self._failures.get((name, address or "unknown"), (0, 0.0))
+        wait = max(0.0, last + _delay(count, FREE_ATTEMPTS) - now)
+        count, last = self._failures.get((name, ""), (0, 0.0))
+        return max(wait, last + _delay(count, ACCOUNT_FREE_ATTEMPTS) - now)
 
     def failed(self, username: str, address: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -34,12 +48,16 @@ class LoginThrottle:
             self._failures = {k: v for k, v in self._failures.items() if v[1] > cutoff}
             if len(self._failures) >= MAX_ENTRIES:
                 self._failures.clear()
-        key = (username.lower(), address)
-        count, _ = self._failures.get(key, (0, 0.0))
-        self._failures[key] = (count + 1, now)
+        name = username.lower()
+        # ("name", "") is the account's own count: no address is the empty string.
+        for key in ((name, address or "unknown"), (name, "")):
+            count, _ = self._failures.get(key, (0, 0.0))
+            self._failures[key] = (count + 1, now)
 
     def succeeded(self, username: str, address: str) -> None:
-        self._failures.pop((username.lower(), address), None)
+        name = username.lower()
+        self._failures.pop((name, address or "unknown"), None)
+        self._failures.pop((name, ""), None)
 
 
 class WindowLimiter:

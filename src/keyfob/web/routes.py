@@ -7,6 +7,7 @@ are never rendered: the dashboard shows names, kinds, URLs and models only.
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from starlette.requests import Request
@@ -64,10 +65,28 @@ def sign_in(request: Request, user: User) -> None:
 # --- first run -----------------------------------------------------------------------
 
 
+def _setup_token_ok(request: Request, submitted: object) -> bool:
+    expected = getattr(request.app.state, "setup_token", None)
+    if not isinstance(expected, str) or not isinstance(submitted, str):
+        return False
+    return hmac.compare_digest(expected.encode(), submitted.encode("utf-8", "replace"))
+
+
 async def setup(request: Request) -> Response:
+    """First run: whoever holds the one-time link ``keyfob serve`` printed creates the
+    owner. Why a token: the first visitor would otherwise win, and a web page reaching
+    127.0.0.1 (DNS rebinding, a local proxy) is a visitor too."""
     kf = kf_of(request)
     if await kf.store.users.owner() is not None:
         return redirect("/login")
+    if request.method == "GET" and "token" in request.query_params:
+        if not _setup_token_ok(request, request.query_params["token"]):
+            return _setup_refused(request)
+        # Kept in the session so the token leaves the address bar (and history) at once.
+        request.session["setup_token"] = request.query_params["token"]
+        return redirect("/setup")
+    if not _setup_token_ok(request, request.session.get("setup_token")):
+        return _setup_refused(request)
     if request.method == "GET":
         return page(request, "setup.html", username="", timezone="UTC", error=None)
     try:
@@ -88,6 +107,16 @@ async def setup(request: Request) -> Response:
             sign_in(request, user)
             return redirect("/")
     return page(request, "setup.html", 400, username=username, timezone=timezone, error=error)
+
+
+def _setup_refused(request: Request) -> Response:
+    return error_page(
+        request,
+        403,
+        "Setup needs its link",
+        "Open the setup link that keyfob serve printed in its terminal "
+        "(or create the owner with keyfob init).",
+    )
 
 
 # --- login / logout ------------------------------------------------------------------
