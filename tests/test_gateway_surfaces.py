@@ -143,6 +143,22 @@ class Stub:
         return resp
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):  # a whole answer, without usage
+            return web.json_response(
+                {
+                    "id": "c",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "whole answer"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            )
         return await self._stream(request, OPENAI_PARTS)
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -429,6 +445,42 @@ def test_responses_api(gw: tuple[KeyfobServer, str, Stub]) -> None:
             c.responses.create(model=OAI, input="x", previous_response_id="resp_1")
     rows = [r for r in ledger_rows(gw[0].data_dir) if r["endpoint"] == "responses"]
     assert len(rows) == 5 and all(r["status"] in ("settled", "estimated") for r in rows)
+
+
+def test_responses_stream_always_ends_with_usage(gw: tuple[KeyfobServer, str, Stub]) -> None:
+    """``response.completed`` carries usage on every stream: the upstream's own report
+    (stub, Anthropic over fakellm), or Keyfob's count, flagged, when the upstream sent none
+    (fakellm's OpenAI streams), the same count the ledger settled."""
+    with oc(gw) as c:
+        for model, estimated in ((OAI, True), (CLAUDE, False), ("stub/m", False)):
+            raw = c.responses.with_raw_response.create(model=model, input="hello", stream=True)
+            with raw.parse() as s:
+                events = list(s)
+            done = events[-1]
+            assert done.type == "response.completed"
+            usage = done.response.usage
+            assert usage is not None and usage.output_tokens > 0 and usage.input_tokens > 0
+            assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+            extra = usage.model_extra or {}
+            assert extra.get("keyfob_estimated", False) is estimated, model
+            entry = row(gw[0], raw.headers[h.REQUEST_ID])
+            assert entry["usage_source"] == ("estimated" if estimated else "upstream")
+            assert (entry["input_tokens"], entry["output_tokens"]) == (
+                usage.input_tokens,
+                usage.output_tokens,
+            )
+        # a whole answer without usage, translated: Keyfob's count, flagged, too
+        whole = c.responses.with_raw_response.create(model="stub/m", input="hello")
+        usage = whole.parse().usage
+        assert usage is not None and (usage.model_extra or {}).get("keyfob_estimated") is True
+        entry = row(gw[0], whole.headers[h.REQUEST_ID])
+        assert (entry["usage_source"], entry["output_tokens"]) == ("estimated", usage.output_tokens)
+    with ac(gw) as a:
+        msg = a.messages.create(
+            model="stub/m", max_tokens=20, messages=[{"role": "user", "content": "hello"}]
+        )
+    assert msg.content[0].text == "whole answer"  # type: ignore[union-attr]
+    assert msg.usage.output_tokens > 0 and (msg.usage.model_extra or {})["keyfob_estimated"]
 
 
 def test_embeddings(gw: tuple[KeyfobServer, str, Stub]) -> None:

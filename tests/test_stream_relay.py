@@ -767,6 +767,7 @@ async def test_stream_without_usage_is_settled_from_keyfobs_count(
                     "prompt_tokens": prompt,
                     "completion_tokens": completion,
                     "total_tokens": prompt + completion,
+                    "keyfob_estimated": True,  # Keyfob's count, not the upstream's
                 },
             }
         )

@@ -34,6 +34,7 @@ from keyfob.gateway.state import GatewayState
 from keyfob.gateway.streams import AnthropicWatcher, OpenAIWatcher, Watcher
 from keyfob.gateway.surface import Plan, Surface
 from keyfob.gateway.translate import Untranslatable
+from keyfob.gateway.translate.responses import ESTIMATED_FLAG
 from keyfob.gateway.upstream_errors import MAX_ERROR_BODY, passed_headers, upstream_error
 from keyfob.gateway.validate import loads, parse_json
 from keyfob.limits import BodyTooLarge, read_limited
@@ -385,7 +386,12 @@ async def _whole_answer(
     left = await meter.settle(s)
     if plan.whole is not None:
         headers = {**known, **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left)}
-        return JSONResponse(plan.whole(data), status_code=status, headers=headers)
+        if parsed is None:  # a translated answer carries Keyfob's own count, flagged
+            data["usage"] = counted.to_anthropic() if wire == "anthropic" else counted.to_openai()
+        answer = plan.whole(data)
+        if parsed is None and isinstance(answer.get("usage"), dict):
+            answer["usage"][ESTIMATED_FLAG] = True
+        return JSONResponse(answer, status_code=status, headers=headers)
     return RawHeadersResponse(
         raw,
         status,

@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 from keyfob.gateway.estimate import estimate_async
 from keyfob.gateway.headers import STREAM_COST_COMMENT
 from keyfob.gateway.meter import Meter
-from keyfob.gateway.streams import OpenAIPassThrough, Transform, Watcher
+from keyfob.gateway.streams import OpenAIPassThrough, Transform, Translating, Watcher
+from keyfob.gateway.translate.responses import ESTIMATED_FLAG
 from keyfob.gateway.translate.sse import Splitter
 from keyfob.money import format_usd
 from keyfob.pricing.usage import TokenUsage
@@ -86,6 +87,8 @@ class StreamRelay:
         comment = f": {STREAM_COST_COMMENT}={format_usd(cost)}\n".encode("ascii")
         if not out:
             return comment
+        if self.counted is not None and isinstance(self.transform, Translating):
+            out = self.transform.with_counted_usage(out, self.counted)
         return b"".join(out[:-1]) + self._counted_usage_chunk() + comment + out[-1]
 
     def _counted_usage_chunk(self) -> bytes:
@@ -107,6 +110,7 @@ class StreamRelay:
                 "prompt_tokens": u.input_tokens,
                 "completion_tokens": u.output_tokens,
                 "total_tokens": u.input_tokens + u.output_tokens,
+                ESTIMATED_FLAG: True,
             },
         }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"

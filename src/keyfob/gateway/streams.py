@@ -325,6 +325,12 @@ class Translating:
             pending = [out for ev in pending for out in stage.feed(ev)] + stage.finish()
         return pending
 
+    def with_counted_usage(self, events: list[bytes], usage: TokenUsage) -> list[bytes]:
+        """The terminal events with Keyfob's own count, where the last stage reports
+        usage there (the Responses API's ``response.completed``)."""
+        amend = getattr(self.stages[-1], "with_counted_usage", None)
+        return events if amend is None else list(amend(events, usage))
+
     def error_event(self, message: str) -> bytes:
         if self.style == "anthropic":
             return anthropic_error(message)

@@ -206,6 +206,10 @@ def response(data: dict[str, Any], body: dict[str, Any], *, model: str) -> dict[
     )
 
 
+#: Set on a ``usage`` object that is Keyfob's own count rather than the upstream's report.
+ESTIMATED_FLAG = "keyfob_estimated"
+
+
 # --- streams --------------------------------------------------------------------------
 
 
@@ -228,6 +232,8 @@ class ChatToResponsesStream:
         self.finish_reason: str | None = None
         self.done = False
         self.error: str | None = None
+        #: (event type, sequence number, status) of the terminal event, once sent.
+        self.terminal: tuple[str, int, str] | None = None
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.seq, **fields}
@@ -404,5 +410,19 @@ class ChatToResponsesStream:
         incomplete = self.finish_reason == "length"
         status = "incomplete" if incomplete else "completed"
         kind = "response.incomplete" if incomplete else "response.completed"
+        self.terminal = (kind, self.seq, status)
         out.append(self._event(kind, response=self._envelope(status, self.usage)))
         return out
+
+    def with_counted_usage(self, events: list[bytes], usage: TokenUsage) -> list[bytes]:
+        """``events`` with the terminal event carrying ``usage``, Keyfob's own count,
+        when the upstream reported none (fakellm, llama.cpp's server...): clients that log
+        usage from ``response.completed`` (the ``llm`` CLI) would record nothing. Flagged
+        ``keyfob_estimated`` so an app can tell it from the provider's own report."""
+        if self.usage is not None or self.terminal is None or not events:
+            return events
+        kind, seq, status = self.terminal
+        env = self._envelope(status, usage)
+        env["usage"][ESTIMATED_FLAG] = True
+        payload = {"type": kind, "sequence_number": seq, "response": env}
+        return [*events[:-1], named_event(kind, payload)]
