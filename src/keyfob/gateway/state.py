@@ -18,7 +18,7 @@ from keyfob.pricing.prices import Price, UnknownPrice, price_for
 from keyfob.providers import ProviderAdapter
 from keyfob.providers.linking import decrypt_key
 from keyfob.store.records import Grant, Provider, Token
-from keyfob.terms import check_credential
+from keyfob.terms import check_credential, clean_credential
 from keyfob.vault import VaultError
 
 PROVIDERS_TTL_S = 3.0
@@ -85,6 +85,7 @@ class GatewayState:
         verdict = check_credential(provider.kind, api_key)
         if not verdict.allowed:
             raise GatewayError(403, verdict.explanation, code="credential_forbidden_by_terms")
+        api_key = clean_credential(api_key)  # one stored before normalisation existed
         self.keys.put(key_id, (api_key,))
         return api_key
 

@@ -19,7 +19,7 @@ import aiohttp
 from keyfob.context import Keyfob
 from keyfob.providers import UpstreamError
 from keyfob.store.records import Provider
-from keyfob.terms import check_credential
+from keyfob.terms import check_credential, clean_credential
 from keyfob.tokens import new_id
 
 log = logging.getLogger("keyfob.providers")
@@ -139,10 +139,11 @@ async def link_provider(
     if not (base_url or "").strip() and default:
         base_url = default  # a hosted API (openai, anthropic, gemini, openrouter)
     url = await normalise_base_url(base_url, hosted=kf.settings.mode == "hosted")
-    api_key = api_key.strip() if api_key and api_key.strip() else None
     verdict = check_credential(kind, api_key)
     if not verdict.allowed:
         raise LinkRefused(verdict.explanation)
+    # stored as an upstream needs it: no BOM, zero-width characters or "Bearer " prefix
+    api_key = clean_credential(api_key)
     if await kf.store.providers.by_name(user_id, name) is not None:
         raise LinkRefused(f"a provider named {name!r} already exists")
     clean_models = [m.strip() for m in models if m and m.strip()]

@@ -6,7 +6,7 @@ called when a provider is linked *and* before every upstream call, so a credenti
 was stored before a rule existed is still never sent upstream.
 """
 
-from keyfob.terms.check import Verdict, check_credential
+from keyfob.terms.check import Verdict, check_credential, clean_credential
 from keyfob.terms.registry import RULES, Rule
 
-__all__ = ["RULES", "Rule", "Verdict", "check_credential"]
+__all__ = ["RULES", "Rule", "Verdict", "check_credential", "clean_credential"]

@@ -36,14 +36,47 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule(
         credential="claude_subscription_oauth",
-        pattern=r"^\s*sk-ant-oat",
+        # access (oat) and refresh (ort) tokens of Claude Free/Pro/Max sign-in
+        pattern=r"^\s*sk-ant-o[ar]t",
         verdict="forbidden",
         summary=(
-            "Claude Free/Pro/Max subscription OAuth tokens may not be used in any other "
-            "product (the Agent SDK included), nor collected, stored or intermediated "
-            "by one; link an Anthropic API key (sk-ant-api...) instead"
+            "Claude Free/Pro/Max subscription OAuth tokens (access sk-ant-oat..., refresh "
+            "sk-ant-ort...) are for Claude Code and Claude.ai only: not in any other "
+            "product (the Agent SDK included), nor collected, stored or intermediated by "
+            "one, and third parties may not offer a Claude.ai login; link an Anthropic API "
+            "key (sk-ant-api...) instead"
         ),
-        source="Anthropic: code.claude.com legal-and-compliance",
+        source=(
+            "Anthropic: code.claude.com legal-and-compliance (changed 2026-02-17/18; "
+            "server-side blocking reported from 2026-01-09)"
+        ),
+        checked="2026-12",
+    ),
+    Rule(
+        credential="claude_ai_session_key",
+        pattern=r"^\s*sk-ant-sid",
+        verdict="forbidden",
+        summary=(
+            "a claude.ai session key (sk-ant-sid...) is a consumer sign-in; consumer "
+            "credentials are for Claude Code and Claude.ai only, never another product; "
+            "link an Anthropic API key (sk-ant-api...) instead"
+        ),
+        source="Anthropic: code.claude.com legal-and-compliance (changed 2026-02-17/18)",
+        checked="2026-12",
+    ),
+    Rule(
+        credential="claude_consumer_credential",
+        # any other sk-ant- form (or a Claude Code credentials file): not an API key, so
+        # refused until the registry knows it (fail closed)
+        pattern=r"^\s*sk-ant-(?!api)|claudeAiOauth|\bclaude\.ai\b|console\.anthropic\.com/oauth",
+        verdict="forbidden",
+        summary=(
+            "an Anthropic credential that is not an API key (Claude Code's credentials "
+            "file, a Claude.ai sign-in or an unknown sk-ant- form); only API keys "
+            "(sk-ant-api...) may serve third-party apps"
+        ),
+        source="Anthropic: code.claude.com legal-and-compliance (changed 2026-02-17/18)",
+        checked="2026-12",
     ),
     Rule(
         credential="gemini_cli_oauth",
@@ -51,19 +84,26 @@ RULES: tuple[Rule, ...] = (
         # OAuth token (ya29. access / 1// refresh), which Keyfob cannot tell apart from it.
         pattern=(
             r"681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j|\"refresh_token\"\s*:"
-            r"|^\s*ya29\.|^\s*1//"
+            r"|^\s*ya29\.|^\s*1//|accounts\.google\.com"
         ),
         verdict="forbidden",
         summary=(
-            "Gemini CLI OAuth credentials may not be used from third-party software "
-            "(accounts get suspended); link a Gemini API key (AIza...) instead"
+            "Gemini CLI (and Antigravity) OAuth credentials may not be used from "
+            "third-party software, proxying them included (accounts get suspended); link "
+            "a Gemini API key (AIza... or AQ....) instead"
         ),
-        source="Google: gemini-cli docs/resources/tos-privacy.md",
+        source=("Google: gemini-cli docs/resources/tos-privacy.md (proxying banned 2026-02)"),
+        checked="2026-12",
     ),
     Rule(
         credential="chatgpt_codex_signin",
-        # Codex CLI's auth.json carries ChatGPT sign-in tokens under "tokens"/"id_token".
-        pattern=r"\"id_token\"\s*:|\"account_id\"\s*:",
+        # Codex CLI's auth.json ("tokens"/"id_token"/"account_id"), a ChatGPT access token
+        # (a JWT issued by auth.openai.com with https://api.openai.com/ claims), or an old
+        # ChatGPT session token.
+        pattern=(
+            r"\"id_token\"\s*:|\"account_id\"\s*:|auth\.openai\.com|api\.openai\.com/auth"
+            r"|chatgpt\.com|^\s*sess-"
+        ),
         verdict="forbidden",
         summary=(
             "ChatGPT/Codex sign-in has no official third-party flow and uses "
@@ -71,6 +111,7 @@ RULES: tuple[Rule, ...] = (
             "API key instead"
         ),
         source="OpenAI: developers.openai.com codex-for-oss; Codex app-server docs",
+        checked="2026-12",
     ),
     Rule(
         credential="anthropic_api_key",
@@ -95,10 +136,15 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         credential="gemini_api_key",
-        pattern=r"^\s*AIza",
+        # classic keys (AIza...) and the auth keys with the AQ. prefix that replace
+        # unrestricted keys during 2026
+        pattern=r"^\s*(AIza|AQ\.)",
         verdict="allowed",
-        summary="Gemini API keys are billed to the key owner and may serve any app",
-        source="Google: Gemini API additional terms of service",
+        summary=(
+            "Gemini API keys (AIza... and AQ....) are billed to the key owner and may serve any app"
+        ),
+        source="Google: Gemini API additional terms of service; ai.google.dev api-key docs",
+        checked="2026-12",
     ),
     Rule(
         credential="huggingface_token",
@@ -107,6 +153,29 @@ RULES: tuple[Rule, ...] = (
         summary="Hugging Face tokens (inference-api scope) are billed to their owner",
         source="Hugging Face: hub-docs oauth.md",
     ),
+)
+
+#: A JSON document with no credential the registry knows: a file, not a key.
+CREDENTIAL_FILE = Rule(
+    credential="credential_file",
+    pattern=r"",
+    verdict="forbidden",
+    summary=(
+        "a JSON credentials file is not an API key (and sign-in files are what the "
+        "providers' terms forbid sharing); paste the API key itself"
+    ),
+    source="Keyfob terms registry (DESIGN.md section 6)",
+    checked="2026-12",
+)
+
+#: Text with spaces or control characters inside: no provider's key, and unsafe in a header.
+MALFORMED = Rule(
+    credential="malformed",
+    pattern=r"",
+    verdict="forbidden",
+    summary="the credential contains spaces or control characters, so it is not an API key",
+    source="Keyfob terms registry (RFC 9110 field values)",
+    checked="2026-12",
 )
 
 #: The verdict for a credential no rule recognises (a generic per-token API key).
