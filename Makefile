@@ -1,7 +1,7 @@
 # One entry per task; CI (.ci/run) calls the same ones.
 PYTHON ?= python3
 
-.PHONY: install test test-llama lint typecheck format bench services browser
+.PHONY: install test test-llama test-js lint typecheck format bench services browser
 
 install:  ## the project and its test tools, editable
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -12,9 +12,12 @@ test:  ## the whole default suite (what the README and CI run)
 test-llama:  ## the real-model tests (builds llama-cpp-python the first time)
 	PYTHON=$(PYTHON) bash scripts/llama.sh
 
+test-js:  ## the JavaScript client's node:test suite (also run by `make test`)
+	cd clients/js && node --test test/
+
 lint:
-	$(PYTHON) -m ruff check src tests bench
-	$(PYTHON) -m ruff format --check src tests bench
+	$(PYTHON) -m ruff check src tests bench examples clients
+	$(PYTHON) -m ruff format --check src tests bench examples clients
 
 typecheck:
 	$(PYTHON) -m mypy

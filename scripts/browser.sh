@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What the browser tests need, installed when missing: Debian's Chromium (driven by
 # Python Playwright through /usr/bin/chromium; Playwright never downloads a browser here)
-# and axe-core from npm (tests/js, pinned by its lock file), injected into pages by tests.
+# and axe-core from npm (tests/js, pinned by its lock file), injected into pages by tests;
+# the official openai JS SDK for the example chat app (examples/browser-chat, pinned by
+# its lock file, served by the example itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +17,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 if [ ! -f tests/js/node_modules/axe-core/axe.min.js ]; then
   (cd tests/js && npm ci --no-audit --no-fund --silent)
+fi
+if [ ! -f examples/browser-chat/node_modules/openai/index.mjs ]; then
+  (cd examples/browser-chat && npm ci --no-audit --no-fund --silent)
 fi
