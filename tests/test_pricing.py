@@ -134,3 +134,59 @@ def test_integer_cost_path_equals_the_decimal_one(
     fast = price.cost_micro_usd(usage)
     object.__setattr__(price, "_scaled", None)
     assert fast == price.cost_micro_usd(usage)
+
+
+# --- prices across catalogues (issue 15) ---------------------------------------------------
+
+
+def test_openai_compatible_finds_a_model_in_another_catalogue() -> None:
+    """genai-prices finds ``text-embedding-3-small`` only when told the catalogue: an
+    OpenAI-compatible proxy serving it must still get its price, not a 400."""
+    for base_url in ("http://127.0.0.1:9999/v1", ""):
+        p = price_for(
+            "text-embedding-3-small",
+            overrides={},
+            is_local=False,
+            kind="openai_compatible",
+            base_url=base_url,
+        )
+        assert (p.source, p.catalogue) == ("genai-prices", "openai")
+        assert p.cost_micro_usd(TokenUsage(1_000_000, 0)) == 20_000  # $0.02 per MTok
+
+
+def test_catalogue_of_the_kind_the_base_url_and_a_vendor_prefix() -> None:
+    kinds = price_for("gpt-4o-mini", overrides={}, is_local=False, kind="openai")
+    assert kinds.catalogue == "openai"
+    groq = price_for(
+        "llama-3.1-8b-instant",
+        overrides={},
+        is_local=False,
+        kind="openai_compatible",
+        base_url="https://api.groq.com/openai/v1",
+    )
+    assert groq.catalogue == "groq"
+    vendor = price_for(
+        "openai/text-embedding-3-large", overrides={}, is_local=False, kind="openai_compatible"
+    )
+    assert vendor.catalogue == "openai" and vendor.input_per_mtok > 0
+    with pytest.raises(UnknownPrice):
+        price_for("nobody/no-such-model-xyz", overrides={}, is_local=False, kind="openai")
+
+
+def test_catalogues_that_disagree_give_the_higher_price() -> None:
+    """When only a scan of every catalogue finds a model, and they price it differently,
+    the higher price is taken: a cost is never understated."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    from keyfob.pricing.prices import _priced
+
+    snap = get_snapshot()
+    chosen = price_for("text-embedding-3-small", overrides={}, is_local=False)
+    listed = [
+        _priced("text-embedding-3-small", p.id)
+        for p in snap.providers
+        if any(m.is_match("text-embedding-3-small") for m in p.models)
+    ]
+    assert len(listed) >= 2
+    highest = max(c.total_price for c in listed if c is not None)
+    assert chosen.cost_micro_usd(TokenUsage(10**6, 10**6)) == int(highest * 10**6)

@@ -339,7 +339,16 @@ def models_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
             overrides = await kf.store.providers.prices(p.id)
             for m in p.models:
                 try:
-                    source = price_for(m, overrides=overrides, is_local=p.is_local).source
+                    found = price_for(
+                        m,
+                        overrides=overrides,
+                        is_local=p.is_local,
+                        kind=p.kind,
+                        base_url=p.base_url,
+                    )
+                    source = found.source
+                    if found.catalogue:
+                        source += f" ({found.catalogue})"
                 except UnknownPrice:
                     source = "unknown (set one: keyfob providers price)"
                 rows.append((f"{p.name}/{m}", p.name, source))

@@ -96,6 +96,8 @@ class GatewayState:
                     model,
                     overrides=await kf.store.providers.prices(provider.id),
                     is_local=provider.is_local,
+                    kind=provider.kind,
+                    base_url=provider.base_url,
                 )
             except UnknownPrice as exc:
                 return str(exc)

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from genai_prices import Usage, calc_price
+from genai_prices.data_snapshot import get_snapshot
 
 from keyfob.pricing.usage import TokenUsage
 from keyfob.store.records import PriceOverride
@@ -60,6 +61,8 @@ class Price:
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
     model_price: Any = None  # genai_prices ModelPrice, when tiered
+    #: The genai-prices catalogue (provider id) the price was found in.
+    catalogue: str | None = None
     #: The four rates x 10^6 as integers, when all are exact at that scale (None: not).
     _scaled: tuple[int, int, int | None, int | None] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -117,14 +120,68 @@ def _flat(value: Any) -> Decimal | None:
     raise TypeError("tiered")
 
 
-@lru_cache(maxsize=4096)
-def _library_price(model: str, provider_hint: str | None) -> Price | None:
+#: The genai-prices catalogue of each built-in provider kind (``openai_compatible`` has
+#: none: its catalogue is found from its base URL or the model id).
+KIND_CATALOGUE = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "openrouter": "openrouter",
+}
+#: A usage that weighs every rate, to compare one model's price across catalogues.
+_REFERENCE = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+
+
+def _priced(model: str, catalogue: str | None, api_url: str | None = None) -> Any | None:
+    """genai-prices' calculation for ``model`` in one catalogue (by id or API URL), or
+    the library's own guess when both are None; None when it is not there."""
     try:
-        found = calc_price(Usage(input_tokens=0, output_tokens=0), model, provider_id=provider_hint)
+        if api_url is not None:
+            return calc_price(_REFERENCE, model, provider_api_url=api_url)
+        return calc_price(_REFERENCE, model, provider_id=catalogue)
     except LookupError:
-        if provider_hint is None:
-            return None
-        return _library_price(model, None)
+        return None
+
+
+def _lookup(model: str, catalogue: str | None, api_url: str | None) -> Any | None:
+    """Where a model's price comes from, most specific first.
+
+    Why across catalogues: an ``openai_compatible`` provider (a proxy, a gateway, a
+    self-hosted OpenAI clone) serves models whose prices sit in another provider's
+    catalogue, and genai-prices only guesses a catalogue from the model id for some
+    families (``text-embedding-3-small`` is found in OpenAI's catalogue, but not without
+    naming it). So: the provider kind's own catalogue, the one its base URL belongs to, a
+    ``vendor/model`` id's vendor, the library's guess, then every catalogue that lists the
+    model id; when those disagree, the highest price, so a cost is never understated."""
+    for cat, url in ((catalogue, None), (None, api_url)):
+        if cat is not None or url is not None:
+            found = _priced(model, cat, url)
+            if found is not None:
+                return found
+    vendor, slash, bare = model.partition("/")
+    if slash and bare:
+        found = _priced(bare, vendor)
+        if found is not None:
+            return found
+    found = _priced(model, None)
+    if found is not None:
+        return found
+    refs = [model.lower(), bare.lower()] if slash and bare else [model.lower()]
+    priced = []
+    for p in get_snapshot().providers:
+        ref = next((r for r in refs if any(m.is_match(r) for m in p.models)), None)
+        found = _priced(ref, p.id) if ref is not None else None
+        if found is not None:
+            priced.append(found)
+    first_party = set(KIND_CATALOGUE.values())  # on a tie, the model maker's own list
+    return max(priced, key=lambda c: (c.total_price, c.provider.id in first_party), default=None)
+
+
+@lru_cache(maxsize=4096)
+def _library_price(model: str, catalogue: str | None, api_url: str | None = None) -> Price | None:
+    found = _lookup(model, catalogue, api_url)
+    if found is None:
+        return None
     mp = found.model_price
     try:
         return Price(
@@ -133,9 +190,10 @@ def _library_price(model: str, provider_hint: str | None) -> Price | None:
             _flat(mp.output_mtok) or Decimal(0),
             _flat(mp.cache_read_mtok),
             _flat(getattr(mp, "cache_write_mtok", None)),
+            catalogue=found.provider.id,
         )
     except TypeError:
-        return Price("genai-prices", model_price=mp)
+        return Price("genai-prices", model_price=mp, catalogue=found.provider.id)
 
 
 def price_for(
@@ -143,9 +201,11 @@ def price_for(
     *,
     overrides: dict[str, PriceOverride],
     is_local: bool,
-    provider_hint: str | None = None,
+    kind: str | None = None,
+    base_url: str | None = None,
 ) -> Price:
-    """The price of ``model``: override first, then the snapshot, then free if local."""
+    """The price of ``model``: override first, then free if local, then the snapshot
+    (the catalogue of the provider's kind or base URL first, see ``_lookup``)."""
     o = overrides.get(model)
     if o is not None:
         cached = o.cached_input_micro_usd_per_mtok
@@ -158,7 +218,7 @@ def price_for(
         )
     if is_local:
         return Price("local")
-    found = _library_price(model, provider_hint)
+    found = _library_price(model, KIND_CATALOGUE.get(kind or ""), base_url or None)
     if found is None:
         raise UnknownPrice(
             f"no price is known for model {model!r}; set one with "
