@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -98,7 +99,13 @@ async def _seed(data_dir: Path) -> str:
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
     data_dir = tmp_path_factory.mktemp("fuzz")
     token = asyncio.run(_seed(data_dir))
-    app = create_app(Settings(data_dir=data_dir, upstream_connect_timeout_s=0.5))
+    app = create_app(
+        Settings(
+            data_dir=data_dir,
+            upstream_connect_timeout_s=0.5,
+            registrations_per_hour_per_address=10**6,  # so the parser is what is fuzzed
+        )
+    )
     with TestClient(app, base_url="http://127.0.0.1:8787") as c:
         yield c, token
 
@@ -196,3 +203,258 @@ def test_form_endpoints_never_500(
     c, _token = client
     r = c.post(path, data=form)
     assert r.status_code < 500, (path, form, r.status_code, r.text[:500])
+
+
+# --- parser limits (issue 11): nesting, lone surrogates, each in the surface's format ---
+
+DEPTH_BODIES = {
+    "/v1/chat/completions": lambda extra: {
+        "model": "fake/m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    },
+    "/v1/messages": lambda extra: {
+        "model": "fake/m1",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    },
+    "/v1/messages/count_tokens": lambda extra: {
+        "model": "fake/m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    },
+    "/v1/responses": lambda extra: {"model": "fake/m1", "input": "hi", **extra},
+    "/v1/embeddings": lambda extra: {"model": "fake/m1", "input": "hi", **extra},
+    "/v1/keyfob/quote": lambda extra: {
+        "model": "fake/m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    },
+    "/oauth/register": lambda extra: {
+        "client_name": "x",
+        "redirect_uris": ["http://127.0.0.1:1/cb"],
+        **extra,
+    },
+}
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def post_raw(c: TestClient, token: str, path: str, raw: bytes) -> Any:
+    return c.post(
+        path,
+        content=raw,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "anthropic-version": "2023-06-01",
+        },
+    )
+
+
+def assert_refused_in_surface_format(path: str, r: Any, needle: str) -> None:
+    assert r.status_code == 400, (path, r.status_code, r.text[:300])
+    body = r.json()
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        message = body["error"]["message"]
+    elif path.startswith("/oauth/"):
+        assert body["error"] == "invalid_request"
+        message = body["error_description"]
+    else:
+        assert body["error"]["type"] == "invalid_request_error"
+        message = body["error"]["message"]
+    assert needle in message, (path, message)
+
+
+@pytest.mark.parametrize("depth", [65, 200, 1_000, 1_030, 5_000])
+@pytest.mark.parametrize("path", list(DEPTH_BODIES))
+def test_deep_nesting_is_a_400_in_the_surface_format(
+    client: tuple[TestClient, str], path: str, depth: int
+) -> None:
+    c, token = client
+    head = json.dumps(DEPTH_BODIES[path]({"metadata": None}))
+    raw = head.replace("null", nested(depth - 1), 1).encode()  # 1 object + arrays
+    assert_refused_in_surface_format(path, post_raw(c, token, path, raw), "nested deeper")
+    # the whole body as an array nested that deep, too
+    assert_refused_in_surface_format(
+        path, post_raw(c, token, path, nested(depth).encode()), "nested deeper"
+    )
+
+
+@pytest.mark.parametrize("path", list(DEPTH_BODIES))
+def test_nesting_at_the_limit_is_parsed(client: tuple[TestClient, str], path: str) -> None:
+    c, token = client
+    head = json.dumps(DEPTH_BODIES[path]({"metadata": None}))
+    raw = head.replace("null", nested(63), 1).encode()  # 1 object + 63 arrays = 64
+    r = post_raw(c, token, path, raw)
+    assert r.status_code != 500 and "nested deeper" not in r.text, (path, r.text[:300])
+
+
+@pytest.mark.parametrize(
+    "escape", ["\\ud800", "\\udfff", "\\udc00\\ud800", "x\\ud83d", "\\ud83d y", "\\ud800\\u0041"]
+)
+@pytest.mark.parametrize("path", list(DEPTH_BODIES))
+def test_lone_surrogates_are_a_400_in_the_surface_format(
+    client: tuple[TestClient, str], path: str, escape: str
+) -> None:
+    c, token = client
+    body = json.dumps(DEPTH_BODIES[path]({"metadata": {"k": "PLACEHOLDER"}}))
+    as_value = body.replace("PLACEHOLDER", escape).encode()
+    as_key = body.replace('"k"', f'"{escape}"').replace("PLACEHOLDER", "v").encode()
+    for raw in (as_value, as_key):
+        assert_refused_in_surface_format(path, post_raw(c, token, path, raw), "surrogate")
+
+
+def test_a_surrogate_pair_is_fine(client: tuple[TestClient, str]) -> None:
+    c, token = client
+    raw = (
+        b'{"model": "fake/m1", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}],'
+        b' "big": 123456789012345678901234567890}'
+    )
+    r = post_raw(c, token, "/v1/keyfob/quote", raw)
+    assert r.status_code == 200, r.text
+
+
+# every content-block kind of every surface, each field free to be any JSON value
+BLOCK_KINDS = {
+    "chat": ["text", "image_url", "input_audio", "file", "refusal", "nope"],
+    "messages": [
+        "text",
+        "image",
+        "document",
+        "tool_use",
+        "tool_result",
+        "thinking",
+        "redacted_thinking",
+        "search_result",
+        "server_tool_use",
+        "web_search_tool_result",
+        "container_upload",
+        "nope",
+    ],
+    "responses": [
+        "input_text",
+        "input_image",
+        "input_file",
+        "output_text",
+        "refusal",
+        "message",
+        "function_call",
+        "function_call_output",
+        "reasoning",
+        "nope",
+    ],
+}
+BLOCK_FIELDS = [
+    "text",
+    "image_url",
+    "url",
+    "source",
+    "data",
+    "media_type",
+    "id",
+    "name",
+    "input",
+    "content",
+    "tool_use_id",
+    "file",
+    "file_id",
+    "file_data",
+    "filename",
+    "input_audio",
+    "format",
+    "detail",
+    "is_error",
+    "cache_control",
+    "citations",
+    "thinking",
+    "signature",
+    "arguments",
+    "call_id",
+    "output",
+    "role",
+    "title",
+]
+sources = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["base64", "url", "file", "text", "content", "nope"])},
+        optional={
+            "media_type": json_values | st.sampled_from(["image/png", "application/pdf"]),
+            "data": json_values | st.just("iVBORw0KGgo="),
+            "url": json_values | st.just("https://example.com/a.png"),
+            "file_id": json_values,
+            "content": json_values,
+        },
+    ),
+)
+
+
+def blocks(surface: str) -> st.SearchStrategy[dict[str, object]]:
+    return st.sampled_from(BLOCK_KINDS[surface]).flatmap(
+        lambda kind: st.fixed_dictionaries(
+            {"type": st.just(kind)},
+            optional={
+                name: (sources if name == "source" else json_values) for name in BLOCK_FIELDS
+            },
+        )
+    )
+
+
+def conversation(surface: str) -> st.SearchStrategy[list[dict[str, object]]]:
+    roles = st.sampled_from(["user", "assistant", "system", "tool", "developer"])
+    message = st.fixed_dictionaries(
+        {"role": roles, "content": st.one_of(st.lists(blocks(surface), max_size=3), json_values)},
+        optional={"tool_calls": json_values, "tool_call_id": json_values, "name": json_values},
+    )
+    return st.lists(message, min_size=1, max_size=3)
+
+
+BLOCK_BODIES = {
+    "/v1/chat/completions": conversation("chat").map(lambda m: {"model": "fake/m1", "messages": m}),
+    "/v1/keyfob/quote": conversation("chat").map(lambda m: {"model": "fake/m1", "messages": m}),
+    "/v1/messages": st.tuples(conversation("messages"), st.lists(blocks("messages"))).map(
+        lambda t: {"model": "fake/m1", "max_tokens": 8, "messages": t[0], "system": t[1]}
+    ),
+    "/v1/messages/count_tokens": conversation("messages").map(
+        lambda m: {"model": "fake/m1", "messages": m}
+    ),
+    "/v1/responses": st.lists(
+        st.one_of(blocks("responses"), conversation("responses").map(lambda m: m[0])),
+        min_size=1,
+        max_size=3,
+    ).map(lambda items: {"model": "fake/m1", "input": items}),
+}
+
+
+@pytest.mark.parametrize("path", list(BLOCK_BODIES))
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_wrong_types_inside_every_content_block_never_500(
+    client: tuple[TestClient, str], path: str, data: st.DataObject
+) -> None:
+    c, token = client
+    body = data.draw(BLOCK_BODIES[path])
+    raw = json.dumps(body, allow_nan=True)
+    r = post_raw(c, token, path, raw.encode())
+    assert r.status_code < 500 or r.status_code in (502, 503, 504), (path, raw, r.text)
+
+
+def test_known_500_image_source_number(client: tuple[TestClient, str]) -> None:
+    """The review's case: an Anthropic image block whose source is a number."""
+    c, token = client
+    body = {
+        "model": "fake/m1",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": [{"type": "image", "source": 5}]}],
+    }
+    r = post_raw(c, token, "/v1/messages", json.dumps(body).encode())
+    assert r.status_code == 400, r.text

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from keyfob import limits
 from keyfob.gateway.errors import invalid
 
 MAX_N = 8
@@ -29,21 +30,15 @@ def loads(raw: bytes | str) -> Any:
         return json.loads(raw)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_json(raw: bytes) -> dict[str, Any]:
     """A client's request body: strict JSON (RFC 8259), so ``NaN`` and ``Infinity`` are
-    refused as the providers' own APIs refuse them, and every body Keyfob forwards can
-    be re-encoded by orjson exactly (``providers.http.dumps``)."""
+    refused as the providers' own APIs refuse them, at most ``MAX_JSON_DEPTH`` deep and
+    valid Unicode (``limits.parse_json``), so every body Keyfob forwards can be
+    re-encoded by orjson exactly (``providers.http.dumps``)."""
     try:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = json.loads(raw, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError):
-        raise invalid("request body is not valid JSON", code="invalid_json") from None
+        body = limits.parse_json(raw)
+    except limits.InvalidJson as exc:
+        raise invalid(str(exc), code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid("request body must be a JSON object", code="invalid_json")
     return body

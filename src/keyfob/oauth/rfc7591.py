@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+from keyfob.limits import InvalidJson, parse_json
 from keyfob.oauth.clients import InvalidClient, check_name, check_redirect_uris
 from keyfob.oauth.errors import OAuthError
 from keyfob.oauth.rfc8628 import GRANT_TYPE as DEVICE_GRANT
@@ -58,9 +59,9 @@ def _string_list(body: dict[str, Any], name: str, default: list[str]) -> list[st
 
 def parse(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise OAuthError("invalid_request", "the body must be a JSON object") from None
+        body = parse_json(raw)
+    except InvalidJson as exc:
+        raise OAuthError("invalid_request", f"the body must be a JSON object: {exc}") from None
     if not isinstance(body, dict):
         raise OAuthError("invalid_request", "the body must be a JSON object")
     return body

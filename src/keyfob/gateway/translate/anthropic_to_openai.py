@@ -31,11 +31,16 @@ FINISH_REASONS = {
 
 
 def _image_part(block: dict[str, Any]) -> dict[str, Any]:
-    source = block.get("source") or {}
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise Untranslatable("an image block's 'source' must be an object")
+    media_type, data, url = source.get("media_type", "image/png"), source.get("data"), None
     if source.get("type") == "base64":
-        url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
-    elif source.get("type") == "url":
-        url = str(source.get("url"))
+        if not isinstance(media_type, str) or not isinstance(data, str):
+            raise Untranslatable("a base64 image source needs string media_type and data")
+        url = f"data:{media_type};base64,{data}"
+    elif source.get("type") == "url" and isinstance(source.get("url"), str):
+        url = source["url"]
     else:
         raise Untranslatable("this image source has no OpenAI form")
     return {"type": "image_url", "image_url": {"url": url}}

@@ -74,7 +74,7 @@ def _arguments(raw: Any) -> Any:
         return raw
     try:
         value = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Untranslatable("a tool call's arguments are not valid JSON") from None
     return value if isinstance(value, dict) else {"value": value}
 
