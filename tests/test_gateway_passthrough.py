@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from keyfob.gateway import headers as h
+from keyfob.pricing.model_limits import family_image_rule
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_inproc import ledger, link, mint, sdk
 from tests.oauth_app import InProcess
@@ -100,8 +101,10 @@ def test_image_parts_reach_the_upstream_and_are_bounded(
     assert with_image.parse().choices[0].message.content == "oai answer 0"
     sent = up.bodies("oai")[-2]
     assert sent["messages"] == messages and sent["max_tokens"] == 10
-    # an image is bounded by the configured tokens per image, not by its bytes
-    bound = app.settings.image_token_bound
+    # an inline image is bounded by its model's formula from its size (1 x 1 px), not by
+    # its bytes; model "m" is of no known family: the largest answer of several rules
+    bound = family_image_rule("m").tokens(1, 1, "low")
+    assert bound == 258  # Gemini's smallest image
     assert micro(with_image.headers[h.RESERVED]) - micro(without.headers[h.RESERVED]) == bound
 
 

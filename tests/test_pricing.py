@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from keyfob.gateway.estimate import count, estimate
 from keyfob.pricing.bounds import chat_input_bound, chat_output_bound
+from keyfob.pricing.model_limits import limits_for
 from keyfob.pricing.prices import UnknownPrice, price_for
 from keyfob.pricing.usage import TokenUsage
 from keyfob.store.records import PriceOverride
@@ -84,7 +85,9 @@ def test_image_parts_get_their_bound() -> None:
             }
         ]
     }
-    assert chat_input_bound(body, image_token_bound=2048) >= 2048 + 2
+    # An unreadable image (and a URL one) is bounded by the most its model's rule bills.
+    gpt4o = limits_for("openai", "gpt-4o")
+    assert chat_input_bound(body, model="gpt-4o", limits=gpt4o) >= 85 + 8 * 170 + 2
 
 
 @settings(deadline=None)  # the first call loads the encoder
@@ -92,7 +95,7 @@ def test_image_parts_get_their_bound() -> None:
 def test_byte_bound_covers_the_tokenizer(text: str) -> None:
     """The reservation's input bound is never below a real tokenizer's count."""
     body = _body(text)
-    assert chat_input_bound(body, image_token_bound=0) >= estimate(body, "").input_tokens
+    assert chat_input_bound(body) >= estimate(body, "").input_tokens
     assert count(text) <= len(text.encode("utf-8"))
 
 

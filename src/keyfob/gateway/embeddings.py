@@ -16,6 +16,7 @@ from keyfob.gateway.models import Resolved
 from keyfob.gateway.surface import Plan, Style
 from keyfob.gateway.translate import Untranslatable
 from keyfob.pricing.bounds import embeddings_input_bound
+from keyfob.pricing.model_limits import ModelLimits
 from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import Wire
 from keyfob.settings import Settings
@@ -59,7 +60,9 @@ class EmbeddingsSurface:
     def validate(self, body: dict[str, Any]) -> None:
         embeddings_body(body)
 
-    def bounds(self, body: dict[str, Any], settings: Settings) -> TokenUsage:
+    def bounds(
+        self, body: dict[str, Any], settings: Settings, model: str, limits: ModelLimits | None
+    ) -> TokenUsage:
         return TokenUsage(embeddings_input_bound(body), 0)
 
     def plan(self, body: dict[str, Any], r: Resolved, wire: Wire, settings: Settings) -> Plan:

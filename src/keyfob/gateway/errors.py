@@ -6,10 +6,13 @@ Bearer`` (RFC 6750) so OAuth-aware clients know to fetch a new token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.responses import JSONResponse
+
+from keyfob.pricing.bounds import InputBound, Unbounded
+from keyfob.pricing.model_limits import ModelLimits
 
 _TYPES = {
     400: "invalid_request_error",
@@ -74,3 +77,16 @@ def unauthorized(message: str, *, error: str | None = "invalid_token") -> Gatewa
 
 def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> GatewayError:
     return GatewayError(400, message, code=code, param=param)
+
+
+def bounded(
+    bound: Callable[[dict[str, Any], str, ModelLimits | None], InputBound],
+    body: dict[str, Any],
+    model: str,
+    limits: ModelLimits | None,
+) -> InputBound:
+    """``bound(body, model, limits)``, a request nothing bounds refused with a 400."""
+    try:
+        return bound(body, model, limits)
+    except Unbounded as exc:
+        raise invalid(str(exc), param=exc.param, code="unbounded_cost") from None

@@ -32,6 +32,7 @@ from keyfob.allowance.service import (
     policy_of,
 )
 from keyfob.context import Keyfob
+from keyfob.gateway.bounding import bound_for
 from keyfob.gateway.errors import GatewayError
 from keyfob.gateway.headers import FALLBACK_FROM, keyfob_headers
 from keyfob.gateway.meter import Meter
@@ -130,7 +131,8 @@ async def _candidate(call: Call, hooks: Hooks, canonical: str) -> tuple[Any, ...
         adapter = gw.adapter(kf, r.provider.kind)
         plan = hooks.plan(call.surface, call.body, r, adapter, kf)
         api_key = await gw.credential(kf, r.provider)
-        q = await hooks.quote(kf, gw, r, call.bound)
+        bound = await bound_for(kf, gw, call.surface, call.body, r)  # its own image rule...
+        q = await hooks.quote(kf, gw, r, bound)
     except GatewayError as exc:
         log.info("fallback model %s skipped: %s", canonical, exc.code)
         return None

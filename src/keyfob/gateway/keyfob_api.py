@@ -25,7 +25,7 @@ from keyfob.allowance.usage import parse_groups, summarize, to_csv
 from keyfob.allowance.windows import zone
 from keyfob.context import Keyfob
 from keyfob.gateway.auth import authenticate
-from keyfob.gateway.errors import GatewayError
+from keyfob.gateway.errors import GatewayError, bounded
 from keyfob.gateway.estimate import input_tokens as estimate_input_tokens
 from keyfob.gateway.headers import iso_utc
 from keyfob.gateway.models import resolve
@@ -33,7 +33,7 @@ from keyfob.gateway.state import GatewayState
 from keyfob.gateway.validate import chat_body, parse_json
 from keyfob.limits import BodyTooLarge, read_limited
 from keyfob.money import format_usd
-from keyfob.pricing.bounds import chat_input_bound, chat_output_bound
+from keyfob.pricing.bounds import chat_input, chat_output_bound
 from keyfob.pricing.usage import TokenUsage
 from keyfob.store.metering import typical_output_tokens, usage_rows
 
@@ -65,9 +65,13 @@ async def quote(request: Request) -> Response:
     r = resolve(grant, await gw.providers_of(kf, grant.user_id), body["model"])
     price = await gw.price(kf, r.provider, r.upstream_model)
     s = kf.settings
+    inp = bounded(
+        chat_input, body, r.upstream_model, await gw.limits(kf, r.provider, r.upstream_model)
+    )
     worst = TokenUsage(
-        chat_input_bound(body, image_token_bound=s.image_token_bound),
+        inp.tokens,
         chat_output_bound(body, default_max_output_tokens=s.default_max_output_tokens),
+        tool_uses=inp.tool_uses or None,
     )
     worst_micro = price.cost_micro_usd(worst)
     typical = await typical_output_tokens(kf.store.engine, grant.id, r.canonical)

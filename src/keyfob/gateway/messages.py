@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from keyfob.context import Keyfob
 from keyfob.gateway.auth import authenticate
-from keyfob.gateway.errors import GatewayError, invalid
+from keyfob.gateway.errors import GatewayError, bounded, invalid
 from keyfob.gateway.estimate import count
 from keyfob.gateway.metered import make_plan, metered_call, read_body
 from keyfob.gateway.models import Resolved, resolve
@@ -25,7 +25,8 @@ from keyfob.gateway.streams import AnthropicPassThrough, AnthropicWatcher, Trans
 from keyfob.gateway.surface import Plan, Style
 from keyfob.gateway.translate import Untranslatable, anthropic_to_openai, openai_to_anthropic
 from keyfob.gateway.upstream_errors import MAX_ERROR_BODY
-from keyfob.pricing.bounds import messages_input_bound
+from keyfob.pricing.bounds import messages_input
+from keyfob.pricing.model_limits import ModelLimits
 from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import UpstreamError, Wire
 from keyfob.settings import Settings
@@ -71,11 +72,11 @@ class MessagesSurface:
     def validate(self, body: dict[str, Any]) -> None:
         messages_body(body)
 
-    def bounds(self, body: dict[str, Any], settings: Settings) -> TokenUsage:
-        return TokenUsage(
-            messages_input_bound(body, image_token_bound=settings.image_token_bound),
-            int(body["max_tokens"]),
-        )
+    def bounds(
+        self, body: dict[str, Any], settings: Settings, model: str, limits: ModelLimits | None
+    ) -> TokenUsage:
+        inp = bounded(messages_input, body, model, limits)
+        return TokenUsage(inp.tokens, int(body["max_tokens"]), tool_uses=inp.tool_uses or None)
 
     def plan(self, body: dict[str, Any], r: Resolved, wire: Wire, settings: Settings) -> Plan:
         model = str(body["model"])

@@ -22,6 +22,7 @@ from keyfob.allowance.service import AllowanceExhausted, CredentialRevoked, Rese
 from keyfob.context import Keyfob
 from keyfob.gateway import fallback
 from keyfob.gateway.auth import authenticate
+from keyfob.gateway.bounding import call_bound
 from keyfob.gateway.deadline import deadlines
 from keyfob.gateway.errors import GatewayError, invalid, unauthorized
 from keyfob.gateway.estimate import estimate_async, message_text
@@ -177,7 +178,7 @@ async def metered_call(request: Request, surface: Surface) -> Response:
     plan = make_plan(surface, body, r, adapter, kf)
     api_key = await gw.credential(kf, r.provider)
     streamed = body.get("stream") is True
-    bound = surface.bounds(body, kf.settings)
+    bound = await call_bound(kf, gw, grant, surface, body, r)
     reservation, q = await _reserve(
         kf,
         gw,

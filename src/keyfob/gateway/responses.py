@@ -12,14 +12,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from keyfob.gateway.errors import invalid
+from keyfob.gateway.errors import bounded, invalid
 from keyfob.gateway.metered import metered_call
 from keyfob.gateway.models import Resolved
 from keyfob.gateway.streams import Translating
 from keyfob.gateway.surface import Plan, Style
 from keyfob.gateway.translate import anthropic_to_openai, openai_to_anthropic
 from keyfob.gateway.translate import responses as tr
-from keyfob.pricing.bounds import chat_input_bound, chat_output_bound
+from keyfob.pricing.bounds import chat_input, chat_output_bound
+from keyfob.pricing.model_limits import ModelLimits
 from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import Wire
 from keyfob.settings import Settings
@@ -52,11 +53,15 @@ class ResponsesSurface:
     def validate(self, body: dict[str, Any]) -> None:
         responses_body(body)
 
-    def bounds(self, body: dict[str, Any], settings: Settings) -> TokenUsage:
-        chat = tr.request(body, model=str(body["model"]))
+    def bounds(
+        self, body: dict[str, Any], settings: Settings, model: str, limits: ModelLimits | None
+    ) -> TokenUsage:
+        chat = tr.request(body, model=model)
+        inp = bounded(chat_input, chat, model, limits)
         return TokenUsage(
-            chat_input_bound(chat, image_token_bound=settings.image_token_bound),
+            inp.tokens,
             chat_output_bound(chat, default_max_output_tokens=settings.default_max_output_tokens),
+            tool_uses=inp.tool_uses or None,
         )
 
     def plan(self, body: dict[str, Any], r: Resolved, wire: Wire, settings: Settings) -> Plan:

@@ -7,6 +7,7 @@ changes, and a terms verdict is re-taken with it, so no code path skips the chec
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from starlette.applications import Starlette
 from keyfob.context import Keyfob
 from keyfob.gateway.cache import TTLCache
 from keyfob.gateway.errors import GatewayError
+from keyfob.pricing.model_limits import ModelLimits, limits_for
 from keyfob.pricing.prices import Price, UnknownPrice, price_for
 from keyfob.providers import ProviderAdapter
 from keyfob.providers.linking import decrypt_key
@@ -33,6 +35,10 @@ class GatewayState:
     #: (key,) per (provider id, envelope): a 1-tuple so "no key" differs from a miss.
     keys: TTLCache[tuple[str | None]] = field(default_factory=lambda: TTLCache(KEYS_TTL_S))
     prices: TTLCache[Price | str] = field(default_factory=lambda: TTLCache(PRICES_TTL_S))
+    #: (limits,) per (provider id, model): a 1-tuple so "no limits known" differs from a miss.
+    limits_cache: TTLCache[tuple[ModelLimits | None]] = field(
+        default_factory=lambda: TTLCache(PRICES_TTL_S)
+    )
     adapters: dict[str, ProviderAdapter] = field(default_factory=dict)
 
     @staticmethod
@@ -89,10 +95,22 @@ class GatewayState:
         self.keys.put(key_id, (api_key,))
         return api_key
 
+    async def limits(self, kf: Keyfob, provider: Provider, model: str) -> ModelLimits | None:
+        """The model's limits: the person's overrides, else shipped data (None: unknown)."""
+
+        async def load() -> tuple[ModelLimits | None]:
+            overrides = await kf.store.providers.limits(provider.id)
+            # The first look-up of a model scans genai-prices' data (milliseconds): off the loop.
+            return (await asyncio.to_thread(limits_for, provider.kind, model, overrides),)
+
+        found = await self.limits_cache.get_or_load((provider.id, model), load)
+        assert found is not None
+        return found[0]
+
     async def price(self, kf: Keyfob, provider: Provider, model: str) -> Price:
         async def load() -> Price | str:
             try:
-                return price_for(
+                found = price_for(
                     model,
                     overrides=await kf.store.providers.prices(provider.id),
                     is_local=provider.is_local,
@@ -101,6 +119,9 @@ class GatewayState:
                 )
             except UnknownPrice as exc:
                 return str(exc)
+            if found.source == "local":
+                return found  # the person's own hardware: no fees either
+            return found.with_tool_prices(await self.limits(kf, provider, model))
 
         found = await self.prices.get_or_load((provider.id, model), load)
         assert found is not None

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from keyfob.gateway.models import Resolved
 from keyfob.gateway.streams import Transform, Watcher
+from keyfob.pricing.model_limits import ModelLimits
 from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import Wire
 from keyfob.settings import Settings
@@ -44,8 +45,12 @@ class Surface(Protocol):
     def validate(self, body: dict[str, Any]) -> None:
         """Raise a 400 ``GatewayError`` for a body Keyfob cannot meter or relay."""
 
-    def bounds(self, body: dict[str, Any], settings: Settings) -> TokenUsage:
-        """Upper bounds on input and output tokens (the worst case to reserve)."""
+    def bounds(
+        self, body: dict[str, Any], settings: Settings, model: str, limits: ModelLimits | None
+    ) -> TokenUsage:
+        """Upper bounds on input and output tokens and on server-tool uses (the worst case
+        to reserve) when ``model`` (with ``limits``) serves the call; a 400 when nothing
+        bounds what the call can bill (``pricing.bounds.Unbounded``)."""
 
     def plan(self, body: dict[str, Any], r: Resolved, wire: Wire, settings: Settings) -> Plan:
         """How this call goes to a provider speaking ``wire`` (``Untranslatable`` if it

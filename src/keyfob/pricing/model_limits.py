@@ -24,6 +24,9 @@ from typing import Any
 from genai_prices import data as genai_data
 
 from keyfob.pricing.images import ImageRule
+from keyfob.store.records import LimitOverride
+
+__all__ = ["LimitOverride", "ModelLimits", "ToolPrice", "limits_for"]
 
 #: Output maximum assumed when no source publishes one (today's default output limit).
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -40,15 +43,6 @@ SEARCH_TOOLS = frozenset({"anthropic-web-search", "openai-web-search", "gemini-g
 
 #: genai-prices' provider ids for Keyfob's provider kinds (a hint; any provider is tried).
 _GENAI_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
-
-
-@dataclass(frozen=True, slots=True)
-class LimitOverride:
-    """A person's own limits for one model of one provider (None: keep the shipped one)."""
-
-    context_window_tokens: int | None = None
-    max_output_tokens: int | None = None
-    image_rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +154,16 @@ def _data() -> _Data:
 def image_rule_names() -> list[str]:
     """The image rules a person may pick in an override."""
     return sorted(_data().rules)
+
+
+def tool_names() -> list[str]:
+    """Every server-side tool with a per-use price."""
+    return sorted(_data().tools)
+
+
+def shipped_tool(name: str) -> ToolPrice:
+    """A server-side tool's shipped per-use price (for a model with no known limits)."""
+    return _data().tools[name]
 
 
 def family_image_rule(model: str) -> ImageRule:

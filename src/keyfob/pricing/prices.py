@@ -10,7 +10,7 @@ here with Decimal arithmetic, and only tiered prices go back through the library
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, Decimal
 from functools import lru_cache
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from genai_prices import Usage, calc_price
 from genai_prices.data_snapshot import get_snapshot
 
+from keyfob.pricing.model_limits import ModelLimits, shipped_tool, tool_names
 from keyfob.pricing.usage import TokenUsage
 from keyfob.store.records import PriceOverride
 
@@ -63,6 +64,9 @@ class Price:
     model_price: Any = None  # genai_prices ModelPrice, when tiered
     #: The genai-prices catalogue (provider id) the price was found in.
     catalogue: str | None = None
+    #: Fees per use of server-side tools, integer micro-USD by tool name (the model's
+    #: limits, ``model_limits.py``); a tool missing here costs its shipped price.
+    tool_micro_usd: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
     #: The four rates x 10^6 as integers, when all are exact at that scale (None: not).
     _scaled: tuple[int, int, int | None, int | None] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -78,6 +82,7 @@ class Price:
         has at most six decimals (all of genai-prices' and any a person types), the sum
         is computed on integers scaled by 10^6 and rounded up once: the same exact result
         as the Decimal path, at a tenth of the cost (it runs twice per call)."""
+        fees = self.fees_micro_usd(u.tool_uses) if u.tool_uses else 0
         scaled = self._scaled
         if scaled is not None:
             rin, rout, rread, rwrite = scaled
@@ -88,7 +93,7 @@ class Price:
                 exact += cached * (rread or 0)
             if written:
                 exact += written * (rwrite or 0)
-            return -(-exact // 1_000_000)
+            return -(-exact // 1_000_000) + fees
         if self.model_price is not None:
             calc = self.model_price.calc_price(
                 Usage(
@@ -98,7 +103,7 @@ class Price:
                     cache_write_tokens=u.cache_write_tokens or None,
                 )
             )
-            return _ceil_micro(Decimal(calc["total_price"]) * 1_000_000)
+            return _ceil_micro(Decimal(calc["total_price"]) * 1_000_000) + fees
         read_rate = self.cache_read_per_mtok
         write_rate = self.cache_write_per_mtok
         cached = u.cache_read_tokens if read_rate is not None else 0
@@ -109,7 +114,27 @@ class Price:
             total += cached * (read_rate or Decimal(0))
         if written:
             total += written * (write_rate or Decimal(0))
-        return _ceil_micro(total)
+        return _ceil_micro(total) + fees
+
+    def fees_micro_usd(self, tool_uses: dict[str, int]) -> int:
+        """What ``tool_uses`` cost in per-use fees (integer micro-USD, exact)."""
+        total = 0
+        for name, uses in tool_uses.items():
+            rate = self.tool_micro_usd.get(name)
+            if rate is None:
+                try:
+                    rate = shipped_tool(name).micro_usd_per_use
+                except KeyError:
+                    rate = 0  # a tool Keyfob never admits, reported by a stray upstream
+            total += rate * uses
+        return total
+
+    def with_tool_prices(self, limits: ModelLimits | None) -> Price:
+        """This price with the model's own per-use tool fees (a person's limits included)."""
+        if limits is None:
+            return self
+        fees = {name: limits.tool_price(name).micro_usd_per_use for name in tool_names()}
+        return replace(self, tool_micro_usd=fees)
 
 
 def _flat(value: Any) -> Decimal | None:

@@ -5,6 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+#: ``usage.server_tool_use`` counters and the tools they count (Anthropic's Messages; an
+#: OpenAI-compatible upstream such as OpenRouter reports web searches the same way).
+_ANTHROPIC_TOOLS = {
+    "web_search_requests": "anthropic-web-search",
+    "web_fetch_requests": "anthropic-web-fetch",
+}
+_OPENAI_TOOLS = {"web_search_requests": "openai-web-search"}
+
+
+def _server_tool_uses(report: Any, names: dict[str, str]) -> dict[str, int] | None:
+    """Per-use tool counts from a ``server_tool_use`` object; None when there are none.
+    A malformed counter raises ``ValueError``/``TypeError`` like any usage field."""
+    if not isinstance(report, dict):
+        return None
+    uses: dict[str, int] = {}
+    for key, tool in names.items():
+        n = int(report.get(key) or 0)
+        if n < 0:
+            raise ValueError(key)
+        if n:
+            uses[tool] = n
+    return uses or None
+
 
 #: Not frozen, for speed: a frozen dataclass sets each field through
 #: ``object.__setattr__`` (measured 4-6x slower to build), and this one is built
@@ -20,11 +43,15 @@ class TokenUsage:
     cache_write_tokens: int = 0
     #: Reasoning tokens (a subset of output_tokens).
     reasoning_tokens: int = 0
+    #: Uses of server-side tools billed per use, by tool (``model_limits.toml``'s names:
+    #: ``anthropic-web-search``...); None when the upstream reported none.
+    tool_uses: dict[str, int] | None = None
 
     @classmethod
     def from_openai(cls, usage: dict[str, Any]) -> TokenUsage | None:
         """Parse an OpenAI ``usage`` object; None when it is not one."""
         try:
+            tools = _server_tool_uses(usage.get("server_tool_use"), _OPENAI_TOOLS)
             prompt = int(usage.get("prompt_tokens") or 0)
             completion = int(usage.get("completion_tokens") or 0)
             details = usage.get("prompt_tokens_details") or {}
@@ -39,7 +66,7 @@ class TokenUsage:
             return None
         if prompt < 0 or completion < 0 or cached < 0 or reasoning < 0:
             return None
-        return cls(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
+        return cls(prompt, completion, min(cached, prompt), 0, min(reasoning, completion), tools)
 
     @classmethod
     def from_anthropic(cls, usage: dict[str, Any]) -> TokenUsage | None:
@@ -49,6 +76,7 @@ class TokenUsage:
         prompt cache, while ours (like OpenAI's ``prompt_tokens``) includes them.
         """
         try:
+            tools = _server_tool_uses(usage.get("server_tool_use"), _ANTHROPIC_TOOLS)
             plain = int(usage.get("input_tokens") or 0)
             output = int(usage.get("output_tokens") or 0)
             written = int(usage.get("cache_creation_input_tokens") or 0)
@@ -57,7 +85,7 @@ class TokenUsage:
             return None
         if min(plain, output, written, read) < 0:
             return None
-        return cls(plain + written + read, output, read, written, 0)
+        return cls(plain + written + read, output, read, written, 0, tools)
 
     def to_openai(self) -> dict[str, Any]:
         """As OpenAI's chat-completions ``usage`` (cached and reasoning details included)."""

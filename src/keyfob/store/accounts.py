@@ -11,7 +11,7 @@ from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyfob.store import schema as t
-from keyfob.store.records import Catalog, PriceOverride, Provider, User
+from keyfob.store.records import Catalog, LimitOverride, PriceOverride, Provider, User
 from keyfob.tokens import new_id
 
 
@@ -231,6 +231,11 @@ class ProvidersRepo:
             await conn.execute(
                 delete(t.price_overrides).where(t.price_overrides.c.provider_id == provider_id)
             )
+            await conn.execute(
+                delete(t.model_limit_overrides).where(
+                    t.model_limit_overrides.c.provider_id == provider_id
+                )
+            )
             await conn.execute(delete(t.providers).where(t.providers.c.id == provider_id))
 
     async def set_price(
@@ -258,6 +263,36 @@ class ProvidersRepo:
                     cached_input_micro_usd_per_mtok=cached_input_micro_usd_per_mtok,
                 )
             )
+
+    async def set_limits(self, provider_id: str, model: str, limits: LimitOverride) -> None:
+        """Set (or, with every field None, remove) a person's limits for a model."""
+        lo = t.model_limit_overrides
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(lo).where(lo.c.provider_id == provider_id, lo.c.model == model)
+            )
+            if limits == LimitOverride():
+                return
+            await conn.execute(
+                insert(lo).values(
+                    provider_id=provider_id,
+                    model=model,
+                    context_window_tokens=limits.context_window_tokens,
+                    max_output_tokens=limits.max_output_tokens,
+                    image_rule=limits.image_rule,
+                    updated_at=time.time(),
+                )
+            )
+
+    async def limits(self, provider_id: str) -> dict[str, LimitOverride]:
+        """The person's limit overrides for a provider's models, by model name."""
+        lo = t.model_limit_overrides
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(lo).where(lo.c.provider_id == provider_id))).all()
+        return {
+            r.model: LimitOverride(r.context_window_tokens, r.max_output_tokens, r.image_rule)
+            for r in rows
+        }
 
     async def prices(self, provider_id: str) -> dict[str, PriceOverride]:
         async with self.engine.connect() as conn:

@@ -87,6 +87,15 @@ class PriceOverride:
     cached_input_micro_usd_per_mtok: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class LimitOverride:
+    """A person's own limits for one model of one provider (None: keep the shipped one)."""
+
+    context_window_tokens: int | None = None
+    max_output_tokens: int | None = None
+    image_rule: str | None = None
+
+
 @dataclass(frozen=True)
 class Client:
     id: str

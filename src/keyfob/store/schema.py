@@ -79,6 +79,19 @@ price_overrides = Table(
     Column("cached_input_micro_usd_per_mtok", BigInteger, nullable=True),
 )
 
+#: A person's own limits for a model (``keyfob providers limits``): they win over the
+#: shipped model data (``pricing/model_limits.toml``) field by field; NULL keeps it.
+model_limit_overrides = Table(
+    "model_limit_overrides",
+    metadata,
+    Column("provider_id", String(32), ForeignKey("providers.id"), primary_key=True),
+    Column("model", String(255), primary_key=True),
+    Column("context_window_tokens", BigInteger, nullable=True),
+    Column("max_output_tokens", BigInteger, nullable=True),
+    Column("image_rule", String(64), nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
 clients = Table(
     "clients",
     metadata,
