@@ -36,7 +36,13 @@ from keyfob.gateway.streams import AnthropicWatcher, OpenAIWatcher, Watcher
 from keyfob.gateway.surface import Plan, Surface
 from keyfob.gateway.translate import Untranslatable
 from keyfob.gateway.translate.responses import ESTIMATED_FLAG
-from keyfob.gateway.upstream_errors import MAX_ERROR_BODY, passed_headers, upstream_error
+from keyfob.gateway.upstream_errors import (
+    MAX_ERROR_BODY,
+    mask_bytes,
+    passed_headers,
+    secret_bytes,
+    upstream_error,
+)
 from keyfob.gateway.validate import loads, parse_json
 from keyfob.limits import BodyTooLarge, read_limited
 from keyfob.pricing.prices import Price
@@ -247,6 +253,7 @@ async def metered_call(request: Request, surface: Surface) -> Response:
             relay = StreamRelay(
                 meter, upstream, plan.estimate_body, watcher, plan.transform(watcher)
             )
+            relay.secret = secret_bytes(api_key)  # masked in every event sent
             headers = {
                 **known,
                 **keyfob_headers(
@@ -255,7 +262,7 @@ async def metered_call(request: Request, surface: Surface) -> Response:
             }
             upstream, handed_over = None, True
             return MeteredStream(relay, headers)
-        return await _whole_answer(meter, upstream, plan, adapter.wire, known)
+        return await _whole_answer(meter, upstream, plan, adapter.wire, known, api_key)
     finally:
         if upstream is not None:
             upstream.close()
@@ -292,7 +299,7 @@ async def _error_answer(
     left = await meter.settle(s)
     err.headers = {
         **known,
-        **passed_headers(upstream.headers),
+        **passed_headers(upstream.headers, api_key),
         **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left),
         **err.headers,
     }
@@ -340,10 +347,11 @@ async def _whole_answer(
     plan: Plan,
     wire: str,
     known: dict[str, str],
+    api_key: str | None = None,
 ) -> Response:
     status = upstream.status
     try:
-        raw = await upstream.read()
+        raw = mask_bytes(await upstream.read(), secret_bytes(api_key))
     except (TimeoutError, aiohttp.ClientError) as exc:
         s = meter.charged(f"upstream answer broke off ({type(exc).__name__})", status)
         left = await meter.settle(s)

@@ -27,6 +27,7 @@ from keyfob.gateway.meter import Meter
 from keyfob.gateway.streams import OpenAIPassThrough, Transform, Translating, Watcher
 from keyfob.gateway.translate.responses import ESTIMATED_FLAG
 from keyfob.gateway.translate.sse import Splitter
+from keyfob.gateway.upstream_errors import mask_bytes
 from keyfob.money import format_usd
 from keyfob.pricing.usage import TokenUsage
 
@@ -50,6 +51,9 @@ class StreamRelay:
         self.counted: TokenUsage | None = None
         #: Set by the listener when the client hung up (its cancellation is then ours).
         self.hung_up = False
+        #: The provider key, masked in every event sent should the upstream echo it
+        #: (events are whole when sent, so a key never straddles two sends).
+        self.secret: bytes | None = None
 
     async def complete(self) -> int:
         """The stream ended normally: settle from the upstream's usage or our own count."""
@@ -166,7 +170,7 @@ class StreamRelay:
                         await send(
                             {
                                 "type": "http.response.body",
-                                "body": b"".join(pending),
+                                "body": mask_bytes(b"".join(pending), self.secret),
                                 "more_body": True,
                             }
                         )
@@ -178,7 +182,8 @@ class StreamRelay:
             if listener is not None:
                 listener.cancel()  # what it would hear now is the response's own end
                 listener = None
-            await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+            body = mask_bytes(b"".join(tail), self.secret)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         except asyncio.CancelledError:
             if not self.hung_up or main.uncancel() > cancelling:
                 raise  # not (only) the listener's doing (as ``asyncio.timeout`` decides)
