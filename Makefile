@@ -3,8 +3,9 @@ PYTHON ?= python3
 
 .PHONY: install test test-llama test-js lint typecheck format bench services browser
 
-install:  ## the project and its test tools, editable
+install:  ## the project and its test tools, editable; the Python client for apps too
 	$(PYTHON) -m pip install -e '.[dev]'
+	$(PYTHON) -m pip install -e clients/python
 
 test:  ## the whole default suite (what the README and CI run)
 	$(PYTHON) -m pytest -q
