@@ -21,6 +21,7 @@ from keyfob.allowance.windows import Window, calendar_month, window_for
 from keyfob.store import Store, sqlite_hot
 from keyfob.store.metering import (
     CredentialRevoked,
+    GrantChanged,
     RateLimits,
     Refused,
     RollingLimit,
@@ -44,6 +45,9 @@ __all__ = [
 
 #: How often a held call (policy ``wait``) tries again at most.
 WAIT_POLL_S = 1.0
+#: How many times a reservation reads an edited grant again before giving up (each
+#: edit between two reads costs one; a person does not edit this fast).
+GRANT_RELOADS = 5
 
 
 #: Parsed policies by what they are parsed from; a grant edit changes the key, so an
@@ -144,7 +148,9 @@ def _plan(grant: Grant, policy: Policy, model: str, now: float) -> _Plan:
         w = current_window(lim.period, now, tz_name)
         wkey = w.key if lim.model is None else f"model:{lim.model}:{w.key}"
         by_key[wkey] = w
-        windows.append(WindowLimit(wkey, lim.cap_micro_usd, lim.label, w.resets_at))
+        windows.append(
+            WindowLimit(wkey, lim.cap_micro_usd, lim.label, w.resets_at, w.starts_at, lim.model)
+        )
     rates = None
     if policy.requests_per_minute is not None or policy.tokens_per_minute is not None:
         rates = RateLimits(policy.requests_per_minute, policy.tokens_per_minute)
@@ -197,6 +203,8 @@ class Reservation:
     grant_id: str = ""
     #: Seconds the call was held by a ``wait`` policy before it fitted.
     waited_s: float = 0.0
+    #: The bearer token the call was made with (a revoked one cuts its streams).
+    token_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,11 @@ class AllowanceService:
                 continue
             w = window_for(lim.period, now, grant.timezone)
             key = w.key if lim.model is None else f"model:{lim.model}:{w.key}"
-            st = await self.store.metering.window(grant.id, key)
+            st = await self.store.metering.window_now(
+                grant.id,
+                WindowLimit(key, lim.cap_micro_usd, lim.label, w.resets_at, w.starts_at, lim.model),
+                grant.updated_at,
+            )
             out.append(
                 LimitState(
                     lim.label,
@@ -294,6 +306,7 @@ class AllowanceService:
         CredentialRevoked."""
         policy = policy_of(grant)
         started = time.monotonic()
+        reloads = 0
         while True:
             try:
                 reservation = await self._reserve_once(
@@ -308,6 +321,15 @@ class AllowanceService:
                     tokens_bound,
                     downgraded_from,
                 )
+            except GrantChanged:
+                # edited since the caller read it: plan again under the policy in force
+                # now (a lowered cap applies to this very reservation)
+                reloads += 1
+                fresh = await self.store.grants.get(grant.id)
+                if fresh is None or fresh.revoked_at is not None or reloads > GRANT_RELOADS:
+                    raise CredentialRevoked from None
+                grant, policy = fresh, policy_of(fresh)
+                continue
             except AllowanceExhausted as exc:
                 waited = time.monotonic() - started
                 budget = policy.wait_max_s - waited
@@ -335,6 +357,7 @@ class AllowanceService:
                     reservation.left_micro_usd,
                     reservation.grant_id,
                     waited,
+                    token_hash,
                 )
             return reservation
 
@@ -395,6 +418,7 @@ class AllowanceService:
                     windows,
                     tokens_reserved=tokens_bound,
                     downgraded_from=downgraded_from,
+                    basis=grant.updated_at,
                 )
             )
         if isinstance(result, NotHere):
@@ -425,7 +449,9 @@ class AllowanceService:
         if tightest is None:  # a policy with no spending limit: report the wallet or nothing
             tightest = WindowState("unlimited", 0, 0, 0)
         w = by_key.get(tightest.window_key) or Window(tightest.window_key, now, now)
-        return Reservation(entry_id, amount, w, tightest.left_micro_usd, grant.id)
+        return Reservation(
+            entry_id, amount, w, tightest.left_micro_usd, grant.id, token_hash=token_hash
+        )
 
     async def _reserve_in_store(
         self,
@@ -464,6 +490,7 @@ class AllowanceService:
             wallet_refill_key=plan.month.key,
             downgraded_from=downgraded_from,
             now=now,
+            basis=grant.updated_at,
         )
 
     def settle_now(self, reservation: Reservation, settlement: Settlement) -> int | None:
@@ -488,7 +515,8 @@ class AllowanceService:
                 entry_id=reservation.entry_id,
                 s=settlement,
                 now=time.time(),
-            )
+            ),
+            metering=True,
         )
         if isinstance(states, sqlite_hot.Busy):
             return None

@@ -21,6 +21,7 @@ from keyfob.store import schema as t
 from keyfob.store import sqlite_hot
 from keyfob.store.metering_types import (
     CredentialRevoked,
+    GrantChanged,
     RateLimits,
     Refused,
     Reserved,
@@ -36,6 +37,7 @@ from keyfob.tokens import new_id
 
 __all__ = [
     "CredentialRevoked",
+    "GrantChanged",
     "MeteringRepo",
     "RateLimits",
     "Refused",
@@ -88,8 +90,14 @@ class MeteringRepo:
         wallet_refill_key: str | None = None,
         downgraded_from: str | None = None,
         now: float | None = None,
+        basis: float | None = None,
     ) -> Reserved | Refused:
-        """Check every limit and hold ``amount_micro_usd`` on each, all or nothing."""
+        """Check every limit and hold ``amount_micro_usd`` on each, all or nothing.
+
+        ``basis``: the ``updated_at`` of the grant the caller planned with. A grant edited
+        since raises ``GrantChanged``; a window counter that is missing or was computed
+        for another version is computed from the ledger first (``sqlite_hot.seed_window``
+        has the rule)."""
         now = time.time() if now is None else now
         if self.hot is not None:
             req = ReserveRequest(
@@ -111,16 +119,9 @@ class MeteringRepo:
                 wallet_user_id,
                 wallet_refill_key,
                 downgraded_from,
+                basis,
             )
-            wb = self.hot.writeback
-            if wb is not None:
-                decided = wb.reserve(req)
-                if not isinstance(decided, NotHere):
-                    return decided
-                return await self.hot.run_after_batch(
-                    functools.partial(sqlite_hot.reserve_tx, req=req)
-                )
-            return await self.hot.run(functools.partial(sqlite_hot.reserve_tx, req=req))
+            return await self.reserve_hot(req)
         async with self.engine.connect() as conn:
             trans = await conn.begin()
             try:
@@ -129,7 +130,7 @@ class MeteringRepo:
                 # writer anyway and SQLAlchemy leaves the clause out there.
                 alive = (
                     await conn.execute(
-                        select(t.tokens.c.token_hash)
+                        select(t.grants.c.updated_at)
                         .join(t.grants, t.grants.c.id == t.tokens.c.grant_id)
                         .where(
                             t.tokens.c.token_hash == token_hash,
@@ -143,6 +144,8 @@ class MeteringRepo:
                 ).first()
                 if alive is None:
                     raise CredentialRevoked
+                if basis is not None and alive[0] != basis:
+                    raise GrantChanged
                 refusal = await self._check_ledger_limits(
                     conn, grant_id, amount_micro_usd, rolling or [], rates, tokens_reserved, now
                 )
@@ -150,46 +153,27 @@ class MeteringRepo:
                     await trans.rollback()
                     return refusal
                 states: list[WindowState] = []
+                seeded: list[WindowLimit] = []
                 for w in windows:
-                    await conn.execute(self._insert_window(conn, grant_id, w))
-                    win = t.allowance_windows.c
-                    result = await conn.execute(
-                        update(t.allowance_windows)
-                        .where(
-                            win.grant_id == grant_id,
-                            win.window_key == w.window_key,
-                            win.spent_micro_usd + win.reserved_micro_usd + amount_micro_usd
-                            <= w.cap_micro_usd,
-                        )
-                        .values(
-                            reserved_micro_usd=win.reserved_micro_usd + amount_micro_usd,
-                            cap_micro_usd=w.cap_micro_usd,
-                        )
-                        .returning(
-                            win.window_key,
-                            win.cap_micro_usd,
-                            win.spent_micro_usd,
-                            win.reserved_micro_usd,
-                        )
-                    )
-                    row = result.first()
+                    row = await self._hold(conn, grant_id, w, amount_micro_usd, basis, seeded)
                     if row is None:
                         state = await self._window(conn, grant_id, w.window_key)
-                        await trans.rollback()
                         state = WindowState(
                             state.window_key,
                             w.cap_micro_usd,
                             state.spent_micro_usd,
                             state.reserved_micro_usd,
                         )
-                        return Refused(state, w.label or w.window_key, w.resets_at)
-                    states.append(WindowState(*row))
+                        refused = Refused(state, w.label or w.window_key, w.resets_at)
+                        await self._refuse(conn, trans, grant_id, states, seeded, amount_micro_usd)
+                        return refused
+                    states.append(row)
                 if wallet_user_id is not None:
                     wallet_state = await self._hold_wallet(
                         conn, wallet_user_id, amount_micro_usd, wallet_refill_key, now
                     )
                     if isinstance(wallet_state, Refused):
-                        await trans.rollback()
+                        await self._refuse(conn, trans, grant_id, states, seeded, amount_micro_usd)
                         return wallet_state
                     states.append(wallet_state)
                 await conn.execute(
@@ -218,6 +202,155 @@ class MeteringRepo:
                 if trans.is_active:
                     await trans.rollback()
                 raise
+
+    async def reserve_hot(self, req: ReserveRequest) -> Reserved | Refused:
+        """``reserve`` on SQLite: the serving process's in-memory decision, else one
+        transaction (after the batch, in the serving process)."""
+        assert self.hot is not None
+        wb = self.hot.writeback
+        if wb is not None:
+            decided = wb.reserve(req)
+            if not isinstance(decided, NotHere):
+                return decided
+            done = await self.hot.run_after_batch(
+                functools.partial(sqlite_hot.reserve_tx, req=req), metering=True
+            )
+            if req.seeded:  # no suspension since the transaction: nothing decided between
+                wb.attach(req.grant_id, req.seeded)
+            return done
+        return await self.hot.run(functools.partial(sqlite_hot.reserve_tx, req=req), metering=True)
+
+    async def _hold(
+        self,
+        conn: AsyncConnection,
+        grant_id: str,
+        w: WindowLimit,
+        amount: int,
+        basis: float | None,
+        seeded: list[WindowLimit],
+    ) -> WindowState | None:
+        """Hold ``amount`` on the window (``sqlite_hot.hold_window`` is the same rule)."""
+        win = t.allowance_windows.c
+        fits = [
+            win.grant_id == grant_id,
+            win.window_key == w.window_key,
+            win.spent_micro_usd + win.reserved_micro_usd + amount <= w.cap_micro_usd,
+        ]
+        if w.starts_at is None or basis is None:
+            await conn.execute(self._insert_window(conn, grant_id, w))
+        else:
+            fits.append(win.seeded_for == basis)
+        hold = (
+            update(t.allowance_windows)
+            .where(*fits)
+            .values(
+                reserved_micro_usd=win.reserved_micro_usd + amount, cap_micro_usd=w.cap_micro_usd
+            )
+            .returning(
+                win.window_key, win.cap_micro_usd, win.spent_micro_usd, win.reserved_micro_usd
+            )
+        )
+        row = (await conn.execute(hold)).first()
+        if row is None and w.starts_at is not None and basis is not None:
+            current = (
+                await conn.execute(
+                    select(win.seeded_for).where(
+                        win.grant_id == grant_id, win.window_key == w.window_key
+                    )
+                )
+            ).first()
+            if current is not None and current[0] == basis:
+                return None  # current: the cap is what refused
+            await self._seed(conn, grant_id, w, basis)
+            seeded.append(w)
+            row = (await conn.execute(hold)).first()
+        return WindowState(*row) if row else None
+
+    async def _seed(
+        self, conn: AsyncConnection, grant_id: str, w: WindowLimit, basis: float
+    ) -> None:
+        """Compute the window's counter from the ledger (``sqlite_hot.seed_window``).
+
+        On PostgreSQL the open reservations of the period are locked first: a
+        settlement in progress finishes before they are read (and is then summed as
+        settled), and one that starts later waits for this transaction and reads the
+        window keys it wrote (``_settle`` reads them in its own UPDATE)."""
+        assert w.starts_at is not None
+        L = t.ledger.c
+        cond = [L.grant_id == grant_id, L.created_at >= w.starts_at]
+        if w.model is not None:
+            cond.append(L.model == w.model)
+        open_rows = (
+            await conn.execute(
+                select(L.id, L.reserved_micro_usd, L.window_keys_json)
+                .where(*cond, L.status == "reserved")
+                .with_for_update()
+            )
+        ).all()
+        settled = (
+            await conn.execute(
+                select(func.coalesce(func.sum(func.coalesce(L.cost_micro_usd, 0)), 0)).where(
+                    *cond, L.status != "reserved"
+                )
+            )
+        ).scalar_one()
+        for r in open_rows:
+            keys = json.loads(r.window_keys_json)
+            if w.window_key not in keys:
+                await conn.execute(
+                    update(t.ledger)
+                    .where(L.id == r.id)
+                    .values(window_keys_json=json.dumps([*keys, w.window_key]))
+                )
+        values = dict(
+            grant_id=grant_id,
+            window_key=w.window_key,
+            cap_micro_usd=w.cap_micro_usd,
+            spent_micro_usd=int(settled),
+            reserved_micro_usd=sum(int(r.reserved_micro_usd) for r in open_rows),
+            seeded_for=basis,
+        )
+        dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(t.allowance_windows).values(**values)
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["grant_id", "window_key"],
+                set_={
+                    k: stmt.excluded[k]
+                    for k in (
+                        "cap_micro_usd",
+                        "spent_micro_usd",
+                        "reserved_micro_usd",
+                        "seeded_for",
+                    )
+                },
+            )
+        )
+
+    async def _refuse(
+        self,
+        conn: AsyncConnection,
+        trans: Any,
+        grant_id: str,
+        held: list[WindowState],
+        seeded: list[WindowLimit],
+        amount: int,
+    ) -> None:
+        """Roll back; or, when windows were computed from the ledger on the way, undo only
+        this call's holds and keep them (``sqlite_hot._refuse``)."""
+        if not seeded:
+            await trans.rollback()
+            return
+        win = t.allowance_windows.c
+        for st in held:
+            if st.window_key == "wallet":
+                continue
+            await conn.execute(
+                update(t.allowance_windows)
+                .where(win.grant_id == grant_id, win.window_key == st.window_key)
+                .values(reserved_micro_usd=win.reserved_micro_usd - amount)
+            )
+        await trans.commit()
 
     async def _check_ledger_limits(
         self,
@@ -360,6 +493,50 @@ class MeteringRepo:
         async with self.engine.connect() as conn:
             return await self._window(conn, grant_id, key)
 
+    async def window_now(self, grant_id: str, w: WindowLimit, basis: float) -> WindowState:
+        """The window as the next reservation will see it: its counter when current,
+        else what the ledger holds for its period (what the counter will be computed to;
+        nothing is written here)."""
+        sync_reads()
+        win = t.allowance_windows.c
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(win.spent_micro_usd, win.reserved_micro_usd, win.seeded_for).where(
+                        win.grant_id == grant_id, win.window_key == w.window_key
+                    )
+                )
+            ).first()
+            if row is not None and (row.seeded_for == basis or w.starts_at is None):
+                return WindowState(w.window_key, w.cap_micro_usd, int(row[0]), int(row[1]))
+            if w.starts_at is None:
+                return WindowState(w.window_key, w.cap_micro_usd, 0, 0)
+            L = t.ledger.c
+            cond = [L.grant_id == grant_id, L.created_at >= w.starts_at]
+            if w.model is not None:
+                cond.append(L.model == w.model)
+            held = (
+                await conn.execute(
+                    select(
+                        func.coalesce(
+                            func.sum(
+                                case(
+                                    (L.status == "reserved", 0),
+                                    else_=func.coalesce(L.cost_micro_usd, 0),
+                                )
+                            ),
+                            0,
+                        ),
+                        func.coalesce(
+                            func.sum(case((L.status == "reserved", L.reserved_micro_usd), else_=0)),
+                            0,
+                        ),
+                    ).where(*cond)
+                )
+            ).first()
+        spent, reserved = (int(held[0]), int(held[1])) if held else (0, 0)
+        return WindowState(w.window_key, w.cap_micro_usd, spent, reserved)
+
     async def settle(
         self, entry_id: str, s: Settlement, now: float | None = None
     ) -> tuple[WindowState, ...]:
@@ -372,10 +549,12 @@ class MeteringRepo:
                 if done is not None:
                     return done
                 return await self.hot.run_after_batch(
-                    functools.partial(sqlite_hot.settle_tx, entry_id=entry_id, s=s, now=now)
+                    functools.partial(sqlite_hot.settle_tx, entry_id=entry_id, s=s, now=now),
+                    metering=True,
                 )
             return await self.hot.run(
-                functools.partial(sqlite_hot.settle_tx, entry_id=entry_id, s=s, now=now)
+                functools.partial(sqlite_hot.settle_tx, entry_id=entry_id, s=s, now=now),
+                metering=True,
             )
         async with self.engine.begin() as conn:
             return await self._settle(conn, entry_id, s, now)
@@ -383,37 +562,36 @@ class MeteringRepo:
     async def _settle(
         self, conn: AsyncConnection, entry_id: str, s: Settlement, now: float
     ) -> tuple[WindowState, ...]:
+        # One statement reads the window keys as it moves the row out of ``reserved``: a
+        # window computed from the ledger meanwhile (``_seed``, which locks the row) has
+        # added its key by then.
         row = (
             await conn.execute(
-                select(
+                update(t.ledger)
+                .where(t.ledger.c.id == entry_id, t.ledger.c.status == "reserved")
+                .values(
+                    status=s.status,
+                    cost_micro_usd=s.cost_micro_usd,
+                    usage_source=s.usage_source,
+                    input_tokens=s.input_tokens,
+                    output_tokens=s.output_tokens,
+                    cached_input_tokens=s.cached_input_tokens,
+                    reasoning_tokens=s.reasoning_tokens,
+                    needs_reconciliation=s.needs_reconciliation,
+                    upstream_status=s.upstream_status,
+                    error=s.error,
+                    settled_at=now,
+                )
+                .returning(
                     t.ledger.c.grant_id,
                     t.ledger.c.reserved_micro_usd,
                     t.ledger.c.window_keys_json,
                     t.ledger.c.from_wallet,
                     t.ledger.c.user_id,
-                ).where(t.ledger.c.id == entry_id, t.ledger.c.status == "reserved")
+                )
             )
         ).first()
         if row is None:
-            return ()
-        result = await conn.execute(
-            update(t.ledger)
-            .where(t.ledger.c.id == entry_id, t.ledger.c.status == "reserved")
-            .values(
-                status=s.status,
-                cost_micro_usd=s.cost_micro_usd,
-                usage_source=s.usage_source,
-                input_tokens=s.input_tokens,
-                output_tokens=s.output_tokens,
-                cached_input_tokens=s.cached_input_tokens,
-                reasoning_tokens=s.reasoning_tokens,
-                needs_reconciliation=s.needs_reconciliation,
-                upstream_status=s.upstream_status,
-                error=s.error,
-                settled_at=now,
-            )
-        )
-        if result.rowcount != 1:
             return ()
         states = []
         win = t.allowance_windows.c
@@ -561,6 +739,29 @@ async def rolling_used(
             )
         ).first()
     return (int(row[0]), row[1]) if row else (0, None)
+
+
+async def live_tokens(engine: AsyncEngine, pairs: set[tuple[str, str]], now: float) -> set[str]:
+    """The token hashes among ``pairs`` (token hash, grant id) whose token and grant are
+    both live: one indexed query per 500 pairs (the revocation watch of streams)."""
+    alive: set[str] = set()
+    items = sorted(pairs)
+    async with engine.connect() as conn:
+        for i in range(0, len(items), 500):
+            chunk = items[i : i + 500]
+            rows = await conn.execute(
+                select(t.tokens.c.token_hash, t.tokens.c.grant_id)
+                .join(t.grants, t.grants.c.id == t.tokens.c.grant_id)
+                .where(
+                    t.tokens.c.token_hash.in_([th for th, _g in chunk]),
+                    t.tokens.c.revoked_at.is_(None),
+                    t.tokens.c.expires_at > now,
+                    t.grants.c.revoked_at.is_(None),
+                )
+            )
+            wanted = set(chunk)
+            alive.update(th for th, gid in rows.all() if (th, gid) in wanted)
+    return alive
 
 
 async def mark_webhook(

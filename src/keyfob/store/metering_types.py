@@ -12,12 +12,19 @@ from keyfob.store.records import WindowState
 
 @dataclass(frozen=True)
 class WindowLimit:
-    """A counter window (calendar day/week/month, optionally for one model)."""
+    """A counter window (calendar day/week/month, optionally for one model).
+
+    ``starts_at`` and ``model`` say which ledger rows belong to the window's period: a
+    counter that is new, or was computed for an older version of the grant, is computed
+    again from them (settled costs + open reservations) before it holds anything
+    (``None``: a bare counter that starts at zero, for callers that know no period)."""
 
     window_key: str
     cap_micro_usd: int
     label: str = ""
     resets_at: float | None = None
+    starts_at: float | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class Refused:
 
 class CredentialRevoked(Exception):
     """The token or its grant ended before this call could reserve."""
+
+
+class GrantChanged(Exception):
+    """The grant was edited after the caller read it (its ``updated_at`` moved): the
+    caller reads it again and plans the call under the policy now in force."""
 
 
 #: Not frozen, for speed: a frozen dataclass sets each field through
@@ -103,6 +115,13 @@ class ReserveRequest:
     wallet_user_id: str | None = None
     wallet_refill_key: str | None = None
     downgraded_from: str | None = None
+    #: The ``updated_at`` of the grant the caller planned with: checked with the token
+    #: (``GrantChanged`` when it moved) and the version window counters are computed for
+    #: (None: neither, for callers that plan no grant).
+    basis: float | None = None
+    #: Filled by the transactional path: the windows it computed from the ledger, so
+    #: the serving process's open reservations can be told to settle into them too.
+    seeded: list[WindowLimit] | None = None
 
 
 @functools.lru_cache(maxsize=1024)

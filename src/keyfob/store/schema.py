@@ -195,6 +195,10 @@ allowance_windows = Table(
     Column("cap_micro_usd", BigInteger, nullable=False),
     Column("spent_micro_usd", BigInteger, nullable=False, server_default="0"),
     Column("reserved_micro_usd", BigInteger, nullable=False, server_default="0"),
+    #: The grant's ``updated_at`` this counter was computed from the ledger for: a grant
+    #: edit (cap, window kind, time zone, per-model caps) makes every counter of the grant
+    #: be computed again from the ledger before its next reservation.
+    Column("seeded_for", Float, nullable=True),
 )
 
 ledger = Table(

@@ -41,13 +41,15 @@ from typing import TypeVar
 
 from keyfob.store.metering_types import (
     CredentialRevoked,
+    GrantChanged,
     Refused,
     Reserved,
     ReserveRequest,
     Settlement,
+    WindowLimit,
     keys_json,
 )
-from keyfob.store.records import Client, Token, WindowState
+from keyfob.store.records import Client, Grant, Token, WindowState
 from keyfob.store.sqlite_writeback import WriteBack
 from keyfob.tokens import new_id
 
@@ -124,13 +126,15 @@ class SqliteHotPath:
                 self._helper_conn = _connect(self.path, 5000)
             return self._transaction(self._helper_conn, fn)
 
-    def try_now(self, fn: Callable[[sqlite3.Connection], T]) -> T | Busy:
+    def try_now(self, fn: Callable[[sqlite3.Connection], T], *, metering: bool = False) -> T | Busy:
         """Run ``fn`` in one write transaction inline, or return ``BUSY`` at once when
         another connection holds the write lock (then nothing was done: use ``run``).
 
         Why a synchronous variant: a caller that must not be interrupted half-way (a
         settlement) otherwise needs a task and ``asyncio.shield`` around ``run``; when the
-        transaction completes without suspending, no cancellation can reach it."""
+        transaction completes without suspending, no cancellation can reach it.
+        ``metering``: ``fn`` only reserves or settles (it revokes nothing), so the
+        write-back's token checks and the gateway's bearer cache stay valid."""
         try:
             return self._transaction(self.inline, fn)
         except sqlite3.OperationalError as exc:
@@ -140,19 +144,21 @@ class SqliteHotPath:
             if self.writeback is not None:
                 # this transaction may have revoked a token or moved a window: what the
                 # write-back read from SQLite is read again
-                self.writeback.forget()
+                self.writeback.forget(credentials=not metering)
         return BUSY
 
-    async def run_after_batch(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run_after_batch(
+        self, fn: Callable[[sqlite3.Connection], T], *, metering: bool = False
+    ) -> T:
         """Run ``fn`` in one write transaction after the write-back's batch is written,
         inline only: waiting for the lock rather than moving to the helper thread, so no
         in-memory decision can interleave with it (metering's transactional path)."""
         if self.writeback is None:
-            return await self.run(fn)
+            return await self.run(fn, metering=metering)
         await self.writeback.flush_wait()
         delay = 0.001
         while True:
-            done = self.try_now(fn)
+            done = self.try_now(fn, metering=metering)
             if done is not BUSY:
                 return done  # type: ignore[return-value]
             await asyncio.sleep(delay)
@@ -177,9 +183,9 @@ class SqliteHotPath:
                 self._helper_conn = _connect(self.path, 5000)
             return fn(self._helper_conn)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, metering: bool = False) -> T:
         """Run ``fn`` in one write transaction: inline, or on the helper when busy."""
-        done = self.try_now(fn)
+        done = self.try_now(fn, metering=metering)
         if done is not BUSY:
             return done  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
@@ -226,7 +232,7 @@ class SqliteHotPath:
 # --- the transactions -------------------------------------------------------------------
 
 _ALIVE = (
-    "SELECT 1 FROM tokens JOIN grants ON grants.id = tokens.grant_id "
+    "SELECT grants.updated_at FROM tokens JOIN grants ON grants.id = tokens.grant_id "
     "WHERE tokens.token_hash = ? AND tokens.revoked_at IS NULL AND tokens.expires_at > ? "
     "AND grants.id = ? AND grants.revoked_at IS NULL"
 )
@@ -239,6 +245,26 @@ _HOLD_WINDOW = (
     "cap_micro_usd = ? WHERE grant_id = ? AND window_key = ? "
     "AND spent_micro_usd + reserved_micro_usd + ? <= ? "
     "RETURNING window_key, cap_micro_usd, spent_micro_usd, reserved_micro_usd"
+)
+_HOLD_SEEDED = _HOLD_WINDOW.replace(" RETURNING", " AND seeded_for = ? RETURNING")
+_SEEDED_FOR = "SELECT seeded_for FROM allowance_windows WHERE grant_id = ? AND window_key = ?"
+# The ledger rows of a window's period: every call of the grant (of one model, for a
+# per-model window) reserved since the period began, as the counter would have summed
+# them had it existed all along (a call counts in the window it was reserved in).
+_PERIOD_SETTLED = (
+    "SELECT COALESCE(SUM(COALESCE(cost_micro_usd, 0)), 0) FROM ledger "
+    "WHERE grant_id = ? AND created_at >= ? AND status != 'reserved'"
+)
+_PERIOD_OPEN = (
+    "SELECT id, reserved_micro_usd, window_keys_json FROM ledger "
+    "WHERE grant_id = ? AND created_at >= ? AND status = 'reserved'"
+)
+_SET_WINDOW = (
+    "INSERT INTO allowance_windows (grant_id, window_key, cap_micro_usd, spent_micro_usd, "
+    "reserved_micro_usd, seeded_for) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (grant_id, window_key) DO UPDATE SET cap_micro_usd = excluded.cap_micro_usd, "
+    "spent_micro_usd = excluded.spent_micro_usd, "
+    "reserved_micro_usd = excluded.reserved_micro_usd, seeded_for = excluded.seeded_for"
 )
 _WINDOW = (
     "SELECT window_key, cap_micro_usd, spent_micro_usd, reserved_micro_usd "
@@ -275,32 +301,125 @@ _SETTLE_WINDOW = (
 )
 
 
-def alive(conn: sqlite3.Connection, token_hash: str, grant_id: str, now: float) -> bool:
-    return conn.execute(_ALIVE, (token_hash, now, grant_id)).fetchone() is not None
+def check_alive(conn: sqlite3.Connection, req: ReserveRequest) -> None:
+    """Raise ``CredentialRevoked`` unless token and grant are live, ``GrantChanged`` when
+    the grant was edited after the caller read it (``req.basis``)."""
+    row = conn.execute(_ALIVE, (req.token_hash, req.now, req.grant_id)).fetchone()
+    if row is None:
+        raise CredentialRevoked
+    if req.basis is not None and row[0] != req.basis:
+        raise GrantChanged
+
+
+def period_sums(
+    conn: sqlite3.Connection, grant_id: str, w: WindowLimit
+) -> tuple[int, list[tuple[str, int, str]]]:
+    """(settled cost, open reservations as (id, amount, window keys JSON)) of the
+    window's period in the ledger."""
+    assert w.starts_at is not None
+    model_sql, args = "", [grant_id, w.starts_at]
+    if w.model is not None:
+        model_sql, args = " AND model = ?", [grant_id, w.starts_at, w.model]
+    settled = int(conn.execute(_PERIOD_SETTLED + model_sql, args).fetchone()[0])
+    open_rows = [
+        (str(r[0]), int(r[1]), str(r[2]))
+        for r in conn.execute(_PERIOD_OPEN + model_sql, args).fetchall()
+    ]
+    return settled, open_rows
+
+
+def seed_window(
+    conn: sqlite3.Connection, grant_id: str, w: WindowLimit, basis: float | None
+) -> tuple[int, int]:
+    """Compute the window's counter from the ledger, in the caller's transaction.
+
+    spent = the costs settled in its period, reserved = the reservations still open in
+    it; each open reservation is told to settle into this window too (its
+    ``window_keys_json`` gains the key), so the counter stays exact when they end.
+    Returns (spent, reserved)."""
+    settled, open_rows = period_sums(conn, grant_id, w)
+    key = w.window_key
+    for entry_id, _amount, keys in open_rows:
+        listed = _keys_of(keys)
+        if key not in listed:
+            conn.execute(
+                "UPDATE ledger SET window_keys_json = ? WHERE id = ?",
+                (keys_json((*listed, key)), entry_id),
+            )
+    reserved = sum(amount for _id, amount, _keys in open_rows)
+    conn.execute(_SET_WINDOW, (grant_id, key, w.cap_micro_usd, settled, reserved, basis))
+    return settled, reserved
 
 
 def hold_window(
-    conn: sqlite3.Connection, grant_id: str, key: str, cap: int, amount: int
+    conn: sqlite3.Connection,
+    grant_id: str,
+    key: str,
+    cap: int,
+    amount: int,
+    w: WindowLimit | None = None,
+    basis: float | None = None,
+    seeded: list[WindowLimit] | None = None,
 ) -> WindowState | None:
     """Hold ``amount`` on the window's counter row, creating the row on first use.
 
-    The conditional UPDATE runs first: the row exists on every call but the first of a
-    window, so the ``INSERT ... DO NOTHING`` only runs when the UPDATE matched nothing
-    (no row yet, or the cap is reached), and then the UPDATE is tried once more. Same
-    outcome as insert-then-update (the reference order in ``MeteringRepo``), one
-    statement fewer per call."""
-    args = (amount, cap, grant_id, key, amount, cap)
-    row = conn.execute(_HOLD_WINDOW, args).fetchone()
-    if row is None:
-        if conn.execute(_ENSURE_WINDOW, (grant_id, key, cap)).rowcount != 1:
-            return None  # the row was there: the cap is what refused
+    The conditional UPDATE runs first: the row exists and is current on every call but
+    the first of a window (or of a grant edit), so the other statements only run when
+    the UPDATE matched nothing, and then the UPDATE is tried once more. A window with a
+    period (``w.starts_at``) whose row is missing or was computed for another version of
+    the grant (``seeded_for != basis``) is computed from the ledger first
+    (``seed_window``) and appended to ``seeded``."""
+    if w is None or w.starts_at is None or basis is None:
+        args: tuple[object, ...] = (amount, cap, grant_id, key, amount, cap)
         row = conn.execute(_HOLD_WINDOW, args).fetchone()
+        if row is None:
+            if conn.execute(_ENSURE_WINDOW, (grant_id, key, cap)).rowcount != 1:
+                return None  # the row was there: the cap is what refused
+            row = conn.execute(_HOLD_WINDOW, args).fetchone()
+        return WindowState(*row) if row else None
+    args = (amount, cap, grant_id, key, amount, cap, basis)
+    row = conn.execute(_HOLD_SEEDED, args).fetchone()
+    if row is None:
+        cur = conn.execute(_SEEDED_FOR, (grant_id, key)).fetchone()
+        if cur is not None and cur[0] is not None and cur[0] == basis:
+            return None  # current: the cap is what refused
+        seed_window(conn, grant_id, w, basis)
+        if seeded is not None:
+            seeded.append(w)
+        row = conn.execute(_HOLD_SEEDED, args).fetchone()
     return WindowState(*row) if row else None
 
 
 def window(conn: sqlite3.Connection, grant_id: str, key: str) -> WindowState:
     row = conn.execute(_WINDOW, (grant_id, key)).fetchone()
     return WindowState(*row) if row else WindowState(key, 0, 0, 0)
+
+
+def live_tokens(conn: sqlite3.Connection, pairs: set[tuple[str, str]], now: float) -> set[str]:
+    """The token hashes among ``pairs`` (token hash, grant id) whose token and grant are
+    both live (``metering.live_tokens`` on the inline connection)."""
+    alive: set[str] = set()
+    for token_hash, grant_id in pairs:
+        if conn.execute(_ALIVE, (token_hash, now, grant_id)).fetchone() is not None:
+            alive.add(token_hash)
+    return alive
+
+
+def access_with_grant(
+    conn: sqlite3.Connection, token_hash: str, now: float
+) -> tuple[Token, Grant] | None:
+    """A live access token and its live grant, or None (``TokensRepo.active_with_grant``
+    on the inline connection: two primary-key lookups, no thread handoff)."""
+    found = token(conn, token_hash)
+    if (
+        found is None
+        or found.kind != "access"
+        or found.revoked_at is not None
+        or found.expires_at <= now
+    ):
+        return None
+    row = _row(conn, "SELECT * FROM grants WHERE id = ? AND revoked_at IS NULL", (found.grant_id,))
+    return (found, Grant.of(row)) if row is not None else None
 
 
 def held_since(
@@ -427,8 +546,7 @@ def wallet_tx(
 
 def reserve_tx(conn: sqlite3.Connection, req: ReserveRequest) -> Reserved | Refused:
     """Every limit checked and held, all or nothing (the caller's transaction)."""
-    if not alive(conn, req.token_hash, req.grant_id, req.now):
-        raise CredentialRevoked
+    check_alive(conn, req)
     for lim in req.rolling:
         used, oldest = held_since(conn, req.grant_id, req.now - lim.seconds, lim.model)
         if used + req.amount_micro_usd > lim.cap_micro_usd:
@@ -460,14 +578,26 @@ def reserve_tx(conn: sqlite3.Connection, req: ReserveRequest) -> Reserved | Refu
                 )
             )
     states: list[WindowState] = []
+    seeded: list[WindowLimit] = []
     for w in req.windows:
-        held = hold_window(conn, req.grant_id, w.window_key, w.cap_micro_usd, req.amount_micro_usd)
+        held = hold_window(
+            conn,
+            req.grant_id,
+            w.window_key,
+            w.cap_micro_usd,
+            req.amount_micro_usd,
+            w,
+            req.basis,
+            seeded,
+        )
         if held is None:
             st = window(conn, req.grant_id, w.window_key)
             state = WindowState(
                 st.window_key, w.cap_micro_usd, st.spent_micro_usd, st.reserved_micro_usd
             )
-            raise Rollback(Refused(state, w.label or w.window_key, w.resets_at))
+            return _refuse(
+                conn, req, states, seeded, Refused(state, w.label or w.window_key, w.resets_at)
+            )
         states.append(held)
     if req.wallet_user_id is not None:
         if req.wallet_refill_key is not None:
@@ -475,7 +605,8 @@ def reserve_tx(conn: sqlite3.Connection, req: ReserveRequest) -> Reserved | Refu
         got = hold_wallet(conn, req.wallet_user_id, req.amount_micro_usd)
         if got is None:
             balance, reserved = wallet_state(conn, req.wallet_user_id)
-            raise Rollback(Refused(WindowState("wallet", balance, 0, reserved), "wallet", None))
+            refused = Refused(WindowState("wallet", balance, 0, reserved), "wallet", None)
+            return _refuse(conn, req, states, seeded, refused)
         states.append(WindowState("wallet", got[0], 0, got[1]))
     insert_entry(
         conn,
@@ -496,7 +627,31 @@ def reserve_tx(conn: sqlite3.Connection, req: ReserveRequest) -> Reserved | Refu
             req.downgraded_from,
         ),
     )
+    if seeded:
+        req.seeded = seeded
     return Reserved(req.entry_id, tuple(states))
+
+
+def _refuse(
+    conn: sqlite3.Connection,
+    req: ReserveRequest,
+    held: list[WindowState],
+    seeded: list[WindowLimit],
+    refused: Refused,
+) -> Refused:
+    """Refuse: roll everything back, unless windows were computed from the ledger on
+    the way; then only this call's holds are undone and the computed windows are kept
+    (so a stream of refusals after a grant edit does not sum the ledger each time)."""
+    if not seeded:
+        raise Rollback(refused)
+    for st in held:
+        conn.execute(
+            "UPDATE allowance_windows SET reserved_micro_usd = reserved_micro_usd - ? "
+            "WHERE grant_id = ? AND window_key = ?",
+            (req.amount_micro_usd, req.grant_id, st.window_key),
+        )
+    req.seeded = seeded
+    return refused
 
 
 def settle_tx(

@@ -57,6 +57,7 @@ import orjson
 
 from keyfob.store.metering_types import (
     CredentialRevoked,
+    GrantChanged,
     Refused,
     Reserved,
     ReserveRequest,
@@ -80,14 +81,17 @@ FLUSH_MAX_OPS = 512
 JOURNAL_TRUNCATE_BYTES = 1 << 20
 
 _ALIVE_UNTIL = (
-    "SELECT tokens.expires_at FROM tokens JOIN grants ON grants.id = tokens.grant_id "
+    "SELECT tokens.expires_at, grants.updated_at FROM tokens "
+    "JOIN grants ON grants.id = tokens.grant_id "
     "WHERE tokens.token_hash = ? AND tokens.revoked_at IS NULL AND tokens.expires_at > ? "
     "AND grants.id = ? AND grants.revoked_at IS NULL"
 )
 _WINDOW = (
-    "SELECT spent_micro_usd, reserved_micro_usd FROM allowance_windows "
+    "SELECT spent_micro_usd, reserved_micro_usd, seeded_for FROM allowance_windows "
     "WHERE grant_id = ? AND window_key = ?"
 )
+#: ``_base`` of a window with no row in SQLite (its ``seeded_for`` matches nothing).
+_NO_ROW = -1.0
 _COLUMNS = (
     "id, grant_id, user_id, client_id, provider_id, model, endpoint, streamed, status, "
     "reserved_micro_usd, window_keys_json, needs_reconciliation, created_at, "
@@ -154,6 +158,8 @@ class _Open:
     caps: tuple[int, ...]
     #: Its ledger row while it waits in the batch (None once written to SQLite).
     row: list[Any] | None
+    created_at: float = 0.0
+    model: str = ""
 
 
 def _settled_fields(s: Settlement, now: float) -> tuple[Any, ...]:
@@ -185,11 +191,16 @@ class WriteBack:
             ) from None
         self.fd = fd
         self._version = -1
-        #: (token hash, grant id) -> the token's expiry, while data_version stays put.
-        self._alive: dict[tuple[str, str], float] = {}
-        #: (grant id, window key) -> [spent, reserved] as SQLite held them when read, plus
-        #: what was written since.
-        self._base: dict[tuple[str, str], list[int]] = {}
+        #: Bumped whenever tokens or grants may have changed (another connection
+        #: committed, or this process ran a transaction that may revoke): what the
+        #: gateway caches about a bearer token is valid while this stays put.
+        self.generation = 0
+        #: (token hash, grant id) -> (the token's expiry, the grant's updated_at), while
+        #: data_version stays put.
+        self._alive: dict[tuple[str, str], tuple[float, float]] = {}
+        #: (grant id, window key) -> [spent, reserved, seeded_for] as SQLite held them
+        #: when read, plus what was written since.
+        self._base: dict[tuple[str, str], list[Any]] = {}
         #: (grant id, window key) -> [cap, spent delta, reserved delta] not yet written.
         self._delta: dict[tuple[str, str], list[int]] = {}
         self._open: dict[str, _Open] = {}
@@ -273,19 +284,35 @@ class WriteBack:
             self._version = version
             self.forget()
 
-    def forget(self) -> None:
-        """Drop everything read from SQLite (kept: what was decided here, unwritten)."""
+    def current_generation(self) -> int:
+        """``generation`` after noticing any commit of another connection (~2 us)."""
+        self._check_version()
+        return self.generation
+
+    def forget(self, credentials: bool = True) -> None:
+        """Drop everything read from SQLite (kept: what was decided here, unwritten).
+
+        ``credentials=False`` after a metering transaction of this process: it moved
+        windows but cannot have revoked anything, so the token checks stay cached."""
         self._base.clear()
-        self._alive.clear()
+        if credentials:
+            self._alive.clear()
+            self.generation += 1
+
+    def _read_base(self, ident: tuple[str, str]) -> list[Any]:
+        base = self._base.get(ident)
+        if base is None:
+            row = self.conn.execute(_WINDOW, ident).fetchone()
+            base = [int(row[0]), int(row[1]), row[2]] if row else [0, 0, _NO_ROW]
+            self._base[ident] = base
+        return base
 
     def _state(self, grant_id: str, key: str, cap: int) -> list[int]:
         """[spent, reserved] as decided here: SQLite's row + the unwritten delta."""
         ident = (grant_id, key)
         base = self._base.get(ident)
         if base is None:
-            row = self.conn.execute(_WINDOW, ident).fetchone()
-            base = [int(row[0]), int(row[1])] if row else [0, 0]
-            self._base[ident] = base
+            base = self._read_base(ident)
         delta = self._delta.get(ident)
         if delta is None:
             return [base[0], base[1]]
@@ -328,13 +355,25 @@ class WriteBack:
             return NOT_HERE
         self._check_version()
         ident = (req.token_hash, req.grant_id)
-        until = self._alive.get(ident)
-        if until is None or until <= req.now:
+        alive = self._alive.get(ident)
+        if alive is None or alive[0] <= req.now:
             cur = self.conn.execute(_ALIVE_UNTIL, (req.token_hash, req.now, req.grant_id))
             found = cur.fetchone()
             if found is None:
                 raise CredentialRevoked
-            self._alive[ident] = until = float(found[0])
+            self._alive[ident] = alive = (float(found[0]), found[1])
+        basis = req.basis
+        if basis is not None:
+            if alive[1] != basis:
+                raise GrantChanged
+            stale = [
+                w
+                for w in req.windows
+                if w.starts_at is not None
+                and self._read_base((req.grant_id, w.window_key))[2] != basis
+            ]
+            if stale and not self._seed(req, stale):
+                return NOT_HERE  # the write lock is taken: the transactional path waits
         amount = req.amount_micro_usd
         states: list[WindowState] = []
         for w in req.windows:
@@ -374,10 +413,58 @@ class WriteBack:
         self._log(["r", row, caps])
         for key, cap in zip(keys, caps, strict=True):
             self._add(req.grant_id, key, cap, 0, amount)
-        self._open[req.entry_id] = _Open(req.grant_id, amount, keys, caps, row)
+        self._open[req.entry_id] = _Open(req.grant_id, amount, keys, caps, row, req.now, req.model)
         self._rows.append(row)
         self._queued()
         return Reserved(req.entry_id, tuple(states))
+
+    def _seed(self, req: ReserveRequest, windows: list[WindowLimit]) -> bool:
+        """Compute ``windows`` from the ledger (``sqlite_hot.seed_window``) in one
+        transaction, after writing the batch so the ledger holds every call decided
+        here; False when the write lock is taken (nothing done).
+
+        Synchronous from the flush to the last in-memory update: no decision of this
+        process can fall between the ledger's sums and the counters built from them."""
+        from keyfob.store import sqlite_hot
+
+        if not self.flush():
+            return False
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        try:
+            sums = [sqlite_hot.seed_window(self.conn, req.grant_id, w, req.basis) for w in windows]
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        for w, (spent, reserved) in zip(windows, sums, strict=True):
+            self._base[(req.grant_id, w.window_key)] = [spent, reserved, req.basis]
+        self.attach(req.grant_id, windows)
+        return True
+
+    def attach(self, grant_id: str, windows: list[WindowLimit]) -> None:
+        """Open reservations decided here settle into ``windows`` too, as the ledger rows
+        of their period were told by ``seed_window`` (a new window counts the calls in
+        flight in its period as reserved, so their settlement must move it)."""
+        for o in self._open.values():
+            if o.grant_id != grant_id:
+                continue
+            for w in windows:
+                if (
+                    w.starts_at is None
+                    or o.created_at < w.starts_at
+                    or (w.model is not None and o.model != w.model)
+                    or w.window_key in o.keys
+                ):
+                    continue
+                o.keys = (*o.keys, w.window_key)
+                o.caps = (*o.caps, w.cap_micro_usd)
+                if o.row is not None:  # not possible after a flush; kept exact anyway
+                    o.row[10] = keys_json(o.keys)
 
     def settle(self, entry_id: str, s: Settlement, now: float) -> tuple[WindowState, ...] | None:
         """Settle a reservation decided here; None when it was not (transactional path)."""
