@@ -298,6 +298,75 @@ def providers_price(
     console.print(f"Price of {name}/{model} set.")
 
 
+@providers_app.command("limits")
+def providers_limits(
+    name: Annotated[str, typer.Argument(help="Provider name.")],
+    model: Annotated[str, typer.Argument(help="Model name at that provider.")],
+    context: Annotated[
+        int | None, typer.Option("--context", min=1, help="Context window, in tokens.")
+    ] = None,
+    max_output: Annotated[
+        int | None, typer.Option("--max-output", min=1, help="Most output tokens per call.")
+    ] = None,
+    image_rule: Annotated[
+        str | None,
+        typer.Option("--image-rule", help="How the model bills images (a rule name, see below)."),
+    ] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Back to the shipped data.")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show or set a model's limits: context window, output maximum, image rule.
+
+    Keyfob bounds every call's cost before it reaches the provider: content billed by
+    reference (file ids, PDF documents) by the context window, calls without an output
+    limit by the output maximum, images by their rule. Shipped data covers common models;
+    set your own for the others (yours win over the shipped values)."""
+    from keyfob.pricing.model_limits import image_rule_names, limits_for
+    from keyfob.store.records import LimitOverride
+
+    if image_rule is not None and image_rule not in image_rule_names():
+        raise fail(f"unknown image rule {image_rule!r}; one of: {', '.join(image_rule_names())}")
+    setting = context is not None or max_output is not None or image_rule is not None
+    if reset and setting:
+        raise fail("--reset takes no other option")
+    changing = reset or setting
+
+    async def body(kf: Any) -> Any:
+        owner = await _owner(kf)
+        provider = await kf.store.providers.by_name(owner.id, name)
+        if provider is None:
+            raise fail(f"no provider named {name!r}")
+        overrides = await kf.store.providers.limits(provider.id)
+        if changing:
+            old = overrides.get(model, LimitOverride()) if not reset else LimitOverride()
+            new = LimitOverride(
+                context if context is not None else old.context_window_tokens,
+                max_output if max_output is not None else old.max_output_tokens,
+                image_rule if image_rule is not None else old.image_rule,
+            )
+            await kf.store.providers.set_limits(provider.id, model, new)
+            overrides = await kf.store.providers.limits(provider.id)
+        return limits_for(provider.kind, model, overrides)
+
+    found = _with_kf(data_dir, database_url, body)
+    if found is None:
+        console.print(
+            f"{name}/{model}: no limits known. Calls that send files or documents by "
+            f"reference are refused until you set a context window:\n"
+            f"  keyfob providers limits {name} {model} --context N [--max-output N]"
+        )
+        return
+    output = f"{found.max_output_tokens:,}" + ("" if found.max_output_known else " (default)")
+    console.print(
+        f"{name}/{model}: context window {found.context_window_tokens:,} tokens, "
+        f"max output {output}, images: {found.image().name}\n"
+        f"source: {found.source}" + (f" (as of {found.as_of})" if found.as_of else "")
+    )
+    if changing:
+        console.print("A running server applies it within 10 seconds.")
+
+
 @providers_app.command("order")
 def providers_order(
     names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Providers, first first.")],
