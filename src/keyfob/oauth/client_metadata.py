@@ -25,6 +25,7 @@ from urllib.parse import SplitResult, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from keyfob import addresses
 from keyfob.oauth import rfc8252
 from keyfob.oauth.clients import InvalidClient, check_name, check_redirect_uris
 from keyfob.settings import Settings
@@ -84,16 +85,15 @@ def check_url(url: str, settings: Settings) -> SplitResult:
 
 
 def address_allowed(address: str, settings: Settings) -> bool:
-    """Only public addresses (loopback too when personal mode allows it)."""
+    """Only public addresses (loopback too when personal mode allows it), judged on the
+    IPv4 address an IPv6 form carries (``addresses.effective``)."""
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+        ip = addresses.parse(address)
+    except addresses.NotAnAddress:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
+    if addresses.is_loopback(ip):
         return _loopback_allowed(settings)
-    return bool(ip.is_global) and not ip.is_multicast
+    return addresses.is_public(ip)
 
 
 class _PinnedResolver(AbstractResolver):
@@ -121,6 +121,10 @@ class _PinnedResolver(AbstractResolver):
         return None
 
 
+#: How a host name becomes addresses: (family, address) pairs. Injected in tests.
+Resolve = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
+
+
 async def _resolve(host: str, port: int) -> list[tuple[int, str]]:
     try:
         ip = ipaddress.ip_address(host)
@@ -140,21 +144,34 @@ async def _resolve(host: str, port: int) -> list[tuple[int, str]]:
     return found
 
 
-async def fetch_document(url: str, settings: Settings) -> dict[str, Any]:
-    """GET the document with every limit applied; returns the parsed JSON object."""
+async def fetch_document(
+    url: str, settings: Settings, resolve: Resolve | None = None
+) -> dict[str, Any]:
+    """GET the document with every limit applied; returns the parsed JSON object.
+
+    The host is resolved once (``resolve``); every address must pass ``address_allowed``
+    and the connection goes to exactly those addresses (``_PinnedResolver``), so a second
+    DNS answer (rebinding) cannot move it."""
     parts = check_url(url, settings)
     assert parts.hostname is not None
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    literal = parts.hostname.strip("[]")
     try:
         async with asyncio.timeout(TIMEOUT_S):
-            addresses = await _resolve(parts.hostname, port)
-            refused = [a for _, a in addresses if not address_allowed(a, settings)]
+            found = (
+                await _resolve(literal, port)
+                if _is_literal(literal) or resolve is None
+                else await resolve(parts.hostname, port)
+            )
+            # connect to the checked form: a v6 form carrying v4 goes to that v4 address
+            pinned = [_pinned(fam, a) for fam, a in found]
+            refused = [a for _, a in found if not address_allowed(a, settings)]
             if refused:
                 raise MetadataDocumentError(
                     "the client_id host resolves to a private or loopback address"
                 )
             connector = aiohttp.TCPConnector(
-                resolver=_PinnedResolver(addresses), use_dns_cache=False, force_close=True
+                resolver=_PinnedResolver(pinned), use_dns_cache=False, force_close=True
             )
             async with (
                 aiohttp.ClientSession(connector=connector, trust_env=False) as session,
@@ -191,6 +208,26 @@ async def fetch_document(url: str, settings: Settings) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise MetadataDocumentError("the client metadata document is not a JSON object")
     return document
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        addresses.parse(host)
+    except addresses.NotAnAddress:
+        return False
+    return True
+
+
+def _pinned(family: int, address: str) -> tuple[int, str]:
+    """The address to connect to: the checked one, an IPv4-mapped form as the IPv4
+    address it stands for (what the check judged)."""
+    try:
+        ip = addresses.parse(address)
+    except addresses.NotAnAddress:
+        return family, address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return socket.AF_INET, str(ip.ipv4_mapped)
+    return family, str(ip)
 
 
 def validate_document(url: str, document: dict[str, Any]) -> tuple[str, list[str], str | None]:

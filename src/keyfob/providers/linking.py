@@ -8,7 +8,6 @@ ever stored (the terms forbid even storing a Claude subscription token).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import socket
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from keyfob import addresses
 from keyfob.context import Keyfob
 from keyfob.providers import UpstreamError
 from keyfob.store.records import Provider
@@ -42,17 +42,10 @@ def _check_name(name: str) -> None:
 
 
 def _is_private(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-    )
+    """Not a public destination, judged on the IPv4 address an IPv6 form carries
+    (``addresses.effective``: mapped, compatible, NAT64, 6to4, Teredo). Raises
+    ValueError for a name."""
+    return not addresses.is_public(addresses.parse(address))
 
 
 async def _refuse_private_host(host: str) -> None:
