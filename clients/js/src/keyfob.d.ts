@@ -27,6 +27,8 @@ export interface AllowanceSuggestion {
   window?: "day" | "week" | "month";
   /** Canonical model ids such as "openai/gpt-4o-mini". */
   models?: string | string[];
+  /** Seconds until the grant ends by itself (60 s to 366 days). */
+  expiresInS?: number;
 }
 
 export interface SignInOptions {
@@ -42,7 +44,6 @@ export interface Tokens {
   /** Milliseconds since the epoch. */
   expiresAt: number;
   scope: string;
-  grantExpiresAt: number | null;
 }
 
 export interface Cost {
@@ -73,6 +74,8 @@ export interface Allowance {
   grant_id: string;
   models: string[];
   limits: LimitState[];
+  /** When the grant ends by itself (ISO 8601, UTC); null: never. */
+  expires_at?: string | null;
 }
 
 export interface Quote {

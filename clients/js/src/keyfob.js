@@ -140,7 +140,8 @@ export class Keyfob {
   }
 
   /** The authorization URL and the pending request to keep until the redirect comes back.
-   * `suggest` pre-fills the consent page: {capUsd, window: "day"|"week"|"month", models: [...]}. */
+   * `suggest` pre-fills the consent page: {capUsd, window: "day"|"week"|"month", models: [...],
+   * expiresInS} (the person decides). */
   async authorizationUrl({ suggest = {}, extraParams = {}, mode = "redirect" } = {}) {
     const meta = await this.discover();
     const verifier = randomString(32);
@@ -157,6 +158,7 @@ export class Keyfob {
       ...(suggest.capUsd !== undefined ? { keyfob_cap_usd: String(suggest.capUsd) } : {}),
       ...(suggest.window ? { keyfob_window: suggest.window } : {}),
       ...(suggest.models ? { keyfob_models: [].concat(suggest.models).join(" ") } : {}),
+      ...(suggest.expiresInS !== undefined ? { keyfob_expires_in: String(suggest.expiresInS) } : {}),
       ...extraParams,
     };
     for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
@@ -244,7 +246,6 @@ export class Keyfob {
       refreshToken: t.refresh_token || null,
       expiresAt: Date.now() + (Number(t.expires_in) || 3600) * 1000,
       scope: t.scope || "",
-      grantExpiresAt: t.keyfob_grant_expires_at || null,
     };
     await this.storage.set(this._key, JSON.stringify(tokens));
     return tokens;

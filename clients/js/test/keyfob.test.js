@@ -85,7 +85,9 @@ test("s256 is RFC 7636's S256 and verifiers are 43 url-safe characters", async (
 test("the authorization URL asks for the code with PKCE S256, state, resource and suggestions", async () => {
   const server = fakeKeyfob();
   const kf = new Keyfob({ issuer: `${ISSUER}/`, clientId: "kfapp_x", redirectUri: CB, storage: "memory", fetch: server.fetch });
-  const { url, state } = await kf.authorizationUrl({ suggest: { capUsd: 2.5, window: "week", models: ["fake/m1", "fake/m2"] } });
+  const { url, state } = await kf.authorizationUrl({
+    suggest: { capUsd: 2.5, window: "week", models: ["fake/m1", "fake/m2"], expiresInS: 86400 },
+  });
   const u = new URL(url);
   assert.equal(u.origin + u.pathname, `${ISSUER}/oauth/authorize`);
   const p = Object.fromEntries(u.searchParams);
@@ -99,6 +101,7 @@ test("the authorization URL asks for the code with PKCE S256, state, resource an
   assert.equal(p.keyfob_cap_usd, "2.5");
   assert.equal(p.keyfob_window, "week");
   assert.equal(p.keyfob_models, "fake/m1 fake/m2");
+  assert.equal(p.keyfob_expires_in, "86400");
 });
 
 test("handleRedirect exchanges the code with the verifier of that state, once", async () => {
