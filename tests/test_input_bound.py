@@ -388,6 +388,9 @@ def test_server_tools_cost_their_uses_and_need_a_bound() -> None:
     chat = {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "web_search"}]}
     with pytest.raises(Unbounded, match="function"):
         chat_input(chat, "gpt-4o", limits_for("openai", "gpt-4o"))
+    grounding = {**chat, "tools": [{"google_search": {}}]}  # Gemini's grounding, no type
+    with pytest.raises(Unbounded):
+        chat_input(grounding, "gemini-2.5-flash", limits_for("gemini", "gemini-2.5-flash"))
 
 
 def test_a_search_model_pays_its_search() -> None:

@@ -152,7 +152,8 @@ def _chat_tools(m: _Model, body: dict[str, Any]) -> tuple[int, InputBound]:
     extra = InputBound(0)
     tokens = TOOLS_SYSTEM_PROMPT_TOKENS if tools or functions else 0
     for i, t in enumerate(tools):
-        kind = t.get("type", "function") if isinstance(t, dict) else "function"
+        # No type at all is not "function": Gemini reads {"google_search": {}} as grounding.
+        kind = t.get("type") if isinstance(t, dict) else None
         if kind not in ("function", "custom"):
             raise Unbounded(
                 f"tools[{i}]: a tool of type {kind!r} runs on the provider's side and is "

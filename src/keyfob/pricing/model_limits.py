@@ -166,6 +166,7 @@ def shipped_tool(name: str) -> ToolPrice:
     return _data().tools[name]
 
 
+@lru_cache(maxsize=4096)
 def family_image_rule(model: str) -> ImageRule:
     """The image rule of ``model``'s family (longest listed prefix), else unknown-model's."""
     name = normalize(model)
