@@ -247,21 +247,21 @@ def test_a_file_part_needs_a_context_window_which_the_person_can_set(
 
 
 def test_limits_cli(tmp_path: Path) -> None:
+    """Few processes: each is a Python start-up, slow on a loaded machine."""
     from tests.conftest import OWNER, OWNER_PASSWORD
 
     data = tmp_path / "data"
     cli(data, "init", "--username", OWNER, KEYFOB_PASSWORD=OWNER_PASSWORD)
     cli(data, "providers", "add", "oai", "--base-url", "http://127.0.0.1:9/v1",
-        "-m", "my-model", KEYFOB_PROVIDER_KEY="sk-" + "c" * 48)  # fmt: skip
-    shown = cli(data, "providers", "limits", "oai", "gpt-4o-mini").stdout
-    assert "context window 128,000 tokens" in shown and "max output 16,384" in shown
-    unknown = cli(data, "providers", "limits", "oai", "my-model").stdout
-    assert "no limits known" in unknown
+        "-m", "my-model", "-m", "gpt-4o-mini", KEYFOB_PROVIDER_KEY="sk-" + "c" * 48)  # fmt: skip
     set_ = cli(data, "providers", "limits", "oai", "my-model", "--context", "32000",
                "--max-output", "2048", "--image-rule", "anthropic-pixels").stdout  # fmt: skip
     assert "context window 32,000 tokens, max output 2,048" in set_
     assert "images: anthropic-pixels" in set_ and "source: override" in set_
+    listed = cli(data, "models", "list").stdout.splitlines()
+    assert "32,000 / 2,048" in next(ln for ln in listed if "oai/my-model" in ln)
+    assert "128,000 / 16,384" in next(ln for ln in listed if "oai/gpt-4o-mini" in ln)
     bad = cli(data, "providers", "limits", "oai", "my-model", "--image-rule", "nope", check=False)
     assert bad.returncode != 0 and "unknown image rule" in bad.stderr
     reset = cli(data, "providers", "limits", "oai", "my-model", "--reset").stdout
-    assert "no limits known" in reset
+    assert "no limits known" in reset and "--context N" in reset

@@ -398,15 +398,24 @@ def models_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
     """Every model of every provider (canonical ids), its price source and aliases."""
     from rich.table import Table
 
+    from keyfob.pricing.model_limits import limits_for
     from keyfob.pricing.prices import UnknownPrice, price_for
 
-    async def body(kf: Any) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    async def body(kf: Any) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
         owner = await _owner(kf)
         catalog = await kf.store.providers.catalog(owner.id)
         rows = []
         for p in catalog:
             overrides = await kf.store.providers.prices(p.id)
+            own_limits = await kf.store.providers.limits(p.id)
             for m in p.models:
+                lim = limits_for(p.kind, m, own_limits)
+                limits = (
+                    f"{lim.context_window_tokens:,} / {lim.max_output_tokens:,}"
+                    + ("" if lim.max_output_known else "*")
+                    if lim is not None
+                    else "unknown"
+                )
                 try:
                     found = price_for(
                         m,
@@ -420,21 +429,22 @@ def models_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
                         source += f" ({found.catalogue})"
                 except UnknownPrice:
                     source = "unknown (set one: keyfob providers price)"
-                rows.append((f"{p.name}/{m}", p.name, source))
+                rows.append((f"{p.name}/{m}", p.name, source, limits))
         return rows, dict(catalog.aliases)
 
     rows, aliases = _with_kf(data_dir, database_url, body)
     named: dict[str, list[str]] = {}
     for alias, target in aliases.items():
         named.setdefault(target, []).append(alias)
-    table = Table("model", "provider", "price", "aliases")
-    for cid, provider, source in rows:
+    table = Table("model", "provider", "price", "context / max output", "aliases")
+    for cid, provider, source, limits in rows:
         bare = cid.split("/", 1)[1]
-        table.add_row(
-            cid, provider, source, ", ".join(sorted(named.get(cid, []) + named.get(bare, [])))
-        )
+        aka = ", ".join(sorted(named.get(cid, []) + named.get(bare, [])))
+        table.add_row(cid, provider, source, limits, aka)
     console.print(table)
-    listed = {cid for cid, _, _ in rows} | {cid.split("/", 1)[1] for cid, _, _ in rows}
+    if any(limits.endswith("*") for *_, limits in rows):
+        console.print("* output maximum not published: the default is assumed")
+    listed = {r[0] for r in rows} | {r[0].split("/", 1)[1] for r in rows}
     for alias, target in sorted(aliases.items()):
         if target not in listed:
             console.print(f"alias {alias} -> {target} (not in any provider's model list)")
