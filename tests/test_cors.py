@@ -306,6 +306,27 @@ def test_gateway_preflights(kf: InProcess) -> None:
         no_cors(refused)
 
 
+def test_a_public_site_may_ask_for_a_loopback_keyfob(kf: InProcess) -> None:
+    """Chromium's Private Network Access preflight: allowed like any other, since the
+    actual request is checked against the app's origins all the same."""
+    pre = kf.client.options(
+        "/v1/chat/completions",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
+    assert pre.status_code == 204
+    assert pre.headers["access-control-allow-private-network"] == "true"
+    plain = kf.client.options(
+        "/v1/chat/completions",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-private-network" not in plain.headers
+
+
 def test_same_origin_and_other_paths_get_no_cors(kf: InProcess) -> None:
     own = kf.client.get("/.well-known/oauth-authorization-server", headers={"Origin": kf.url})
     assert own.status_code == 200  # passes through untouched

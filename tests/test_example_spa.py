@@ -233,3 +233,29 @@ def test_the_same_spa_on_an_unregistered_origin_is_refused_by_the_browser(
         assert ledger(server.data_dir) == []  # refused before any work
     finally:
         context.close()
+
+
+def test_spa_signs_in_in_a_popup(chromium: Any, app: dict[str, Any]) -> None:
+    """Popup mode: the page stays, Keyfob opens in a window, the redirect URI's page in
+    that window hands the answer to its opener (same origin only) and closes."""
+    context = chromium.new_context()
+    page = context.new_page()
+    try:
+        page.goto(app["origin"] + "/?mode=popup")
+        page.wait_for_selector("#status[data-state=signed-out]")
+        with page.expect_popup() as opened:
+            page.click("#sign-in")
+        popup = opened.value
+        popup.wait_for_selector("#username")
+        popup.fill("#username", OWNER)
+        popup.fill("#password", OWNER_PASSWORD)
+        popup.click("button[type=submit]")
+        popup.wait_for_selector("button[value=approve]")
+        with popup.expect_event("close"):
+            popup.click("button[value=approve]")
+        page.wait_for_selector("#status[data-state=signed-in]", timeout=20_000)
+        assert page.url == app["origin"] + "/?mode=popup"  # never left
+        answer = ask(page, "hello", stream=True)
+        assert answer["answer"].startswith("Hi there") and float(answer["cost_usd"]) > 0
+    finally:
+        context.close()

@@ -105,9 +105,17 @@ async function send(event) {
   }
 }
 
-$("sign-in").addEventListener("click", () =>
-  kf.signIn({ suggest: { capUsd: config.suggestCapUsd ?? "1", window: "month" } }),
-);
+// "?mode=popup" signs in in a popup window and keeps this page (and what it holds).
+const mode = new URLSearchParams(location.search).get("mode") === "popup" ? "popup" : "redirect";
+$("sign-in").addEventListener("click", async () => {
+  try {
+    await kf.signIn({ mode, suggest: { capUsd: config.suggestCapUsd ?? "1", window: "month" } });
+    await showChat(); // popup mode resolves here; redirect mode has left the page
+  } catch (error) {
+    $("error").textContent = explain(error);
+    status("Failed", "failed");
+  }
+});
 $("sign-out").addEventListener("click", async () => {
   await kf.signOut();
   showSignedOut();

@@ -124,6 +124,10 @@ class Cors:
         }
         if allow_headers:
             headers["Access-Control-Allow-Headers"] = allow_headers
+        if _header(scope, b"access-control-request-private-network") == "true":
+            # A page on a public site calling a personal Keyfob on loopback (Chromium's
+            # Private Network Access): the same rule, the actual request decides.
+            headers["Access-Control-Allow-Private-Network"] = "true"
         return Response(status_code=204, headers=headers)
 
     async def _client_origins(self, app: Any, client_id: str) -> frozenset[str] | None:
