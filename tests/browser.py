@@ -63,9 +63,10 @@ def post_form(
     button: str | None = None,
     allow_redirects: bool = False,
 ) -> requests.Response:
-    """Submit the page's first POST form, filling fields whose name contains a key of
-    ``fill`` and pressing the button whose value (or name) contains ``button``."""
-    candidates = [f for f in forms(page.text) if f.method == "post"]
+    """Submit the page's first POST form (not the menu's "Log out"), filling fields whose
+    name contains a key of ``fill`` and pressing the button whose value (or name) contains
+    ``button``."""
+    candidates = [f for f in forms(page.text) if f.method == "post" and f.action != "/logout"]
     assert candidates, f"no POST form on {page.url}:\n{page.text[:2000]}"
     form = candidates[0]
     data = list(form.fields)

@@ -35,10 +35,10 @@ def test_consent_shows_app_host_history_and_suggestion(kf: InProcess) -> None:
         keyfob_models="fake/m2 fake/m3 other/x",
     )
     page = browser.consent_page(url)
-    assert "Writer &lt;b&gt;" in page.text and "<b>" not in page.text.split("<main>")[1][:200]
+    assert "Writer &lt;b&gt;" in page.text and "<b>" not in page.text.split("<main")[1][:200]
     assert "app.example" in page.text
     assert "first time" in page.text
-    assert "up to <strong>$2.5</strong>" in page.text and "per <strong>week</strong>" in page.text
+    assert "up to <strong>$2.50</strong>" in page.text and "per <strong>week</strong>" in page.text
     assert checked(page.text) == ["fake/m2", "fake/m3"]
     assert "Not linked, so not offered: other/x" in page.text
     assert '<option value="week" selected>' in page.text

@@ -68,7 +68,9 @@ def test_link_openrouter_from_the_dashboard(app: InProcess, up: FakeUpstream) ->
     assert provider.models == ("openai/gpt-4o-mini",)  # discovered from the fake's list
     assert app.run(decrypt_key, app.app.state.kf, provider) == OPENROUTER_KEY
     page = app.client.get("/")
-    assert "openrouter" in page.text and OPENROUTER_KEY not in page.text
+    assert "Linked openrouter" in page.text and OPENROUTER_KEY not in page.text
+    listed = app.client.get("/providers")
+    assert "openrouter" in listed.text and OPENROUTER_KEY not in listed.text
     # the verifier was used once: the same callback again is refused
     again = app.client.get(CALLBACK + "?code=the-code")
     assert again.status_code == 400 and OPENROUTER_KEY not in again.text

@@ -216,7 +216,8 @@ def test_consent_page_models_cap_and_choices(server: KeyfobServer) -> None:
         assert "Shiny &lt;App&gt;" in page.text and "<App>" not in page.text
         assert "app.example" in page.text
         assert checkboxes(page.text, "models") == ["local/llama", "local/qwen"]
-        assert page.text.count(" checked") == 2
+        # no models suggested: only the cheapest (the first of equally free ones) is checked
+        assert page.text.count(" checked") == 1
         assert re.search(r'name="cap_usd" value="2.5"', page.text)
         # a model not offered is refused, and so is a malformed cap
         base = {
@@ -280,11 +281,14 @@ def test_dashboard_lists_and_revokes(server: KeyfobServer) -> None:
         ).json()
         page = browser.get(server.url + "/", timeout=10)
         assert page.status_code == 200
-        assert "Revocable" in page.text and "3.000000" in page.text
-        assert "fake" in page.text and "http://127.0.0.1:9/v1" in page.text
+        assert "Revocable" in page.text and "$0.00 of $3.00" in page.text
+        providers = browser.get(server.url + "/providers", timeout=10)
+        assert "fake" in providers.text and "http://127.0.0.1:9/v1" in providers.text
         [grant] = grants_of(server, client_id)
         action = f"/grants/{grant.id}/revoke"
         assert action in page.text
+        confirm = browser.get(server.url + action, timeout=10)
+        assert confirm.status_code == 200 and "Revoke <em>Revocable</em>?" in confirm.text
         no_csrf = browser.post(server.url + action, allow_redirects=False, timeout=10)
         assert no_csrf.status_code in (403, 415)
         done = browser.post(
@@ -294,10 +298,11 @@ def test_dashboard_lists_and_revokes(server: KeyfobServer) -> None:
             timeout=10,
         )
         assert done.status_code == 303
-        assert (
-            "Revocable"
-            not in browser.get(server.url + "/", timeout=10).text.split("Registered apps")[0]
-        )
+        after = browser.get(server.url + "/", timeout=10).text
+        assert "Revoked Revocable" in after  # the message after the action
+        apps, revoked = after.split('id="revoked-h"')
+        assert "Revocable" not in apps.split('id="apps-h"')[1]  # not among live apps
+        assert "Revocable" in revoked.split("Registered apps")[0]  # listed with its history
     [grant] = grants_of(server, client_id)
     assert grant.revoked_at is not None
 

@@ -202,9 +202,11 @@ def providers_add(
         api_key = os.environ.get("KEYFOB_PROVIDER_KEY") or getpass.getpass("API key: ")
         api_key = api_key.strip() or None
 
-    async def body(kf: Any) -> Any:
+    async def body(kf: Any) -> tuple[Any, list[str]]:
+        from keyfob.providers.connection import unpriced_models
+
         owner = await _owner(kf)
-        return await link_provider(
+        provider = await link_provider(
             kf,
             user_id=owner.id,
             name=name,
@@ -214,13 +216,20 @@ def providers_add(
             models=list(models or []),
             is_local=local,
         )
+        return provider, await unpriced_models(kf, provider)
 
     try:
-        provider = _with_kf(data_dir, database_url, body)
+        provider, unpriced = _with_kf(data_dir, database_url, body)
     except LinkRefused as exc:
         raise fail(str(exc)) from None
     shown = ", ".join(provider.models) or "none listed"
     console.print(f"Linked [bold]{provider.name}[/bold] ({provider.base_url}); models: {shown}")
+    for model in unpriced:
+        err.print(
+            f"[yellow]No price is known for {model}: calls to it are refused until you set "
+            f"one: keyfob providers price {provider.name} {model} --input USD_PER_MTOK "
+            "--output USD_PER_MTOK[/yellow]"
+        )
 
 
 @providers_app.command("kinds")

@@ -248,11 +248,14 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
             max_age=14 * 24 * 3600,
         ),
     ]
+    from keyfob.web.errors import EXCEPTION_HANDLERS
+
     app = KeyfobApp(
         routes=collect_routes(),
         middleware=middleware,
         lifespan=lifespan,
         guard=Guard.from_settings(settings),
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     )
     app.set_fast_routes(gateway_routes())
     app.cors = Cors(settings)

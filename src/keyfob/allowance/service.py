@@ -346,7 +346,7 @@ class AllowanceService:
                     and policy.fallback_model != model
                 ):
                     exc.fallback_model = policy.fallback_model
-                self.notifier.refused(grant, policy, exc)
+                self.notifier.refused(grant, policy, exc, model)
                 raise
             waited = time.monotonic() - started
             if waited > 0.001:

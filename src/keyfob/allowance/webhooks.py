@@ -1,5 +1,6 @@
 """Threshold webhooks: tell the person's endpoint when a grant passes 50, 80 and 100
 percent of a window (and when a call is refused by one), once per window and threshold.
+Every refusal is also kept (``store.refusals``) for the dashboard's "refused calls".
 
 Delivery is fire-and-forget from the request path (a task; the call never waits for
 it), recorded in ``webhook_events`` so a threshold is announced once, whatever the number
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("keyfob.webhooks")
 
 THRESHOLDS = (50, 80, 100)
+#: A client hammering a closed allowance writes one refusal update per this many seconds
+#: per (grant, limit, model); the calls in between are counted in it.
+REFUSAL_WRITE_EVERY_S = 2.0
 TIMEOUT_S = 5.0
 
 
@@ -54,6 +58,8 @@ class Notifier:
         self.signing_key = signing_key
         self._seen: set[tuple[str, str, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Refusals not yet written, per (grant, limit, model), while a task writes them.
+        self._refusals: dict[tuple[str, str, str], int] = {}
 
     def grant_secret(self, grant_id: str) -> bytes:
         return hmac.new(self.signing_key, grant_id.encode(), hashlib.sha256).digest()
@@ -69,7 +75,15 @@ class Notifier:
         if due:
             self._spawn(self._announce(grant_id, due, refused=False))
 
-    def refused(self, grant: Grant, policy: Policy, exc: AllowanceExhausted) -> None:
+    def refused(
+        self, grant: Grant, policy: Policy, exc: AllowanceExhausted, model: str = ""
+    ) -> None:
+        key = (grant.id, exc.window.key, model)
+        if key in self._refusals:
+            self._refusals[key] += 1  # written by the task already on it
+        elif len(self._refusals) < 10_000:
+            self._refusals[key] = 1
+            self._spawn(self._remember_refusal(key, grant, exc, model))
         if not policy.webhook_url or exc.window.key in ("per_call_ceiling", "wallet"):
             return
         if (grant.id, exc.window.key, 100) in self._seen:
@@ -77,6 +91,33 @@ class Notifier:
         st = exc.state
         full = WindowState(st.window_key, st.cap_micro_usd, st.cap_micro_usd, 0)
         self._spawn(self._announce(grant.id, [(full, 100)], refused=True))
+
+    async def _remember_refusal(
+        self, key: tuple[str, str, str], grant: Grant, exc: AllowanceExhausted, model: str
+    ) -> None:
+        """Keep refusals for the person's dashboard, off the request path: one write now,
+        then at most one per ``REFUSAL_WRITE_EVERY_S`` with the count of those since, so a
+        client hammering a closed allowance costs a counter, not a write per call."""
+        try:
+            while count := self._refusals.get(key, 0):
+                self._refusals[key] = 0
+                await self.store.refusals.record(
+                    user_id=grant.user_id,
+                    grant_id=grant.id,
+                    client_id=grant.client_id,
+                    model=model,
+                    limit_label=exc.label,
+                    window_key=exc.window.key,
+                    needed_micro_usd=exc.needed_micro_usd,
+                    left_micro_usd=exc.state.left_micro_usd,
+                    retry_at=exc.retry_at,
+                    count=count,
+                )
+                await asyncio.sleep(REFUSAL_WRITE_EVERY_S)
+        except Exception as error:  # a full disk must not fail calls refused anyway
+            log.warning("could not record a refused call: %s", type(error).__name__)
+        finally:
+            self._refusals.pop(key, None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         try:

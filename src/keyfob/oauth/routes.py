@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 from keyfob.allowance.policy import Policy, SpendLimit
 from keyfob.allowance.service import policy_of
 from keyfob.limits import BodyTooLarge, read_limited
-from keyfob.money import format_usd, parse_usd
+from keyfob.money import parse_usd, usd_input, usd_summary
 from keyfob.oauth import (
     client_metadata,
     rfc6749,
@@ -44,6 +44,7 @@ from keyfob.oauth.consent import WINDOWS, ConsentAsk, primary_limit, with_primar
 from keyfob.oauth.errors import OAuthError
 from keyfob.oauth.rfc6749 import AuthorizationRequest
 from keyfob.store.records import Grant, User
+from keyfob.web.consent_view import DEFAULT_CAP_USD, cheapest, model_choices, summary
 from keyfob.web.forms import Form, FormError, read_form
 from keyfob.web.ratelimit import LoginThrottle, WindowLimiter
 from keyfob.web.render import current_user, error_page, kf_of, login_redirect, page, redirect
@@ -55,7 +56,6 @@ PENDING_MAX = 3
 PENDING_MAX_CHARS = 2400
 PENDING_TTL_S = 15 * 60
 MAX_QUERY_BYTES = 8192
-DEFAULT_CAP_USD = "5"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 #: Discovery documents are public: any page may read them (never with credentials).
 PUBLIC_DOCUMENT = {"Cache-Control": "public, max-age=3600", "Access-Control-Allow-Origin": "*"}
@@ -122,12 +122,13 @@ def _forget(request: Request, request_id: str) -> None:
 
 
 async def _available_models(request: Request, user: User) -> list[str]:
-    providers = await kf_of(request).store.providers.list(user.id)
-    return [f"{p.name}/{m}" for p in providers for m in p.models]
+    """The models a person may allow: linked and priced (an unpriced one cannot be
+    metered, so the consent page shows it disabled, with a link to set its price)."""
+    return [c.id for c in await model_choices(kf_of(request), user.id) if c.priced]
 
 
 def _usd(micro: int) -> str:
-    return format_usd(micro).rstrip("0").rstrip(".")
+    return usd_input(micro)
 
 
 async def _consent(
@@ -139,12 +140,14 @@ async def _consent(
     *,
     status: int = 200,
     error: str | None = None,
+    error_field: str | None = None,
     checked: list[str] | None = None,
     cap_usd: str | None = None,
     window: str | None = None,
 ) -> Response:
     kf = kf_of(request)
-    models = await _available_models(request, user)
+    choices = await model_choices(kf, user.id)
+    models = [c.id for c in choices if c.priced]
     existing = await kf.store.grants.active_for(user.id, ask.client_id)
     seen = "active" if existing else "new"
     if existing is None and await kf.store.grants.ever_for(user.id, ask.client_id):
@@ -156,22 +159,29 @@ async def _consent(
         elif existing is not None:
             checked = [m for m in existing.models if m in models]
         else:
-            checked = models
+            checked = cheapest(choices)  # the safe default: the cheapest model only
     current = primary_limit(policy_of(existing), existing.window) if existing else None
     if cap_usd is None:
         if current is not None:
             cap_usd = _usd(current.cap_micro_usd)
         elif suggestion.cap_micro_usd is not None:
             cap_usd = _usd(suggestion.cap_micro_usd)
+        elif user.default_cap_micro_usd is not None:
+            cap_usd = _usd(user.default_cap_micro_usd)
         else:
             cap_usd = DEFAULT_CAP_USD
     if window is None:
         window = current.period if current else (suggestion.window or "month")
+    try:
+        cap_micro: int | None = parse_usd(cap_usd or "0")
+    except ValueError:
+        cap_micro = None
     return page(
         request,
         "consent.html",
         status,
         user=user,
+        hide_nav=True,
         app_name=ask.client_name,
         client_kind=ask.client_kind,
         client_host=urlsplit(ask.client_id).netloc
@@ -180,13 +190,15 @@ async def _consent(
         redirect_host=ask.redirect_host,
         seen=seen,
         suggested_cap=(
-            _usd(suggestion.cap_micro_usd) if suggestion.cap_micro_usd is not None else None
+            usd_summary(suggestion.cap_micro_usd) if suggestion.cap_micro_usd is not None else None
         ),
         suggested_window=suggestion.window,
         suggested_models=list(suggestion.models),
-        unavailable=[m for m in suggestion.models if m not in models],
+        unavailable=[m for m in suggestion.models if m not in {c.id for c in choices}],
+        choices=choices,
         models=models,
         checked=checked,
+        summary=summary(ask.client_name, cap_micro, window, len(checked)),
         cap_usd=cap_usd or "0",
         window=window,
         windows=WINDOWS,
@@ -194,26 +206,41 @@ async def _consent(
         action=action,
         timezone=user.timezone,
         error=error,
+        error_field=error_field,
     )
 
 
 async def _choice(
     request: Request, user: User, form: Form
-) -> tuple[list[str], int, str] | tuple[None, str, tuple[list[str], str, str]]:
-    """The person's models, cap and window, or (None, error, what to show again)."""
+) -> tuple[list[str], int, str] | tuple[None, str, tuple[list[str], str, str], str]:
+    """The person's models, cap and window, or (None, error, what to show again, field)."""
     chosen = list(dict.fromkeys(form.all("models")))
     cap_text = form.get("cap_usd").strip()
     window = form.get("window", "month")
-    available = set(await _available_models(request, user))
+    choices = await model_choices(kf_of(request), user.id)
+    available = {c.id for c in choices if c.priced}
     again = ([m for m in chosen if m in available], cap_text, window if window in WINDOWS else "")
+    unpriced = [m for m in chosen if m not in available and m in {c.id for c in choices}]
+    if unpriced:
+        message = f"no price is known for {unpriced[0]}, so it cannot be metered"
+        return None, message, again, "models"
     if any(m not in available for m in chosen):
-        return None, "choose models from the list", again
+        return None, "choose models from the list", again, "models"
+    if not chosen and available:
+        return (
+            None,
+            "choose at least one model: with none, the app can make no call",
+            again,
+            ("models"),
+        )
     if window not in WINDOWS:
-        return None, "choose a day, a week or a month", again
+        return None, "choose a day, a week or a month", again, "window"
     try:
         cap = parse_usd(cap_text)
-    except ValueError as exc:
-        return None, str(exc), again
+    except ValueError:
+        return None, "enter an amount in US dollars, such as 5 or 2.50", again, "cap_usd"
+    if cap == 0:
+        return None, "a cap of $0 would refuse every call; enter an amount", again, "cap_usd"
     return chosen, cap, window
 
 
@@ -261,8 +288,16 @@ async def _decision_form(request: Request, user: User) -> tuple[Form, dict[str, 
 
 def _authorize_error(request: Request, exc: OAuthError, status: int) -> Response:
     if exc.redirect_uri is None:
+        # Never sent back to an address Keyfob cannot trust (RFC 9700): the person is told
+        # what to do here; the technical reason is kept for the app's developer.
         return error_page(
-            request, 400, "This sign-in request is not valid", exc.description or exc.error
+            request,
+            400,
+            "This sign-in link does not work",
+            "The app that sent you here is not set up correctly with this Keyfob, so "
+            "Keyfob will not send you back to it.",
+            next_step="Go back to the app and try signing in again. If it keeps happening, "
+            "tell the app's developer: " + (exc.description or exc.error) + ".",
         )
     return redirect(rfc6749.error_redirect(exc, kf_of(request).settings.issuer), status)
 
@@ -343,6 +378,7 @@ async def authorize_decision(request: Request) -> Response:
             rfc8414.AUTHORIZATION_PATH,
             status=400,
             error=chosen[1],
+            error_field=chosen[3],
             checked=checked,
             cap_usd=cap_text,
             window=window or None,
@@ -455,6 +491,7 @@ async def device_decision(request: Request) -> Response:
             "/device/consent",
             status=400,
             error=chosen[1],
+            error_field=chosen[3],
             checked=checked,
             cap_usd=cap_text,
             window=window or None,

@@ -17,6 +17,7 @@ from keyfob.store.apps import ClientsRepo, CodesRepo, DeviceCodesRepo, GrantsRep
 from keyfob.store.engine import create_engine
 from keyfob.store.metering import MeteringRepo
 from keyfob.store.migrate import upgrade
+from keyfob.store.reports import RefusalsRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.store.wallets import WalletsRepo
 
@@ -46,6 +47,7 @@ class Store:
     metering: MeteringRepo
     wallets: WalletsRepo
     devices: DeviceCodesRepo
+    refusals: RefusalsRepo
 
     hot: SqliteHotPath | None = None
 
@@ -62,6 +64,7 @@ class Store:
             MeteringRepo(engine, hot),
             WalletsRepo(engine),
             DeviceCodesRepo(engine),
+            RefusalsRepo(engine),
             hot,
         )
 

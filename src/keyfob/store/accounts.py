@@ -68,6 +68,30 @@ class UsersRepo:
                 update(t.users).where(t.users.c.id == user_id).values(password_hash=password_hash)
             )
 
+    async def set_preferences(
+        self, user_id: str, *, timezone: str, default_cap_micro_usd: int | None
+    ) -> None:
+        """The person's time zone (new grants and reports) and default consent cap."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t.users)
+                .where(t.users.c.id == user_id)
+                .values(timezone=timezone, default_cap_micro_usd=default_cap_micro_usd)
+            )
+
+    async def end_sessions(self, user_id: str) -> int:
+        """Bump the session epoch: every session signed in before is over. Returns the new
+        epoch (the caller's own session may take it to stay signed in)."""
+        u = t.users.c
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t.users).where(u.id == user_id).values(session_epoch=u.session_epoch + 1)
+            )
+            epoch = (
+                await conn.execute(select(u.session_epoch).where(u.id == user_id))
+            ).scalar_one()
+        return int(epoch)
+
 
 def _ordered(user_id: str) -> Select[Any]:
     """Preference order: chosen positions first, then the rest oldest first."""
@@ -293,6 +317,22 @@ class ProvidersRepo:
             r.model: LimitOverride(r.context_window_tokens, r.max_output_tokens, r.image_rule)
             for r in rows
         }
+
+    async def remove_price(self, provider_id: str, model: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(t.price_overrides).where(
+                    t.price_overrides.c.provider_id == provider_id,
+                    t.price_overrides.c.model == model,
+                )
+            )
+        return bool(result.rowcount)
+
+    async def set_base_url(self, provider_id: str, base_url: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t.providers).where(t.providers.c.id == provider_id).values(base_url=base_url)
+            )
 
     async def prices(self, provider_id: str) -> dict[str, PriceOverride]:
         async with self.engine.connect() as conn:

@@ -20,6 +20,8 @@ class User:
     timezone: str
     is_owner: bool
     created_at: float
+    default_cap_micro_usd: int | None = None
+    session_epoch: int = 0
 
     @classmethod
     def of(cls, row: Any) -> User:
@@ -31,6 +33,8 @@ class User:
             m["timezone"],
             bool(m["is_owner"]),
             m["created_at"],
+            m["default_cap_micro_usd"],
+            int(m["session_epoch"] or 0),
         )
 
     def __repr__(self) -> str:  # keep the hash out of logs
@@ -349,3 +353,27 @@ class WalletTransaction:
     ledger_id: str | None
     note: str | None
     created_at: float
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Calls an allowance refused: one row per grant, limit and minute, with a count."""
+
+    id: str
+    user_id: str
+    grant_id: str
+    client_id: str
+    model: str
+    limit_label: str
+    window_key: str
+    needed_micro_usd: int
+    left_micro_usd: int
+    retry_at: float | None
+    count: int
+    created_at: float
+    last_at: float
+
+    @classmethod
+    def of(cls, row: Any) -> Refusal:
+        m = row._mapping
+        return cls(**{f: m[f] for f in cls.__dataclass_fields__})

@@ -34,6 +34,10 @@ users = Table(
     Column("timezone", String(64), nullable=False, server_default="UTC"),
     Column("is_owner", Boolean, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
+    #: What consent pre-fills when an app suggests no cap (NULL: Keyfob's default).
+    Column("default_cap_micro_usd", BigInteger, nullable=True),
+    #: Sessions signed in under an older epoch are over ("log out everywhere").
+    Column("session_epoch", Integer, nullable=False, server_default="0"),
 )
 
 providers = Table(
@@ -282,3 +286,24 @@ webhook_events = Table(
     Column("delivered_at", Float, nullable=True),
     Column("last_error", Text, nullable=True),
 )
+
+#: Calls an allowance refused (no ledger row: no money moved), for the dashboard.
+#: Coalesced: repeats of one grant and limit within a minute bump ``count``/``last_at``.
+refusals = Table(
+    "refusals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), nullable=False),
+    Column("grant_id", String(32), nullable=False),
+    Column("client_id", String(255), nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("limit_label", String(255), nullable=False),
+    Column("window_key", String(255), nullable=False),
+    Column("needed_micro_usd", BigInteger, nullable=False),
+    Column("left_micro_usd", BigInteger, nullable=False),
+    Column("retry_at", Float, nullable=True),
+    Column("count", Integer, nullable=False, server_default="1"),
+    Column("created_at", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+)
+Index("ix_refusals_user_last", refusals.c.user_id, refusals.c.last_at)

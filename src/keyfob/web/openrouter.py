@@ -94,6 +94,22 @@ async def _exchange(request: Request, code: str, verifier: str, limit_usd: float
         return await exchange(http, code, verifier, limit_usd=limit_usd, api_base=api_base)
 
 
+def openrouter_failure(message: str, api_url: str, status: int | None) -> str:
+    """What went wrong, in words: never a raw exception name such as
+    ``ClientConnectorDNSError``."""
+    if status is not None and status not in (401, 403, 404):
+        return (
+            f"OpenRouter refused the code (HTTP {status}); the link may have expired or "
+            "been used already"
+        )
+    if status in (401, 403):
+        return "OpenRouter refused the code: the approval was not accepted"
+    from keyfob.providers.connection import in_words
+
+    words, _field = in_words(message, api_url, status)
+    return f"Keyfob could not reach OpenRouter: {words}"
+
+
 async def callback(request: Request) -> Response:
     kf = kf_of(request)
     user = await current_user(request)
@@ -133,11 +149,12 @@ async def callback(request: Request) -> Response:
             request,
             502,
             "OpenRouter did not issue a key",
-            f"{exc}. Start the link again from the dashboard.",
+            openrouter_failure(str(exc), kf.settings.openrouter_api_url, exc.status),
             user,
+            next_step="Start the link again from the Providers page.",
         )
     try:
-        await link_provider(
+        provider = await link_provider(
             kf,
             user_id=user.id,
             name=str(pending.get("name") or "openrouter"),
@@ -148,6 +165,9 @@ async def callback(request: Request) -> Response:
         )
     except LinkRefused as exc:
         return error_page(request, 400, "The key could not be linked", str(exc), user)
+    from keyfob.web.provider_pages import flash_linked
+
+    await flash_linked(request, provider, list(provider.models), [])
     return redirect("/")
 
 
