@@ -243,10 +243,37 @@ class Bill:
     output_tokens: int
     tool_uses: dict[str, int] = field(default_factory=dict)
     fees_micro_usd: int = 0
+    #: Input tokens written to the prompt cache (part of input_tokens), for an hour.
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     def cost_micro_usd(self, input_per_mtok: Decimal, output_per_mtok: Decimal) -> int:
-        exact = self.input_tokens * input_per_mtok + self.output_tokens * output_per_mtok
+        """Anthropic's rates: a five-minute cache write costs 1.25x input, an hour's 2x."""
+        plain = self.input_tokens - self.cache_write_tokens
+        five = self.cache_write_tokens - self.cache_write_1h_tokens
+        exact = (
+            plain * input_per_mtok
+            + five * input_per_mtok * Decimal("1.25")
+            + self.cache_write_1h_tokens * input_per_mtok * 2
+            + self.output_tokens * output_per_mtok
+        )
         return math.ceil(exact) + self.fees_micro_usd
+
+
+def _cache_ttl(value: Any) -> str | None:
+    """The longest cache TTL a body asks for anywhere (the upstream writes the prompt)."""
+    text = json.dumps(value)
+    if '"cache_control"' not in text:
+        return None
+    return "1h" if '"ttl": "1h"' in text else "5m"
+
+
+def _with_cache(bill: Bill, body: dict[str, Any]) -> Bill:
+    ttl = _cache_ttl(body)
+    if ttl is not None:  # the worst: the whole prompt written
+        bill.cache_write_tokens = bill.input_tokens
+        bill.cache_write_1h_tokens = bill.input_tokens if ttl == "1h" else 0
+    return bill
 
 
 def _utf8(value: Any) -> int:
@@ -307,7 +334,7 @@ def bill_chat(body: dict[str, Any], *, model: str, output_tokens: int, up: Upstr
         bill.tool_uses["web_search"] = 1
         bill.fees_micro_usd += up.search_micro_usd
         bill.input_tokens = max(bill.input_tokens, up.context_window)
-    return bill
+    return _with_cache(bill, body)
 
 
 def _block(model: str, block: Any, up: Upstream) -> int:
@@ -376,7 +403,7 @@ def bill_messages(body: dict[str, Any], *, model: str, output_tokens: int, up: U
             if name == "web_search":
                 fees += n * up.search_micro_usd
     passes = sum(uses.values())
-    return Bill(tokens + passes * up.context_window, output_tokens, uses, fees)
+    return _with_cache(Bill(tokens + passes * up.context_window, output_tokens, uses, fees), body)
 
 
 def bill_responses(body: dict[str, Any], *, model: str, output_tokens: int, up: Upstream) -> Bill:

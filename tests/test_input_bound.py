@@ -11,6 +11,7 @@ with the bound Keyfob reserves for. Units test each rule and each refusal.
 from __future__ import annotations
 
 import base64
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -64,8 +65,18 @@ def openai_image(draw: st.DrawFn) -> dict[str, Any]:
     return {"type": "image_url", "image_url": image}
 
 
+cache_control = st.sampled_from([{"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}])
+
+
 def chat_part(with_files: bool) -> st.SearchStrategy[dict[str, Any]]:
-    options = [st.builds(lambda t: {"type": "text", "text": t}, any_text), openai_image()]
+    options = [
+        st.builds(lambda t: {"type": "text", "text": t}, any_text),
+        openai_image(),
+        # OpenRouter passes cache_control on to Anthropic models
+        st.builds(
+            lambda t, c: {"type": "text", "text": t, "cache_control": c}, any_text, cache_control
+        ),
+    ]
     if with_files:
         options.append(st.just({"type": "file", "file": {"file_id": "file-abc123"}}))
     return st.one_of(*options)
@@ -161,7 +172,14 @@ document = st.sampled_from(
 @st.composite
 def messages_bodies(draw: st.DrawFn, *, server_tools: bool = True) -> dict[str, Any]:
     block = st.one_of(
-        st.builds(lambda t: {"type": "text", "text": t}, any_text), anthropic_image(), document
+        st.builds(lambda t: {"type": "text", "text": t}, any_text),
+        anthropic_image(),
+        document,
+        st.builds(
+            lambda t, ttl: {"type": "text", "text": t, "cache_control": ttl},
+            any_text,
+            cache_control,
+        ),
     )
     messages = []
     for _ in range(draw(st.integers(1, 3))):
@@ -223,7 +241,10 @@ def responses_bodies(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _price(model: str, kind: str) -> Price:
-    return Price("test", Decimal(3), Decimal(15)).with_tool_prices(limits_for(kind, model))
+    """$3 / $15 per million, cache writes at Anthropic's 1.25x and 2x."""
+    price = Price("test", Decimal(3), Decimal(15), None, Decimal("3.75"),
+                  cache_write_1h_per_mtok=Decimal(6))  # fmt: skip
+    return price.with_tool_prices(limits_for(kind, model))
 
 
 def _check(bound: TokenUsage, bill: pb.Bill, model: str, kind: str) -> None:
@@ -232,7 +253,13 @@ def _check(bound: TokenUsage, bill: pb.Bill, model: str, kind: str) -> None:
     price = _price(model, kind)
     fees = price.fees_micro_usd(bound.tool_uses or {})
     assert fees >= bill.fees_micro_usd, (model, bound.tool_uses, bill)
-    worst = TokenUsage(bound.input_tokens, bill.output_tokens, tool_uses=bound.tool_uses)
+    worst = TokenUsage(
+        bound.input_tokens,
+        bill.output_tokens,
+        cache_write_tokens=bound.cache_write_tokens,
+        cache_write_1h_tokens=bound.cache_write_1h_tokens,
+        tool_uses=bound.tool_uses,
+    )
     billed = bill.cost_micro_usd(Decimal(3), Decimal(15))
     assert price.cost_micro_usd(worst) >= billed
 
@@ -413,6 +440,23 @@ def test_the_surface_refuses_in_its_own_format() -> None:
         )
     assert caught.value.status == 400 and caught.value.code == "unbounded_cost"
     assert caught.value.param == "tools.0.max_uses"
+
+
+def test_cache_writes_are_reserved_at_their_premium() -> None:
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    block = {"type": "text", "text": "x" * 1000, "cache_control": hour}
+    body = {"messages": [{"role": "user", "content": [block]}], "max_tokens": 1}
+    claude = limits_for("anthropic", "claude-3-5-haiku")
+    bound = messages_input(body, "claude-3-5-haiku", claude)
+    assert bound.cache_write_tokens == bound.cache_write_1h_tokens == bound.tokens
+    price = _price("claude-3-5-haiku", "anthropic")
+    assert price.cost_micro_usd(bound.usage(0)) == bound.tokens * 6
+    usage = TokenUsage.from_anthropic(
+        {"input_tokens": 10, "output_tokens": 0, "cache_creation_input_tokens": 1000,
+         "cache_creation": {"ephemeral_1h_input_tokens": 400, "ephemeral_5m_input_tokens": 600}}
+    )  # fmt: skip
+    assert usage is not None and usage.cache_write_1h_tokens == 400
+    assert price.cost_micro_usd(usage) == math.ceil(10 * 3 + 600 * 3.75 + 400 * 6)
 
 
 def test_settlement_charges_reported_tool_uses() -> None:

@@ -49,10 +49,8 @@ class ChatSurface:
         self, body: dict[str, Any], settings: Settings, model: str, limits: ModelLimits | None
     ) -> TokenUsage:
         inp = bounded(chat_input, body, model, limits)
-        return TokenUsage(
-            inp.tokens,
-            chat_output_bound(body, default_max_output_tokens=settings.default_max_output_tokens),
-            tool_uses=inp.tool_uses or None,
+        return inp.usage(
+            chat_output_bound(body, default_max_output_tokens=settings.default_max_output_tokens)
         )
 
     def plan(self, body: dict[str, Any], r: Resolved, wire: Wire, settings: Settings) -> Plan:

@@ -68,10 +68,8 @@ async def quote(request: Request) -> Response:
     inp = bounded(
         chat_input, body, r.upstream_model, await gw.limits(kf, r.provider, r.upstream_model)
     )
-    worst = TokenUsage(
-        inp.tokens,
-        chat_output_bound(body, default_max_output_tokens=s.default_max_output_tokens),
-        tool_uses=inp.tool_uses or None,
+    worst = inp.usage(
+        chat_output_bound(body, default_max_output_tokens=s.default_max_output_tokens)
     )
     worst_micro = price.cost_micro_usd(worst)
     typical = await typical_output_tokens(kf.store.engine, grant.id, r.canonical)

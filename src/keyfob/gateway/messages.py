@@ -76,7 +76,7 @@ class MessagesSurface:
         self, body: dict[str, Any], settings: Settings, model: str, limits: ModelLimits | None
     ) -> TokenUsage:
         inp = bounded(messages_input, body, model, limits)
-        return TokenUsage(inp.tokens, int(body["max_tokens"]), tool_uses=inp.tool_uses or None)
+        return inp.usage(int(body["max_tokens"]))
 
     def plan(self, body: dict[str, Any], r: Resolved, wire: Wire, settings: Settings) -> Plan:
         model = str(body["model"])

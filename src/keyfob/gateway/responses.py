@@ -58,10 +58,8 @@ class ResponsesSurface:
     ) -> TokenUsage:
         chat = tr.request(body, model=model)
         inp = bounded(chat_input, chat, model, limits)
-        return TokenUsage(
-            inp.tokens,
-            chat_output_bound(chat, default_max_output_tokens=settings.default_max_output_tokens),
-            tool_uses=inp.tool_uses or None,
+        return inp.usage(
+            chat_output_bound(chat, default_max_output_tokens=settings.default_max_output_tokens)
         )
 
     def plan(self, body: dict[str, Any], r: Resolved, wire: Wire, settings: Settings) -> Plan:

@@ -32,6 +32,7 @@ from typing import Any
 
 from keyfob.pricing.images import ImageRule, base64_dimensions, data_url_dimensions
 from keyfob.pricing.model_limits import ModelLimits, ToolPrice, family_image_rule, shipped_tool
+from keyfob.pricing.usage import TokenUsage
 
 TOKENS_PER_MESSAGE = 8
 TOKENS_PER_REQUEST = 16
@@ -63,6 +64,53 @@ class InputBound:
     fees_micro_usd: int = 0
     #: Server-tool uses the fees are for, by tool (``anthropic-web-search``: 5).
     tool_uses: dict[str, int] = field(default_factory=dict)
+    #: Input tokens that may be written to the prompt cache (billed above input: 1.25x
+    #: for five minutes, 2x for an hour on Anthropic), and those for an hour.
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+
+    def usage(self, output_tokens: int) -> TokenUsage:
+        """The worst case to price: this input, ``output_tokens`` out."""
+        return TokenUsage(
+            self.tokens,
+            output_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens,
+            tool_uses=self.tool_uses or None,
+        )
+
+    def with_cache_writes(self, body: dict[str, Any]) -> InputBound:
+        """All input may be written to the cache when the body asks for caching."""
+        ttl = cache_ttl(body)
+        if ttl is not None:
+            self.cache_write_tokens = self.tokens
+            self.cache_write_1h_tokens = self.tokens if ttl == "1h" else 0
+        return self
+
+
+def cache_ttl(value: Any, depth: int = 0) -> str | None:
+    """The longest ``cache_control`` TTL anywhere in a body ("5m", "1h"), None if none.
+
+    Anthropic (and OpenRouter passing it on) bills a cache write above the input price,
+    so a body that marks any block for caching may pay that premium on its whole prompt."""
+    found: str | None = None
+    if isinstance(value, dict):
+        control = value.get("cache_control")
+        if isinstance(control, dict):
+            found = "1h" if control.get("ttl") == "1h" else "5m"
+        items: Any = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    if depth < 8 and found != "1h":
+        for item in items:
+            if isinstance(item, dict | list):
+                inner = cache_ttl(item, depth + 1)
+                if inner == "1h":
+                    return "1h"
+                found = found or inner
+    return found
 
 
 class _Model:
@@ -216,7 +264,8 @@ def chat_input(body: dict[str, Any], model: str, limits: ModelLimits | None) -> 
     tools_tokens, extra = _chat_tools(m, body)
     total += tools_tokens
     # A search adds its results to the same pass: up to the context window in all.
-    return InputBound(max(total, extra.tokens), extra.fees_micro_usd, extra.tool_uses)
+    bound = InputBound(max(total, extra.tokens), extra.fees_micro_usd, extra.tool_uses)
+    return bound.with_cache_writes(body)
 
 
 # --- Anthropic Messages ------------------------------------------------------------------
@@ -334,7 +383,7 @@ def messages_input(body: dict[str, Any], model: str, limits: ModelLimits | None)
     if body.get("tool_choice") is not None:
         total += _json_bytes(body["tool_choice"])
     total += tools_tokens + extra.tokens
-    return InputBound(total, extra.fees_micro_usd, extra.tool_uses)
+    return InputBound(total, extra.fees_micro_usd, extra.tool_uses).with_cache_writes(body)
 
 
 # --- compatibility and the other surfaces -------------------------------------------------

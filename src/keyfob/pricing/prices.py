@@ -62,6 +62,8 @@ class Price:
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
     model_price: Any = None  # genai_prices ModelPrice, when tiered
+    #: Anthropic's one-hour cache writes (2x input; five-minute writes: 1.25x).
+    cache_write_1h_per_mtok: Decimal | None = None
     #: The genai-prices catalogue (provider id) the price was found in.
     catalogue: str | None = None
     #: Fees per use of server-side tools, integer micro-USD by tool name (the model's
@@ -83,7 +85,7 @@ class Price:
         is computed on integers scaled by 10^6 and rounded up once: the same exact result
         as the Decimal path, at a tenth of the cost (it runs twice per call)."""
         fees = self.fees_micro_usd(u.tool_uses) if u.tool_uses else 0
-        scaled = self._scaled
+        scaled = self._scaled if not u.cache_write_1h_tokens else None  # 1h writes: rare
         if scaled is not None:
             rin, rout, rread, rwrite = scaled
             cached = u.cache_read_tokens if rread is not None else 0
@@ -101,6 +103,9 @@ class Price:
                     output_tokens=u.output_tokens,
                     cache_read_tokens=u.cache_read_tokens or None,
                     cache_write_tokens=u.cache_write_tokens or None,
+                    cache_write_1h_tokens=(u.cache_write_1h_tokens or None)
+                    if u.cache_write_tokens
+                    else None,
                 )
             )
             return _ceil_micro(Decimal(calc["total_price"]) * 1_000_000) + fees
@@ -113,7 +118,9 @@ class Price:
         if cached:
             total += cached * (read_rate or Decimal(0))
         if written:
-            total += written * (write_rate or Decimal(0))
+            hour = min(u.cache_write_1h_tokens, written) if self.cache_write_1h_per_mtok else 0
+            total += (written - hour) * (write_rate or Decimal(0))
+            total += hour * (self.cache_write_1h_per_mtok or Decimal(0))
         return _ceil_micro(total) + fees
 
     def fees_micro_usd(self, tool_uses: dict[str, int]) -> int:
@@ -215,6 +222,7 @@ def _library_price(model: str, catalogue: str | None, api_url: str | None = None
             _flat(mp.output_mtok) or Decimal(0),
             _flat(mp.cache_read_mtok),
             _flat(getattr(mp, "cache_write_mtok", None)),
+            cache_write_1h_per_mtok=_flat(getattr(mp, "cache_write_1h_mtok", None)),
             catalogue=found.provider.id,
         )
     except TypeError:

@@ -43,6 +43,9 @@ class TokenUsage:
     cache_write_tokens: int = 0
     #: Reasoning tokens (a subset of output_tokens).
     reasoning_tokens: int = 0
+    #: Input tokens written to the cache for an hour (a subset of cache_write_tokens,
+    #: billed higher: Anthropic's ``cache_control`` with ``ttl: "1h"``).
+    cache_write_1h_tokens: int = 0
     #: Uses of server-side tools billed per use, by tool (``model_limits.toml``'s names:
     #: ``anthropic-web-search``...); None when the upstream reported none.
     tool_uses: dict[str, int] | None = None
@@ -66,7 +69,9 @@ class TokenUsage:
             return None
         if prompt < 0 or completion < 0 or cached < 0 or reasoning < 0:
             return None
-        return cls(prompt, completion, min(cached, prompt), 0, min(reasoning, completion), tools)
+        return cls(
+            prompt, completion, min(cached, prompt), 0, min(reasoning, completion), tool_uses=tools
+        )
 
     @classmethod
     def from_anthropic(cls, usage: dict[str, Any]) -> TokenUsage | None:
@@ -81,11 +86,17 @@ class TokenUsage:
             output = int(usage.get("output_tokens") or 0)
             written = int(usage.get("cache_creation_input_tokens") or 0)
             read = int(usage.get("cache_read_input_tokens") or 0)
+            detail = usage.get("cache_creation")
+            hour = (
+                int(detail.get("ephemeral_1h_input_tokens") or 0) if isinstance(detail, dict) else 0
+            )
         except (TypeError, ValueError, AttributeError):
             return None
-        if min(plain, output, written, read) < 0:
+        if min(plain, output, written, read, hour) < 0:
             return None
-        return cls(plain + written + read, output, read, written, 0, tools)
+        return cls(
+            plain + written + read, output, read, written, 0, min(hour, written), tool_uses=tools
+        )
 
     def to_openai(self) -> dict[str, Any]:
         """As OpenAI's chat-completions ``usage`` (cached and reasoning details included)."""
