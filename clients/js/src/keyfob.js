@@ -210,7 +210,9 @@ export class Keyfob {
     pendingArea().removeItem(PENDING_PREFIX + state);
     const pending = JSON.parse(raw);
     const iss = url.searchParams.get("iss");
-    if (iss !== null && iss !== this.issuer) {
+    // RFC 9207: a server that says it sends iss must send its own, always.
+    const required = (await this.discover()).authorization_response_iss_parameter_supported === true;
+    if (iss === null ? required : iss !== this.issuer) {
       throw new KeyfobError("the answer came from another authorization server", { code: "issuer_mismatch" });
     }
     clearQuery(url);

@@ -11,7 +11,7 @@ const ISSUER = "http://127.0.0.1:8787";
 const CB = "http://127.0.0.1:5173/callback";
 
 /** A scripted Keyfob: records requests, answers discovery, token, revocation, gateway. */
-function fakeKeyfob({ accessLifetimeS = 3600 } = {}) {
+function fakeKeyfob({ accessLifetimeS = 3600, issParameter = false } = {}) {
   const calls = [];
   let n = 0;
   let live = new Set();
@@ -36,6 +36,7 @@ function fakeKeyfob({ accessLifetimeS = 3600 } = {}) {
         authorization_endpoint: `${ISSUER}/oauth/authorize`,
         token_endpoint: `${ISSUER}/oauth/token`,
         revocation_endpoint: `${ISSUER}/oauth/revoke`,
+        ...(issParameter ? { authorization_response_iss_parameter_supported: true } : {}),
       });
     }
     if (url.pathname === "/oauth/token") {
@@ -135,6 +136,16 @@ test("handleRedirect refuses a forged state and another issuer (mix-up)", async 
   mixed.searchParams.set("iss", "https://evil.example");
   await assert.rejects(kf.handleRedirect(mixed.toString()), (e) => e.code === "issuer_mismatch");
   assert.equal(server.calls.filter((c) => c.path === "/oauth/token").length, 0);
+});
+
+test("a server that sends iss must send it (RFC 9207)", async () => {
+  const server = fakeKeyfob({ issParameter: true });
+  const kf = new Keyfob({ issuer: ISSUER, clientId: "kfapp_x", redirectUri: CB, storage: "memory", fetch: server.fetch });
+  const { state } = await kf.authorizationUrl();
+  await assert.rejects(kf.handleRedirect(`${CB}?code=kfac_1&state=${state}`), (e) => e.code === "issuer_mismatch");
+  const again = await kf.authorizationUrl();
+  const ok = await kf.handleRedirect(`${CB}?code=kfac_1&state=${again.state}&iss=${encodeURIComponent(ISSUER)}`);
+  assert.equal(ok.accessToken, "kfat_1");
 });
 
 test("a denied consent becomes a KeyfobError with the OAuth code", async () => {
