@@ -1,17 +1,46 @@
-"""The dashboard's read-only ledger queries (store/reports.py): per-day spend folds into
-the person's own calendar days (a +05:30 zone too), stacked by app or model, and agrees
-with the per-grant totals."""
+"""The dashboard's ledger queries (store/reports.py) on SQLite and PostgreSQL: per-day
+spend folds into the person's own calendar days (a +05:30 zone too), stacked by app or
+model, and agrees with the per-grant totals; refused calls are coalesced."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
+
+import asyncpg
+import pytest
 
 from keyfob.store import Store
 from keyfob.store import schema as t
 from keyfob.store.reports import daily_spend, grant_calls, grant_totals, spend_by_grant
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database on each engine (bucket flooring differs between them)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
+        return
+    name = f"keyfob_test_{secrets.token_hex(6)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def _at(text: str) -> float:
@@ -52,9 +81,9 @@ async def _seed(store: Store) -> tuple[str, str]:
     return user.id, ga.id
 
 
-def test_days_follow_the_persons_zone_and_totals_agree(tmp_path: Path) -> None:
+def test_days_follow_the_persons_zone_and_totals_agree(store_url: str) -> None:
     async def go() -> None:
-        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
+        store = await Store.open(store_url)
         try:
             user_id, alpha = await _seed(store)
             kolkata = await daily_spend(
@@ -92,6 +121,23 @@ def test_days_follow_the_persons_zone_and_totals_agree(tmp_path: Path) -> None:
                 store.engine, alpha, before=(first[0].created_at, first[0].id), limit=5
             )
             assert [e.id for e in first + rest] == ["e1", "e0"]
+            # refusals within a minute of one grant, limit and model share a row
+            for at, count in ((1000.0, 1), (1030.0, 2), (1100.0, 1)):
+                await store.refusals.record(
+                    user_id=user_id,
+                    grant_id=alpha,
+                    client_id="c",
+                    model="p/m1",
+                    limit_label="month",
+                    window_key="month:2026-12",
+                    needed_micro_usd=5,
+                    left_micro_usd=1,
+                    retry_at=None,
+                    count=count,
+                    now=at,
+                )
+            recent = await store.refusals.recent(user_id)
+            assert [(r.count, r.last_at) for r in recent] == [(1, 1100.0), (3, 1030.0)]
         finally:
             await store.close()
 
