@@ -417,3 +417,29 @@ def test_openrouter_link_failures_read_as_words() -> None:
     )
     assert "cannot find the host openrouter.ai" in dns and "ClientConnector" not in dns
     assert "expired or been used" in openrouter_failure("refused (HTTP 400)", "https://x", 400)
+
+
+def test_server_error_page_for_people_plain_text_for_apis() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from keyfob.web.errors import server_error
+
+    def request(path: str) -> Request:
+        return Request(
+            {
+                "type": "http",
+                "method": "GET",
+                "path": path,
+                "query_string": b"",
+                "headers": [(b"accept", b"text/html")],
+            }
+        )
+
+    page = asyncio.run(server_error(request("/wallet"), RuntimeError("boom")))
+    body = bytes(page.body).decode()
+    assert page.status_code == 500 and "Something went wrong" in body and "boom" not in body
+    assert "Try again in a moment" in body
+    api = asyncio.run(server_error(request("/v1/chat/completions"), RuntimeError("boom")))
+    assert api.status_code == 500 and bytes(api.body) == b"Internal Server Error"

@@ -74,6 +74,20 @@ async def last_used(engine: AsyncEngine, user_id: str) -> dict[str, float]:
     return {r[0]: float(r[1]) for r in rows}
 
 
+async def app_names(engine: AsyncEngine, user_id: str) -> dict[str, str]:
+    """The names of the apps a person ever allowed, by client id (not every client of a
+    hosted server: only this person's)."""
+    q = (
+        select(t.clients.c.id, t.clients.c.name)
+        .join(t.grants, t.grants.c.client_id == t.clients.c.id)
+        .where(t.grants.c.user_id == user_id)
+        .distinct()
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+    return {r[0]: r[1] for r in rows}
+
+
 @dataclass(frozen=True)
 class DailySeries:
     """Spend per local day and key (an app name or a model), for a stacked chart."""

@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute, Route
 from keyfob.accounts.passwords import WeakPassword, hash_password, verify_password
 from keyfob.allowance.windows import zone
 from keyfob.money import parse_usd, usd_input, usd_summary
+from keyfob.store import reports
 from keyfob.store.records import User
 from keyfob.web.consent_view import DEFAULT_CAP_USD
 from keyfob.web.forms import Form, FormError, read_form
@@ -47,7 +48,7 @@ async def wallet_page(
     kf = kf_of(request)
     wallet = await kf.store.wallets.get(user.id)
     apps = []
-    names = {c.id: c.name for c in await kf.store.clients.list()}
+    names = await reports.app_names(kf.store.engine, user.id)
     from keyfob.allowance.service import policy_of
 
     for g in await kf.store.grants.list(user.id):

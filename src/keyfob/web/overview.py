@@ -54,8 +54,8 @@ async def span_totals(kf: Keyfob, user: User, now: float) -> dict[str, dict[str,
     }
 
 
-async def app_names(kf: Keyfob) -> dict[str, str]:
-    return {c.id: c.name for c in await kf.store.clients.list()}
+async def app_names(kf: Keyfob, user: User) -> dict[str, str]:
+    return await reports.app_names(kf.store.engine, user.id)
 
 
 async def dashboard(request: Request) -> Response:
@@ -68,7 +68,7 @@ async def dashboard(request: Request) -> Response:
     now = time.time()
     days = RANGES.get(request.query_params.get("days", "30"), 30)
     by = "model" if request.query_params.get("by") == "model" else "app"
-    names = await app_names(kf)
+    names = await app_names(kf, user)
     totals = await span_totals(kf, user, now)
     used = await reports.last_used(kf.store.engine, user.id)
     active: list[dict[str, Any]] = []

@@ -18,6 +18,7 @@ from keyfob.money import parse_usd, usd_input
 from keyfob.pricing.prices import Price, UnknownPrice, price_for
 from keyfob.providers.connection import try_connection, unpriced_models
 from keyfob.providers.linking import LinkRefused, link_provider, normalise_base_url
+from keyfob.store import reports
 from keyfob.store.records import Provider, User
 from keyfob.terms import check_credential
 from keyfob.web.forms import FormError, read_form
@@ -393,7 +394,7 @@ async def remove_provider(request: Request) -> Response:
     kf = kf_of(request)
     prefix = f"{provider.name}/"
     using = []
-    names = {c.id: c.name for c in await kf.store.clients.list()}
+    names = await reports.app_names(kf.store.engine, user.id)
     for g in await kf.store.grants.list(user.id):
         if any(m.startswith(prefix) for m in g.models):
             using.append(names.get(g.client_id, g.client_id))
