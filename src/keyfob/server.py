@@ -211,6 +211,9 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
             charged = await kf.store.metering.reconcile_dead(time.time() - horizon)
         if charged:
             log.warning("charged %d unsettled reservations from a previous run", charged)
+        from keyfob.accounts.sessions import SessionRules, forget_stale
+
+        await forget_stale(kf.store, SessionRules(settings.session_idle_s, settings.session_max_s))
         if announce is not None and await kf.store.users.owner() is None:
             announce(f"{settings.issuer}/setup?token={setup_token}")
         kf.http = aiohttp.ClientSession(
@@ -245,7 +248,7 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
             session_cookie="keyfob_session",
             same_site="lax",
             https_only=secure,
-            max_age=14 * 24 * 3600,
+            max_age=settings.session_max_s,  # the server-side row decides (web/sessions.py)
         ),
     ]
     from keyfob.web.errors import EXCEPTION_HANDLERS

@@ -18,6 +18,7 @@ from keyfob.store.engine import create_engine
 from keyfob.store.metering import MeteringRepo
 from keyfob.store.migrate import upgrade
 from keyfob.store.reports import RefusalsRepo
+from keyfob.store.sessions import SessionsRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.store.wallets import WalletsRepo
 
@@ -48,6 +49,7 @@ class Store:
     wallets: WalletsRepo
     devices: DeviceCodesRepo
     refusals: RefusalsRepo
+    sessions: SessionsRepo
 
     hot: SqliteHotPath | None = None
 
@@ -65,6 +67,7 @@ class Store:
             WalletsRepo(engine),
             DeviceCodesRepo(engine),
             RefusalsRepo(engine),
+            SessionsRepo(engine),
             hot,
         )
 

@@ -79,19 +79,6 @@ class UsersRepo:
                 .values(timezone=timezone, default_cap_micro_usd=default_cap_micro_usd)
             )
 
-    async def end_sessions(self, user_id: str) -> int:
-        """Bump the session epoch: every session signed in before is over. Returns the new
-        epoch (the caller's own session may take it to stay signed in)."""
-        u = t.users.c
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(t.users).where(u.id == user_id).values(session_epoch=u.session_epoch + 1)
-            )
-            epoch = (
-                await conn.execute(select(u.session_epoch).where(u.id == user_id))
-            ).scalar_one()
-        return int(epoch)
-
 
 def _ordered(user_id: str) -> Select[Any]:
     """Preference order: chosen positions first, then the rest oldest first."""

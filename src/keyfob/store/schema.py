@@ -37,6 +37,8 @@ users = Table(
     #: What consent pre-fills when an app suggests no cap (NULL: Keyfob's default).
     Column("default_cap_micro_usd", BigInteger, nullable=True),
     #: Sessions signed in under an older epoch are over ("log out everywhere").
+    #: Unused since sessions live in ``web_sessions`` (migration 0009), which also ends
+    #: a single session at logout; kept so the column's migration stays reversible.
     Column("session_epoch", Integer, nullable=False, server_default="0"),
 )
 
@@ -307,3 +309,16 @@ refusals = Table(
     Column("last_at", Float, nullable=False),
 )
 Index("ix_refusals_user_last", refusals.c.user_id, refusals.c.last_at)
+
+#: Dashboard sessions, server-side: the cookie carries a random id, this table its
+#: SHA-256, so logout, a password change or "log out everywhere" ends a session for
+#: good (a signed cookie alone stays valid until it expires).
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+)
+Index("ix_web_sessions_user", web_sessions.c.user_id)

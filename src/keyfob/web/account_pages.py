@@ -7,23 +7,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from keyfob.accounts.passwords import WeakPassword, hash_password, verify_password
+from keyfob.accounts import service as account_service
+from keyfob.accounts.hashing import HashingBusy
+from keyfob.accounts.passwords import WeakPassword
 from keyfob.allowance.windows import zone
 from keyfob.money import parse_usd, usd_input, usd_summary
 from keyfob.store import reports
 from keyfob.store.records import User
 from keyfob.web.consent_view import DEFAULT_CAP_USD
 from keyfob.web.forms import Form, FormError, read_form
+from keyfob.web.ratelimit import login_throttle
 from keyfob.web.render import (
     current_user,
     error_page,
     flash,
-    keep_session,
     kf_of,
     login_redirect,
     page,
     redirect,
 )
+from keyfob.web.sessions import hash_limiter, sign_in, sign_out_everywhere
 
 HISTORY_ROWS = 200
 
@@ -176,27 +179,47 @@ async def preferences(request: Request) -> Response:
 
 
 async def change_password(request: Request) -> Response:
+    """Ends every session of the person (``accounts.service.change_password``) and signs
+    this browser in again with a new session id. A wrong current password counts as a
+    failed login (same throttle), so a stolen session cannot be used to guess it."""
     found = await _signed_in_form(request)
     if isinstance(found, Response):
         return found
     user, form = found
     current, new = form.get("current_password"), form.get("new_password")
     errors: dict[str, str] = {}
-    if not verify_password(user.password_hash, current):
-        errors["current_password"] = "this is not your current password"  # noqa: S105
-    elif new != form.get("new_password_confirm"):
+    throttle = login_throttle(request)
+    address = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(user.username, address)
+    if wait > 0:
+        errors["current_password"] = f"too many wrong passwords; wait {int(wait) + 1} s"
+        response = await settings_page(request, 429, errors)
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    if new != form.get("new_password_confirm"):
         errors["new_password_confirm"] = "the two new passwords differ"  # noqa: S105
     else:
+        kf = kf_of(request)
         try:
-            new_hash = hash_password(new)
+            await account_service.change_password(
+                kf.store, user, current, new, hash_limiter(request)
+            )
         except WeakPassword as exc:
             errors["new_password"] = str(exc)
+        except HashingBusy:
+            errors["current_password"] = "too many sign-ins at once; try again"  # noqa: S105
+        except account_service.AccountError as exc:
+            if "current password" in str(exc):
+                throttle.failed(user.username, address)
+                errors["current_password"] = "this is not your current password"  # noqa: S105
+            else:
+                errors["new_password"] = str(exc)
     if errors:
         return await settings_page(request, 400, errors)
-    kf = kf_of(request)
-    await kf.store.users.set_password_hash(user.id, new_hash)
-    # a changed password ends every other session: whoever knew the old one is out
-    keep_session(request, await kf.store.users.end_sessions(user.id))
+    throttle.succeeded(user.username, address)
+    # every session ended, this one too: whoever knew the old password is out, and this
+    # browser continues under a new id
+    await sign_in(request, await kf_of(request).store.users.get(user.id) or user)
     flash(request, "Password changed; every other session was logged out.")
     return redirect("/settings")
 
@@ -206,8 +229,7 @@ async def logout_everywhere(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     user, _form = found
-    await kf_of(request).store.users.end_sessions(user.id)
-    request.session.clear()
+    await sign_out_everywhere(request, user)
     return redirect("/login?out=everywhere")
 
 

@@ -13,6 +13,7 @@ proxy).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 FREE_ATTEMPTS = 5
 ACCOUNT_FREE_ATTEMPTS = 20
@@ -87,3 +88,13 @@ class WindowLimiter:
             return max(0.0, start + self.window_s - now)
         self._counts[key] = (start, count + 1)
         return 0.0
+
+
+def login_throttle(request: Any) -> LoginThrottle:
+    """The app's login throttle (one per application, so each server counts its own);
+    the login page and the password change share it."""
+    found = getattr(request.app.state, "kf_login_throttle", None)
+    if not isinstance(found, LoginThrottle):
+        found = LoginThrottle()
+        request.app.state.kf_login_throttle = found
+    return found

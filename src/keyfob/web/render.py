@@ -53,7 +53,6 @@ SECURITY_HEADERS = {
 }
 
 _FLASH = "flash"
-_EPOCH = "epoch"
 
 
 def kf_of(request: Request) -> Keyfob:
@@ -105,26 +104,11 @@ def redirect(url: str, status: int = 303) -> RedirectResponse:
     return RedirectResponse(url, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def sign_in(request: Request, user: User) -> None:
-    """Start a fresh session: nothing from before the login survives (no fixation)."""
-    request.session.clear()
-    request.session["user_id"] = user.id
-    request.session[_EPOCH] = user.session_epoch
-
-
-def keep_session(request: Request, epoch: int) -> None:
-    """After "log out everywhere" or a password change: this browser stays signed in."""
-    request.session[_EPOCH] = epoch
-
-
 async def current_user(request: Request) -> User | None:
-    user_id = request.session.get("user_id")
-    if not isinstance(user_id, str):
-        return None
-    user = await kf_of(request).store.users.get(user_id)
-    if user is None or request.session.get(_EPOCH, 0) != user.session_epoch:
-        return None  # signed out everywhere since this session began
-    return user
+    """The signed-in person: a live server-side session (``web/sessions.py``)."""
+    from keyfob.web.sessions import current_user as session_user
+
+    return await session_user(request)
 
 
 def safe_next(value: str | None, default: str = "/") -> str:

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from keyfob.accounts.hashing import HashingBusy
 from keyfob.accounts.passwords import WeakPassword
 from keyfob.accounts.service import AccountError, authenticate, create_owner
 from keyfob.store.records import User
@@ -27,7 +28,7 @@ from keyfob.web.limits_page import ROUTES as LIMITS_ROUTES
 from keyfob.web.openrouter import ROUTES as OPENROUTER_ROUTES
 from keyfob.web.overview import dashboard
 from keyfob.web.provider_pages import ROUTES as PROVIDER_ROUTES
-from keyfob.web.ratelimit import LoginThrottle
+from keyfob.web.ratelimit import LoginThrottle, login_throttle
 from keyfob.web.register_page import ROUTES as REGISTER_ROUTES
 from keyfob.web.render import (
     error_page,
@@ -36,19 +37,15 @@ from keyfob.web.render import (
     page,
     redirect,
     safe_next,
-    sign_in,
 )
+from keyfob.web.sessions import hash_limiter, sign_in, sign_out
 
 log = logging.getLogger("keyfob.web")
 
 
 def _throttle(request: Request) -> LoginThrottle:
-    """The app's login throttle (one per application, so each server counts its own)."""
-    found = getattr(request.app.state, "kf_login_throttle", None)
-    if not isinstance(found, LoginThrottle):
-        found = LoginThrottle()
-        request.app.state.kf_login_throttle = found
-    return found
+    """The app's login throttle (shared with the password change)."""
+    return login_throttle(request)
 
 
 def _address(request: Request) -> str:
@@ -97,11 +94,13 @@ async def setup(request: Request) -> Response:
         error = "the two passwords differ"
     else:
         try:
-            user = await create_owner(kf.store, username, password, timezone or "UTC")
+            user = await create_owner(
+                kf.store, username, password, timezone or "UTC", hash_limiter(request)
+            )
         except (AccountError, WeakPassword) as exc:
             error = str(exc)
         else:
-            sign_in(request, user)
+            await sign_in(request, user)
             return redirect("/")
     return page(request, "setup.html", 400, username=username, timezone=timezone, error=error)
 
@@ -147,7 +146,19 @@ async def login(request: Request) -> Response:
         )
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
-    user = await authenticate(kf.store, username, password)
+    try:
+        user = await authenticate(kf.store, username, password, hash_limiter(request))
+    except HashingBusy:
+        response = page(
+            request,
+            "login.html",
+            503,
+            next=next_url,
+            username=username,
+            error="Too many sign-ins at once; try again in a moment.",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
     if user is None:
         throttle.failed(username, address)
         log.info("failed login for a username from %s", address)
@@ -160,7 +171,7 @@ async def login(request: Request) -> Response:
             error="Wrong username or password.",
         )
     throttle.succeeded(username, address)
-    sign_in(request, user)
+    await sign_in(request, user)
     return redirect(next_url)
 
 
@@ -169,7 +180,7 @@ async def logout(request: Request) -> Response:
         await read_form(request, kf_of(request).settings.max_form_bytes)
     except FormError as exc:
         return _form_error(request, exc)
-    request.session.clear()
+    await sign_out(request)
     flash(request, "You are logged out.")
     return redirect("/login")
 
