@@ -289,6 +289,10 @@ def _block(m: _Model, block: Any, where: str) -> int:
         source = block.get("source")
         stype = source.get("type") if isinstance(source, dict) else None
         meta = _text(block.get("title")) + _text(block.get("context"))
+        citations = block.get("citations")
+        if isinstance(citations, dict) and citations.get("enabled"):
+            # Citations chunk the document and add instructions: twice its bytes, plus.
+            meta += TOOLS_SYSTEM_PROMPT_TOKENS + _json_bytes(source)
         if stype == "text" and isinstance(source, dict):
             return meta + _text(source.get("data"))
         if stype == "content" and isinstance(source, dict):
