@@ -79,50 +79,69 @@ class InputBound:
             tool_uses=self.tool_uses or None,
         )
 
-    def with_cache_writes(self, body: dict[str, Any]) -> InputBound:
+    def with_cache_writes(self, ttl: str | None) -> InputBound:
         """All input may be written to the cache when the body asks for caching."""
-        ttl = cache_ttl(body)
         if ttl is not None:
             self.cache_write_tokens = self.tokens
             self.cache_write_1h_tokens = self.tokens if ttl == "1h" else 0
         return self
 
 
-def cache_ttl(value: Any, depth: int = 0) -> str | None:
-    """The longest ``cache_control`` TTL anywhere in a body ("5m", "1h"), None if none.
+def _ttl(control: Any) -> str | None:
+    if not isinstance(control, dict):
+        return None
+    return "1h" if control.get("ttl") == "1h" else "5m"
+
+
+def _longer(a: str | None, b: str | None) -> str | None:
+    return "1h" if "1h" in (a, b) else a or b
+
+
+def _parts_ttl(parts: Any) -> str | None:
+    found: str | None = None
+    if isinstance(parts, list):
+        for part in parts:
+            if isinstance(part, dict):
+                if "cache_control" in part:
+                    found = _longer(found, _ttl(part["cache_control"]))
+                inner = part.get("content")  # a tool result's blocks
+                if isinstance(inner, list):
+                    found = _longer(found, _parts_ttl(inner))
+    return found
+
+
+def cache_ttl(body: dict[str, Any]) -> str | None:
+    """The longest ``cache_control`` TTL in a body ("5m", "1h"), None if none.
 
     Anthropic (and OpenRouter passing it on) bills a cache write above the input price,
-    so a body that marks any block for caching may pay that premium on its whole prompt."""
-    found: str | None = None
-    if isinstance(value, dict):
-        control = value.get("cache_control")
-        if isinstance(control, dict):
-            found = "1h" if control.get("ttl") == "1h" else "5m"
-        items: Any = value.values()
-    elif isinstance(value, list):
-        items = value
-    else:
-        return None
-    if depth < 8 and found != "1h":
-        for item in items:
-            if isinstance(item, dict | list):
-                inner = cache_ttl(item, depth + 1)
-                if inner == "1h":
-                    return "1h"
-                found = found or inner
+    so a body that marks any block for caching may pay that premium on its whole prompt.
+    Marks sit on the request, on system and tool entries, and on content blocks."""
+    found = _ttl(body.get("cache_control"))
+    found = _longer(found, _parts_ttl(body.get("system")))
+    found = _longer(found, _parts_ttl(body.get("tools")))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict):
+                if "cache_control" in m:
+                    found = _longer(found, _ttl(m["cache_control"]))
+                found = _longer(found, _parts_ttl(m.get("content")))
     return found
 
 
 class _Model:
     """What the bound needs to know about the serving model."""
 
-    __slots__ = ("context", "image", "limits", "name")
+    __slots__ = ("context", "limits", "name")
 
     def __init__(self, model: str, limits: ModelLimits | None) -> None:
         self.name = model
         self.limits = limits
-        self.image: ImageRule = limits.image() if limits else family_image_rule(model)
         self.context: int | None = limits.context_window_tokens if limits else None
+
+    @property
+    def image(self) -> ImageRule:
+        return self.limits.image() if self.limits else family_image_rule(self.name)
 
     def context_window(self, what: str, param: str | None) -> int:
         if self.context is None:
@@ -193,6 +212,12 @@ def _chat_part(m: _Model, part: Any, where: str) -> int:
     return _text(part)
 
 
+_CHAT_EXTRAS = frozenset(
+    ("tools", "functions", "response_format", "tool_choice", "prediction",
+     "web_search_options", "plugins")
+)  # fmt: skip
+
+
 def _chat_tools(m: _Model, body: dict[str, Any]) -> tuple[int, InputBound]:
     """Tool definitions' tokens, and server-side tools' fees and extra passes."""
     tools = body.get("tools") or []
@@ -240,9 +265,13 @@ def _chat_tools(m: _Model, body: dict[str, Any]) -> tuple[int, InputBound]:
 
 
 def chat_input(body: dict[str, Any], model: str, limits: ModelLimits | None) -> InputBound:
-    """Bound the input of an OpenAI chat-completions body served by ``model``."""
+    """Bound the input of an OpenAI chat-completions body served by ``model``.
+
+    One pass over the messages (this runs on every call): strings are measured at once,
+    content parts and tool calls by their rules, cache marks noted on the way."""
     m = _Model(model, limits)
     total = TOKENS_PER_REQUEST
+    ttl = _ttl(body.get("cache_control"))
     for i, message in enumerate(body.get("messages") or []):
         total += TOKENS_PER_MESSAGE
         if not isinstance(message, dict):
@@ -251,8 +280,11 @@ def chat_input(body: dict[str, Any], model: str, limits: ModelLimits | None) -> 
         for key, value in message.items():
             if key == "role":
                 continue
-            if key == "content" and isinstance(value, list):
+            if type(value) is str:
+                total += _str_bytes(value)
+            elif key == "content" and isinstance(value, list):
                 total += sum(_chat_part(m, p, f"messages[{i}].content") for p in value)
+                ttl = _longer(ttl, _parts_ttl(value))
             elif key == "tool_calls" and isinstance(value, list):
                 total += _json_bytes(value)
                 for call in value:
@@ -261,11 +293,17 @@ def chat_input(body: dict[str, Any], model: str, limits: ModelLimits | None) -> 
                         total += _arguments_bytes(fn.get("arguments"))
             else:
                 total += _text(value)
-    tools_tokens, extra = _chat_tools(m, body)
+                if key == "cache_control":
+                    ttl = _longer(ttl, _ttl(value))
+    if body.keys() & _CHAT_EXTRAS or model.endswith(":online"):
+        tools_tokens, extra = _chat_tools(m, body)
+        ttl = _longer(ttl, _parts_ttl(body.get("tools")))
+    else:
+        tools_tokens, extra = 0, InputBound(0)
     total += tools_tokens
     # A search adds its results to the same pass: up to the context window in all.
     bound = InputBound(max(total, extra.tokens), extra.fees_micro_usd, extra.tool_uses)
-    return bound.with_cache_writes(body)
+    return bound.with_cache_writes(ttl)
 
 
 # --- Anthropic Messages ------------------------------------------------------------------
@@ -387,7 +425,9 @@ def messages_input(body: dict[str, Any], model: str, limits: ModelLimits | None)
     if body.get("tool_choice") is not None:
         total += _json_bytes(body["tool_choice"])
     total += tools_tokens + extra.tokens
-    return InputBound(total, extra.fees_micro_usd, extra.tool_uses).with_cache_writes(body)
+    return InputBound(total, extra.fees_micro_usd, extra.tool_uses).with_cache_writes(
+        cache_ttl(body)
+    )
 
 
 # --- compatibility and the other surfaces -------------------------------------------------
