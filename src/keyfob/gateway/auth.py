@@ -1,13 +1,22 @@
-"""Bearer token -> (Token, Grant), cached for at most a second.
+"""Bearer token -> (Token, Grant), for every bearer endpoint (metered or not).
 
-The cache keeps a lookup off the hot path; revocation stays within a second because
-entries expire after one (an expired entry is served only while its reload runs), and
-the reservation re-checks token and grant itself (on the personal server, against any
-commit of another connection: ``store/sqlite_writeback.py``).
+The cache keeps a lookup off the hot path without letting a revoked token through:
+
+- personal server (write-back metering): an entry is valid only while no other
+  connection has committed (``PRAGMA data_version``, ~2 us) and this process ran no
+  transaction that may revoke (``WriteBack.generation``). A revoke from the CLI or the
+  web page, or a refresh-token replay, is seen by the very next request; the reload
+  is two primary-key lookups on the inline connection.
+- otherwise (PostgreSQL, hosted): entries live ``GRANT_CACHE_TTL_S`` and are served
+  stale at most ``GRANT_STALE_S`` more while one reload runs; a reload that finds
+  nothing evicts the entry. A revoke in any process is refused within
+  ``REVOCATION_BOUND_S`` on these endpoints, and at once on metered calls, whose
+  reservation re-checks token and grant (and the grant's version) in its transaction.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 from starlette.requests import Request
@@ -16,10 +25,19 @@ from keyfob.context import Keyfob
 from keyfob.gateway.cache import TTLCache
 from keyfob.gateway.errors import unauthorized
 from keyfob.oauth.rfc8707 import token_audience_ok
+from keyfob.store import sqlite_hot
 from keyfob.store.records import Grant, Token
 from keyfob.tokens import Kind, hash_token, kind_of
 
-GRANT_CACHE_TTL_S = 1.0
+GRANT_CACHE_TTL_S = 0.5
+GRANT_STALE_S = 0.25
+#: The longest a revoked token is still answered by an endpoint that reserves nothing,
+#: on a store without write-back (plus one reload's latency).
+REVOCATION_BOUND_S = GRANT_CACHE_TTL_S + GRANT_STALE_S
+
+
+def grant_cache() -> TTLCache[tuple[Token, Grant]]:
+    return TTLCache(GRANT_CACHE_TTL_S, stale_grace_s=GRANT_STALE_S)
 
 
 def bearer(request: Request) -> str:
@@ -45,9 +63,22 @@ async def authenticate(
         raise unauthorized("invalid access token")
     token_hash = hash_token(token)
     now = time.time()
-    found = await cache.get_or_load(
-        token_hash, lambda: kf.store.tokens.active_with_grant(token_hash, "access", now)
-    )
+    hot = kf.store.hot
+    wb = hot.writeback if hot is not None else None
+    found: tuple[Token, Grant] | None
+    if hot is not None and wb is not None:
+        stamp = wb.current_generation()
+        found = cache.get(token_hash, stamp)
+        if found is None:
+            found = await hot.read(
+                functools.partial(sqlite_hot.access_with_grant, token_hash=token_hash, now=now)
+            )
+            if found is not None:
+                cache.put(token_hash, found, stamp)
+    else:
+        found = await cache.get_or_load(
+            token_hash, lambda: kf.store.tokens.active_with_grant(token_hash, "access", now)
+        )
     if found is None or found[0].expires_at <= now:
         raise unauthorized("invalid, expired or revoked access token")
     if not token_audience_ok(found[0].resource, kf.settings):  # RFC 8707

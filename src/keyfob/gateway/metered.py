@@ -254,6 +254,7 @@ async def metered_call(request: Request, surface: Surface) -> Response:
                 meter, upstream, plan.estimate_body, watcher, plan.transform(watcher)
             )
             relay.secret = secret_bytes(api_key)  # masked in every event sent
+            relay.guard = gw.streams.guard(kf, reservation)  # cut on revocation
             headers = {
                 **known,
                 **keyfob_headers(

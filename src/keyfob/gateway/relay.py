@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -54,6 +55,20 @@ class StreamRelay:
         #: The provider key, masked in every event sent should the upstream echo it
         #: (events are whole when sent, so a key never straddles two sends).
         self.secret: bytes | None = None
+        #: Registers the stream for the revocation watch (``state.LiveStreams``) and
+        #: returns its unregistering; set by the gateway.
+        self.guard: Callable[[StreamRelay], Callable[[], None]] | None = None
+        #: Why the stream was cut (its token or grant was revoked), once it was.
+        self.cut_reason: str | None = None
+        self._main: asyncio.Task[Any] | None = None
+
+    def cut(self, reason: str) -> None:
+        """Stop relaying now (from the revocation watch): the upstream is closed, the
+        call settled, and the client gets the surface's error event and the end."""
+        main = self._main
+        if self.cut_reason is None and main is not None and not main.done():
+            self.cut_reason = reason
+            main.cancel()
 
     async def complete(self) -> int:
         """The stream ended normally: settle from the upstream's usage or our own count."""
@@ -135,8 +150,12 @@ class StreamRelay:
         cancelling = main.cancelling()
         listener: asyncio.Task[None] | None = None
         reason = "the response was never sent"
+        self._main = main
+        unguard = self.guard(self) if self.guard is not None else None
+        started = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+            started = True
             reason = "client disconnected before the stream ended"
             content = self.upstream.content
             read_nowait, readany, at_eof = content.read_nowait, content.readany, content.at_eof
@@ -185,9 +204,22 @@ class StreamRelay:
             body = mask_bytes(b"".join(tail), self.secret)
             await send({"type": "http.response.body", "body": body, "more_body": False})
         except asyncio.CancelledError:
-            if not self.hung_up or main.uncancel() > cancelling:
-                raise  # not (only) the listener's doing (as ``asyncio.timeout`` decides)
+            ours = self.hung_up or self.cut_reason is not None
+            if not ours or main.uncancel() > cancelling:
+                raise  # not (only) the listener's or the watch's doing
+            if self.cut_reason is not None and not self.hung_up:
+                reason = self.cut_reason
+                if listener is not None:
+                    listener.cancel()
+                    listener = None
+                self.upstream.close()
+                if started:
+                    end = self.transform.error_event(self.cut_reason)
+                    await send({"type": "http.response.body", "body": end, "more_body": False})
         finally:
+            self._main = None
+            if unguard is not None:
+                unguard()
             if listener is not None:
                 listener.cancel()
             self.upstream.close()
