@@ -21,7 +21,6 @@ class User:
     is_owner: bool
     created_at: float
     default_cap_micro_usd: int | None = None
-    session_epoch: int = 0
 
     @classmethod
     def of(cls, row: Any) -> User:
@@ -34,7 +33,6 @@ class User:
             bool(m["is_owner"]),
             m["created_at"],
             m["default_cap_micro_usd"],
-            int(m["session_epoch"] or 0),
         )
 
     def __repr__(self) -> str:  # keep the hash out of logs

@@ -36,7 +36,6 @@ users = Table(
     Column("created_at", Float, nullable=False),
     #: What consent pre-fills when an app suggests no cap (NULL: Keyfob's default).
     Column("default_cap_micro_usd", BigInteger, nullable=True),
-    #: Sessions signed in under an older epoch are over ("log out everywhere").
     #: Unused since sessions live in ``web_sessions`` (migration 0009), which also ends
     #: a single session at logout; kept so the column's migration stays reversible.
     Column("session_epoch", Integer, nullable=False, server_default="0"),
