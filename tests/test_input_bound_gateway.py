@@ -53,7 +53,8 @@ class BillingUpstream:
     def _up(self, model: str) -> pb.Upstream:
         kind = "anthropic" if model.startswith("claude") else "openai"
         limits = limits_for(kind, model)  # my-model: the window its owner set below
-        return pb.Upstream(limits.context_window_tokens if limits else 32_000)
+        fee = 10_000 if kind == "anthropic" else 50_000  # per search, as published
+        return pb.Upstream(limits.context_window_tokens if limits else 32_000, search_micro_usd=fee)
 
     async def _messages(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -136,7 +137,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, up: BillingUpstream) -> Iterat
         ant_key = "sk-ant-api03-" + "a" * 80
         link(app, "ant", up.url("ant/v1"), models=[CLAUDE], kind="anthropic", api_key=ant_key,
              price=PRICE)  # fmt: skip
-        models = ["gpt-4o-mini", "my-model", "your-model"]
+        models = ["gpt-4o-mini", "my-model", "your-model", "gpt-4o-search-preview"]
         link(app, "oai", up.url("oai/v1"), models=models, kind="openai", api_key="sk-" + "b" * 48,
              price=PRICE)  # fmt: skip
         yield app
@@ -170,6 +171,25 @@ def test_web_search_is_reserved_per_use_and_settled_with_its_fees(
     assert _micro(raw.headers[h.COST]) == billed
     entry = ledger(app)[raw.headers[h.REQUEST_ID]]
     assert entry["cost_micro_usd"] == billed and not entry["needs_reconciliation"]
+
+
+def test_a_search_model_is_charged_its_search_though_unreported(
+    app: InProcess, up: BillingUpstream
+) -> None:
+    """OpenAI's search models bill a search per request and report no count of it."""
+    token = mint(app, ["oai/gpt-4o-search-preview"])
+    with sdk(app, token) as c:
+        raw = c.chat.completions.with_raw_response.create(
+            model="oai/gpt-4o-search-preview",
+            max_tokens=5,
+            messages=[{"role": "user", "content": "news?"}],
+            web_search_options={},
+        )
+    bill = up.bills[-1]
+    assert bill.tool_uses == {"web_search": 1}
+    fee = 50_000  # the highest published tier, reserved and charged
+    assert _micro(raw.headers[h.COST]) == bill.input_tokens + 3 * 5 + fee
+    assert _micro(raw.headers[h.RESERVED]) >= bill.input_tokens + 5 * 5 + fee
 
 
 def test_a_server_tool_without_max_uses_is_refused_in_anthropic_format(app: InProcess) -> None:

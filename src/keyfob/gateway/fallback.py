@@ -39,6 +39,7 @@ from keyfob.gateway.meter import Meter
 from keyfob.gateway.models import Resolved, resolve
 from keyfob.gateway.state import GatewayState
 from keyfob.gateway.surface import Plan, Surface
+from keyfob.pricing.bounds import fixed_uses
 from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import ProviderAdapter, UpstreamError
 from keyfob.store.metering_types import Settlement
@@ -226,6 +227,7 @@ async def _move(
     a.resolved, a.adapter, a.plan, a.api_key, a.quote = r, adapter, plan, api_key, q
     a.reservation = reservation
     a.meter = Meter(call.kf, reservation, q.price)
+    a.meter.fixed_tool_uses = fixed_uses(call.bound.tool_uses)
     resets_at = reservation.window.resets_at
     a.known = {
         **keyfob_headers(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from keyfob.allowance.service import Reservation
 from keyfob.context import Keyfob
@@ -39,6 +39,9 @@ class Meter:
     _left: int | None = field(default=None, repr=False)
     #: The cost the settlement recorded (set when settling starts).
     cost_micro_usd: int | None = None
+    #: Server-tool uses that happen for sure (a search model's search): charged as quoted
+    #: when the upstream reports no count (``pricing.bounds.fixed_uses``).
+    fixed_tool_uses: dict[str, int] | None = None
 
     @property
     def settled(self) -> bool:
@@ -71,6 +74,8 @@ class Meter:
         self, usage: TokenUsage, *, status: str, source: str, upstream_status: int | None
     ) -> Settlement:
         """A settlement for known (or estimated) usage; never above the reservation."""
+        if usage.tool_uses is None and self.fixed_tool_uses:
+            usage = replace(usage, tool_uses=dict(self.fixed_tool_uses))
         cost = self.price.cost_micro_usd(usage)
         flagged, error = False, None
         if cost > self.reservation.amount_micro_usd:

@@ -45,6 +45,7 @@ from keyfob.gateway.upstream_errors import (
 )
 from keyfob.gateway.validate import loads, parse_json
 from keyfob.limits import BodyTooLarge, read_limited
+from keyfob.pricing.bounds import fixed_uses
 from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import ProviderAdapter, UpstreamError
@@ -196,6 +197,7 @@ async def metered_call(request: Request, surface: Surface) -> Response:
         surface.endpoint,
     )
     meter = Meter(kf, reservation, q.price)
+    meter.fixed_tool_uses = fixed_uses(bound.tool_uses)
     known = keyfob_headers(
         entry_id=reservation.entry_id,
         reserved_micro_usd=q.worst_micro_usd,

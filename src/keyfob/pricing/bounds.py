@@ -47,6 +47,20 @@ ANTHROPIC_DEFINED_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
 MAX_TOOL_USES = 100
 
 
+#: Tools used once the request is sent, whatever the model does (a search model searches,
+#: OpenRouter's web plugin fetches its results): charged as quoted when the upstream
+#: reports no count. Anthropic's server tools are reported (``server_tool_use``).
+FIXED_TOOLS = frozenset({"openai-web-search", "openrouter-web-result"})
+
+
+def fixed_uses(tool_uses: dict[str, int] | None) -> dict[str, int] | None:
+    """The uses of ``tool_uses`` that happen for sure (``FIXED_TOOLS``), None if none."""
+    if not tool_uses:
+        return None
+    fixed = {name: n for name, n in tool_uses.items() if name in FIXED_TOOLS}
+    return fixed or None
+
+
 class Unbounded(ValueError):
     """Nothing bounds what this request can bill: the gateway refuses it with a 400."""
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-#: ``usage.server_tool_use`` counters and the tools they count (Anthropic's Messages; an
-#: OpenAI-compatible upstream such as OpenRouter reports web searches the same way).
+#: ``usage.server_tool_use`` counters and the tools they count (Anthropic's Messages).
+#: OpenAI-wire upstreams report no per-use counts Keyfob could price the same way (an
+#: OpenRouter count is of searches, its fee of results): their request-level searches are
+#: charged as quoted (``pricing.bounds.FIXED_TOOLS``).
 _ANTHROPIC_TOOLS = {
     "web_search_requests": "anthropic-web-search",
     "web_fetch_requests": "anthropic-web-fetch",
 }
-_OPENAI_TOOLS = {"web_search_requests": "openai-web-search"}
 
 
 def _server_tool_uses(report: Any, names: dict[str, str]) -> dict[str, int] | None:
@@ -54,7 +55,6 @@ class TokenUsage:
     def from_openai(cls, usage: dict[str, Any]) -> TokenUsage | None:
         """Parse an OpenAI ``usage`` object; None when it is not one."""
         try:
-            tools = _server_tool_uses(usage.get("server_tool_use"), _OPENAI_TOOLS)
             prompt = int(usage.get("prompt_tokens") or 0)
             completion = int(usage.get("completion_tokens") or 0)
             details = usage.get("prompt_tokens_details") or {}
@@ -69,9 +69,7 @@ class TokenUsage:
             return None
         if prompt < 0 or completion < 0 or cached < 0 or reasoning < 0:
             return None
-        return cls(
-            prompt, completion, min(cached, prompt), 0, min(reasoning, completion), tool_uses=tools
-        )
+        return cls(prompt, completion, min(cached, prompt), 0, min(reasoning, completion))
 
     @classmethod
     def from_anthropic(cls, usage: dict[str, Any]) -> TokenUsage | None:
