@@ -250,7 +250,7 @@ def test_settings_page_needs_a_session(kf: InProcess) -> None:
 def test_hashes_run_off_the_loop_one_at_a_time() -> None:
     """While hashes run, the loop keeps ticking; never more than ``concurrent`` at once;
     beyond the queue, callers are turned away at once."""
-    limiter = HashLimiter(concurrent=1, queue_max=3)
+    limiter = HashLimiter(concurrent=1, queue_max=3, processes=False)
     running = 0
     peak = 0
     lock = threading.Lock()

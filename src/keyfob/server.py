@@ -238,6 +238,9 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
         try:
             yield
         finally:
+            limiter = getattr(app.state, "kf_hash_limiter", None)
+            if limiter is not None:
+                limiter.close()  # the hashing worker process ends with the server
             await kf.close()
 
     secure = settings.issuer.startswith("https://")
