@@ -933,3 +933,7 @@ def terms() -> None:
 
 def main() -> None:
     app()
+
+
+# `keyfob apps expire` and `keyfob dev-token` (registered on import)
+from keyfob import cli_grants  # noqa: E402, F401

@@ -115,6 +115,8 @@ async def allowance(request: Request) -> Response:
             "grant_id": grant.id,
             "models": list(grant.models),
             "limits": [_limit_json(x) for x in limits],
+            # when the grant ends by itself (null: never); its tokens stop then
+            "expires_at": iso_utc(grant.expires_at) if grant.expires_at is not None else None,
         }
     )
 

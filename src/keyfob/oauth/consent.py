@@ -5,7 +5,10 @@ with three extra parameters; the person sees the suggestion and decides:
 
 - ``keyfob_cap_usd``: a USD amount such as ``5`` or ``2.50``;
 - ``keyfob_window``: ``day``, ``week`` or ``month`` (calendar, in the person's time zone);
-- ``keyfob_models``: space-separated canonical model ids (``provider/model``) to pre-select.
+- ``keyfob_models``: space-separated canonical model ids (``provider/model``) to pre-select;
+- ``keyfob_expires_in``: seconds until the grant ends by itself (60 s to 366 days), as
+  OpenRouter's ``expiresAt`` and Pollinations' ``expiry`` let an app ask for a key that
+  ends; the person may shorten, lengthen or remove it.
 
 The person's answer becomes (or updates) the grant's allowance policy; only the primary
 spending limit (cap and window) and the models change, every other policy field the person
@@ -21,10 +24,24 @@ from dataclasses import dataclass
 
 from keyfob import money
 from keyfob.allowance.policy import CALENDAR_PERIODS, Policy, SpendLimit
+from keyfob.store.apps import UNCHANGED, Unchanged
 
 CAP_PARAMETER = "keyfob_cap_usd"
 WINDOW_PARAMETER = "keyfob_window"
 MODELS_PARAMETER = "keyfob_models"
+EXPIRES_PARAMETER = "keyfob_expires_in"
+MIN_EXPIRES_IN_S = 60
+MAX_EXPIRES_IN_S = 366 * 86400
+#: What the consent page offers (seconds; 0 = never), besides what the app asked for.
+EXPIRY_CHOICES = (
+    (0, "never"),
+    (3600, "in 1 hour"),
+    (86400, "in 1 day"),
+    (7 * 86400, "in 7 days"),
+    (30 * 86400, "in 30 days"),
+    (90 * 86400, "in 90 days"),
+    (365 * 86400, "in 1 year"),
+)
 WINDOWS = CALENDAR_PERIODS
 MAX_MODELS = 50
 MAX_MODEL_ID = 255
@@ -38,6 +55,7 @@ class Suggestion:
     cap_micro_usd: int | None = None
     window: str | None = None
     models: tuple[str, ...] = ()
+    expires_in_s: int | None = None
 
     def as_params(self) -> list[tuple[str, str]]:
         pairs = []
@@ -47,6 +65,8 @@ class Suggestion:
             pairs.append((WINDOW_PARAMETER, self.window))
         if self.models:
             pairs.append((MODELS_PARAMETER, " ".join(self.models)))
+        if self.expires_in_s is not None:
+            pairs.append((EXPIRES_PARAMETER, str(self.expires_in_s)))
         return pairs
 
 
@@ -71,7 +91,59 @@ def parse_suggestion(params: Mapping[str, str]) -> Suggestion:
                 f"{MODELS_PARAMETER} must be at most {MAX_MODELS} model ids separated by spaces"
             )
         models = tuple(dict.fromkeys(ids))
-    return Suggestion(cap, window, models)
+    return Suggestion(cap, window, models, parse_expires_in(params.get(EXPIRES_PARAMETER)))
+
+
+def parse_expires_in(text: str | None) -> int | None:
+    """``keyfob_expires_in``: whole seconds, 60 s to 366 days (ValueError otherwise)."""
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise ValueError(f"{EXPIRES_PARAMETER} must be a number of seconds")
+    seconds = int(text)
+    if not MIN_EXPIRES_IN_S <= seconds <= MAX_EXPIRES_IN_S:
+        raise ValueError(
+            f"{EXPIRES_PARAMETER} must be between {MIN_EXPIRES_IN_S} seconds and "
+            f"{MAX_EXPIRES_IN_S // 86400} days"
+        )
+    return seconds
+
+
+#: The consent form's expiry value that keeps an existing grant's end as it is.
+KEEP_EXPIRY = "keep"
+
+
+def chosen_expiry(text: str, now: float) -> float | Unchanged | str | None:
+    """When the grant the person approves ends, from the consent form's value: an
+    instant, None (never), ``UNCHANGED`` (keep the existing grant's), or a message when
+    the value is not one of those."""
+    text = text.strip()
+    if text == KEEP_EXPIRY:
+        return UNCHANGED
+    if text == "0":
+        return None
+    try:
+        seconds = parse_expires_in(text)
+    except ValueError as exc:
+        return str(exc).replace(EXPIRES_PARAMETER, "the end of access")
+    return None if seconds is None else now + seconds
+
+
+def expiry_choices(suggested_s: int | None) -> list[tuple[int, str]]:
+    """The consent page's choices, with the app's own ask among them."""
+    choices = list(EXPIRY_CHOICES)
+    if suggested_s is not None and all(s != suggested_s for s, _label in choices):
+        choices.append((suggested_s, f"in {_duration(suggested_s)} (asked by the app)"))
+        choices.sort(key=lambda c: (c[0] == 0, c[0]))
+    return choices
+
+
+def _duration(seconds: int) -> str:
+    for unit, name in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds % unit == 0:
+            n = seconds // unit
+            return f"{n} {name}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ ACCESS = "access"
 REFRESH = "refresh"
 
 
+def token_ttls_s(settings: Settings) -> tuple[int, int]:
+    """(access, refresh) token lifetimes, for ``GrantsRepo.set_expiry``."""
+    return settings.access_token_ttl_s, settings.refresh_token_ttl_s
+
+
 def new_pair(
     settings: Settings,
     *,
@@ -27,10 +32,18 @@ def new_pair(
     scope: str,
     resource: str | None,
     now: float,
+    not_after: float | None = None,
 ) -> tuple[tuple[Token, Token], dict[str, Any]]:
-    """A fresh token pair (the records to store) and the RFC 6749 5.1 response body."""
+    """A fresh token pair (the records to store) and the RFC 6749 5.1 response body.
+
+    ``not_after`` is the grant's end (``Grant.expires_at``): neither token outlives it,
+    and ``expires_in`` says so (whole seconds, rounded down)."""
     access = new_token(Kind.ACCESS)
     refresh = new_token(Kind.REFRESH)
+    access_ends = now + settings.access_token_ttl_s
+    refresh_ends = now + settings.refresh_token_ttl_s
+    if not_after is not None:
+        access_ends, refresh_ends = min(access_ends, not_after), min(refresh_ends, not_after)
     records = (
         Token(
             hash_token(access),
@@ -41,7 +54,7 @@ def new_pair(
             scope,
             resource,
             now,
-            now + settings.access_token_ttl_s,
+            access_ends,
             None,
             None,
         ),
@@ -54,7 +67,7 @@ def new_pair(
             scope,
             resource,
             now,
-            now + settings.refresh_token_ttl_s,
+            refresh_ends,
             None,
             None,
         ),
@@ -62,7 +75,7 @@ def new_pair(
     body = {
         "access_token": access,
         "token_type": "Bearer",
-        "expires_in": settings.access_token_ttl_s,
+        "expires_in": max(0, int(access_ends - now)),
         "refresh_token": refresh,
         "scope": scope,
     }
@@ -79,6 +92,7 @@ async def issue_tokens(
     scope: str,
     resource: str | None,
     now: float,
+    not_after: float | None = None,
 ) -> dict[str, Any]:
     """Create and store a token pair; return the RFC 6749 5.1 response body."""
     records, body = new_pair(
@@ -89,6 +103,7 @@ async def issue_tokens(
         scope=scope,
         resource=resource,
         now=now,
+        not_after=not_after,
     )
     await store.tokens.save(*records)
     return body

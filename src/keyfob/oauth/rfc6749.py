@@ -60,8 +60,8 @@ class AuthorizationRequest:
     """A validated authorization request: safe to show a consent page for.
 
     An app may suggest the allowance the person sees pre-filled on the consent page with
-    the extra parameters ``keyfob_cap_usd``, ``keyfob_window`` and ``keyfob_models``
-    (see consent.py); the person decides the final values.
+    the extra parameters ``keyfob_cap_usd``, ``keyfob_window``, ``keyfob_models`` and
+    ``keyfob_expires_in`` (see consent.py); the person decides the final values.
     """
 
     client_id: str
@@ -75,11 +75,15 @@ class AuthorizationRequest:
     suggested_window: str | None = None
     suggested_models: tuple[str, ...] = ()
     client_kind: str = "registered"
+    suggested_expires_in_s: int | None = None
 
     @property
     def suggestion(self) -> Suggestion:
         return Suggestion(
-            self.suggested_cap_micro_usd, self.suggested_window, tuple(self.suggested_models)
+            self.suggested_cap_micro_usd,
+            self.suggested_window,
+            tuple(self.suggested_models),
+            self.suggested_expires_in_s,
         )
 
     def ask(self) -> ConsentAsk:
@@ -203,6 +207,7 @@ async def validate_authorization_request(
         suggestion.window,
         suggestion.models,
         client.kind,
+        suggestion.expires_in_s,
     )
 
 
@@ -370,8 +375,8 @@ async def _authorization_code(
     rfc7636.verify(params.get("code_verifier"), record.code_challenge)
     rfc8707.check_token_resource(params.get("resource"), record.resource, settings)
     grant = await store.grants.get(record.grant_id)
-    if grant is None or not grant.active:
-        raise invalid_grant("the grant behind this code was revoked")
+    if grant is None or not grant.live(now):
+        raise invalid_grant("the grant behind this code was revoked or has expired")
     return await issue_tokens(
         store,
         settings,
@@ -381,6 +386,7 @@ async def _authorization_code(
         scope=record.scope,
         resource=record.resource,
         now=now,
+        not_after=grant.expires_at,
     )
 
 
@@ -415,8 +421,8 @@ async def _refresh_token(
     if token.revoked_at is not None or token.expires_at < now:
         raise invalid_grant("the refresh token is expired or revoked")
     grant = await store.grants.get(token.grant_id)
-    if grant is None or not grant.active:
-        raise invalid_grant("the grant behind this token was revoked")
+    if grant is None or not grant.live(now):
+        raise invalid_grant("the grant behind this token was revoked or has expired")
     return await issue_tokens(
         store,
         settings,
@@ -426,6 +432,7 @@ async def _refresh_token(
         scope=scope,
         resource=token.resource,
         now=now,
+        not_after=grant.expires_at,
     )
 
 
@@ -453,6 +460,8 @@ async def _rotate_inline(
         outcome: str | None = sqlite_hot.REPLAYED
         await hot.run(functools.partial(sqlite_hot.revoke_family_tx, family_id=token.family_id))
     else:
+        # the grant's end caps the new pair (rotate_refresh_tx refuses an ended grant)
+        ends = await hot.read(functools.partial(sqlite_hot.grant_expiry, grant_id=token.grant_id))
         records, body = new_pair(
             settings,
             grant_id=token.grant_id,
@@ -461,6 +470,7 @@ async def _rotate_inline(
             scope=scope,
             resource=token.resource,
             now=now,
+            not_after=ends,
         )
         outcome = await hot.run(
             functools.partial(
@@ -476,5 +486,5 @@ async def _rotate_inline(
     if outcome == sqlite_hot.EXPIRED:
         raise invalid_grant("the refresh token is expired or revoked")
     if outcome == sqlite_hot.GRANT_REVOKED:
-        raise invalid_grant("the grant behind this token was revoked")
+        raise invalid_grant("the grant behind this token was revoked or has expired")
     return body

@@ -39,7 +39,7 @@ async def introspect(
     ):
         return dict(INACTIVE)
     grant = await store.grants.get(record.grant_id)
-    if grant is None or not grant.active:
+    if grant is None or not grant.live(now):
         return dict(INACTIVE)
     body: dict[str, Any] = {
         "active": True,

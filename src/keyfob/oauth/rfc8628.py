@@ -92,6 +92,7 @@ async def device_authorization(
             "cap_micro_usd": suggestion.cap_micro_usd,
             "window": suggestion.window,
             "models": list(suggestion.models),
+            "expires_in_s": suggestion.expires_in_s,
         }
     )
     device_code = new_token(Kind.DEVICE)
@@ -139,7 +140,10 @@ async def pending_request(store: Store, typed: str, now: float) -> DeviceRequest
         return None
     asked = json.loads(record.request_json or "{}")
     suggestion = Suggestion(
-        asked.get("cap_micro_usd"), asked.get("window"), tuple(asked.get("models") or ())
+        asked.get("cap_micro_usd"),
+        asked.get("window"),
+        tuple(asked.get("models") or ()),
+        asked.get("expires_in_s"),
     )
     return DeviceRequest(record.device_code_hash, client, record.scope, record.resource, suggestion)
 
@@ -194,8 +198,8 @@ async def poll(
         await store.tokens.revoke_family(code_hash)
         raise invalid_grant("the device code was already used; its tokens are revoked")
     grant = await store.grants.get(record.grant_id or "")
-    if grant is None or not grant.active:
-        raise invalid_grant("the grant behind this device code was revoked")
+    if grant is None or not grant.live(now):
+        raise invalid_grant("the grant behind this device code was revoked or has expired")
     return await issue_tokens(
         store,
         settings,
@@ -205,4 +209,5 @@ async def poll(
         scope=record.scope,
         resource=record.resource,
         now=now,
+        not_after=grant.expires_at,
     )

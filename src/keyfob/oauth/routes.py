@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -40,9 +41,19 @@ from keyfob.oauth import (
     rfc8628,
     rfc9728,
 )
-from keyfob.oauth.consent import WINDOWS, ConsentAsk, primary_limit, with_primary
+from keyfob.oauth.consent import (
+    KEEP_EXPIRY,
+    WINDOWS,
+    ConsentAsk,
+    chosen_expiry,
+    expiry_choices,
+    primary_limit,
+    with_primary,
+)
 from keyfob.oauth.errors import OAuthError
+from keyfob.oauth.grants import token_ttls_s
 from keyfob.oauth.rfc6749 import AuthorizationRequest
+from keyfob.store.apps import UNCHANGED, Unchanged
 from keyfob.store.records import Grant, User
 from keyfob.web.consent_view import DEFAULT_CAP_USD, cheapest, model_choices, summary
 from keyfob.web.forms import Form, FormError, read_form
@@ -176,6 +187,15 @@ async def _consent(
         cap_micro: int | None = parse_usd(cap_usd or "0")
     except ValueError:
         cap_micro = None
+    choices: list[tuple[str, str]] = [
+        (str(s), label) for s, label in expiry_choices(suggestion.expires_in_s)
+    ]
+    expiry = str(suggestion.expires_in_s or 0)
+    if existing is not None and existing.expires_at is not None:
+        ends = datetime.fromtimestamp(existing.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        choices.insert(0, (KEEP_EXPIRY, f"keep: ends {ends}"))
+        if suggestion.expires_in_s is None:
+            expiry = KEEP_EXPIRY
     return page(
         request,
         "consent.html",
@@ -207,6 +227,11 @@ async def _consent(
         timezone=user.timezone,
         error=error,
         error_field=error_field,
+        expiry_choices=choices,
+        expiry=expiry,
+        suggested_expiry=dict(choices).get(str(suggestion.expires_in_s))
+        if suggestion.expires_in_s
+        else None,
     )
 
 
@@ -245,10 +270,17 @@ async def _choice(
 
 
 async def save_grant(
-    request: Request, user: User, client_id: str, models: list[str], cap: int, window: str
+    request: Request,
+    user: User,
+    client_id: str,
+    models: list[str],
+    cap: int,
+    window: str,
+    expires_at: float | Unchanged | None = UNCHANGED,
 ) -> Grant:
     """Create or update the person's grant for this app, keeping every policy field
-    (rates, per-model caps, wallet, webhook...) other than the primary cap and window."""
+    (rates, per-model caps, wallet, webhook...) other than the primary cap and window,
+    and ending it at ``expires_at`` (its tokens too; None: never)."""
     store = kf_of(request).store
     existing = await store.grants.active_for(user.id, client_id)
     if existing is not None:
@@ -263,6 +295,8 @@ async def save_grant(
         window=window,
         timezone=user.timezone,
         policy_json=policy.to_json(),
+        expires_at=expires_at,
+        token_ttls_s=token_ttls_s(kf_of(request).settings),
     )
 
 
@@ -384,7 +418,10 @@ async def authorize_decision(request: Request) -> Response:
             window=window or None,
         )
     models, cap, window = chosen
-    grant = await save_grant(request, user, areq.client_id, models, cap, window)
+    ends = chosen_expiry(form.get("expires_in", KEEP_EXPIRY), time.time())
+    if isinstance(ends, str):
+        return error_page(request, 400, "Choose when access ends", ends, user)
+    grant = await save_grant(request, user, areq.client_id, models, cap, window, ends)
     code = await rfc6749.issue_code(
         kf.store, kf.settings, areq, user_id=user.id, grant_id=grant.id, now=time.time()
     )
@@ -497,7 +534,10 @@ async def device_decision(request: Request) -> Response:
             window=window or None,
         )
     models, cap, window = chosen
-    grant = await save_grant(request, user, found.client.id, models, cap, window)
+    ends = chosen_expiry(form.get("expires_in", KEEP_EXPIRY), now)
+    if isinstance(ends, str):
+        return error_page(request, 400, "Choose when access ends", ends, user)
+    grant = await save_grant(request, user, found.client.id, models, cap, window, ends)
     decided = await rfc8628.decide(
         kf.store, found.device_code_hash, approved=True, user_id=user.id, grant_id=grant.id, now=now
     )

@@ -6,12 +6,53 @@ import builtins
 import json
 import time
 
-from sqlalchemy import and_, delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import and_, case, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyfob.store import schema as t
 from keyfob.store.records import AuthCode, Client, DeviceCode, Grant, Token
 from keyfob.tokens import new_id
+
+
+class Unchanged:
+    """The type of ``UNCHANGED``: an argument left out on purpose."""
+
+
+UNCHANGED = Unchanged()
+
+
+async def _apply_expiry(
+    conn: AsyncConnection,
+    grant_id: str,
+    expires_at: float | None,
+    now: float,
+    token_ttls_s: tuple[int, int] | None,
+) -> None:
+    """The grant's end, and each live token's: its own lifetime from its creation, cut at
+    the grant's end (so a later end given back extends tokens up to their own life)."""
+    await conn.execute(
+        update(t.grants)
+        .where(t.grants.c.id == grant_id)
+        .values(expires_at=expires_at, updated_at=now)
+    )
+    if token_ttls_s is None:
+        raise ValueError("changing a grant's expiry needs the tokens' lifetimes")
+    for kind, ttl in zip(("access", "refresh"), token_ttls_s, strict=True):
+        natural = t.tokens.c.created_at + ttl
+        ends = (
+            natural
+            if expires_at is None
+            else case((natural < expires_at, natural), else_=expires_at)
+        )
+        await conn.execute(
+            update(t.tokens)
+            .where(
+                t.tokens.c.grant_id == grant_id,
+                t.tokens.c.kind == kind,
+                t.tokens.c.revoked_at.is_(None),
+            )
+            .values(expires_at=ends)
+        )
 
 
 class ClientsRepo:
@@ -114,11 +155,15 @@ class GrantsRepo:
         window: str = "month",
         timezone: str = "UTC",
         policy_json: str | None = None,
+        expires_at: float | Unchanged | None = UNCHANGED,
+        token_ttls_s: tuple[int, int] | None = None,
     ) -> Grant:
         """One active grant per (person, app): a new consent updates it in place.
 
         Window rows keep their spend; each reservation checks the cap of the policy in
-        force at that moment, so a raised or lowered cap applies to the next call."""
+        force at that moment, so a raised or lowered cap applies to the next call.
+        ``expires_at`` (None: never) is applied as ``set_expiry`` does, with
+        ``token_ttls_s`` = (access, refresh) lifetimes; left out, it is kept."""
         now = time.time()
         async with self.engine.begin() as conn:
             row = (
@@ -144,6 +189,8 @@ class GrantsRepo:
                         updated_at=now,
                     )
                 )
+                if not isinstance(expires_at, Unchanged):
+                    await _apply_expiry(conn, grant_id, expires_at, now, token_ttls_s)
             else:
                 grant_id = new_id()
                 await conn.execute(
@@ -159,6 +206,7 @@ class GrantsRepo:
                         updated_at=now,
                         revoked_at=None,
                         policy_json=policy_json,
+                        expires_at=None if isinstance(expires_at, Unchanged) else expires_at,
                     )
                 )
         grant = await self.get(grant_id)
@@ -183,6 +231,15 @@ class GrantsRepo:
             values["window"] = window
         async with self.engine.begin() as conn:
             await conn.execute(update(t.grants).where(t.grants.c.id == grant_id).values(**values))
+
+    async def set_expiry(
+        self, grant_id: str, expires_at: float | None, *, token_ttls_s: tuple[int, int]
+    ) -> None:
+        """Set (or lift, with None) when a grant ends, and cut its live tokens to match,
+        in one transaction: every endpoint already refuses an expired token, so an expired
+        grant is refused everywhere like a revoked one, with no check of its own."""
+        async with self.engine.begin() as conn:
+            await _apply_expiry(conn, grant_id, expires_at, time.time(), token_ttls_s)
 
     async def get(self, grant_id: str) -> Grant | None:
         async with self.engine.connect() as conn:
@@ -330,6 +387,7 @@ class TokensRepo:
             m[t.grants.c.updated_at],
             m[t.grants.c.revoked_at],
             m[t.grants.c.policy_json],
+            m[t.grants.c.expires_at],
         )
         return token, grant
 

@@ -143,6 +143,8 @@ class Grant:
     updated_at: float
     revoked_at: float | None
     policy_json: str | None = None
+    #: When the grant ends by itself (None: never); its tokens expire by then too.
+    expires_at: float | None = None
 
     @classmethod
     def of(cls, row: Any) -> Grant:
@@ -159,11 +161,16 @@ class Grant:
             m["updated_at"],
             m["revoked_at"],
             m["policy_json"],
+            m["expires_at"],
         )
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    def live(self, now: float) -> bool:
+        """Neither revoked nor expired: what every endpoint requires."""
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,9 @@ grants = Table(
     Column("revoked_at", Float, nullable=True),
     #: allowance/policy.py as JSON; NULL means "cap_micro_usd per calendar ``window``".
     Column("policy_json", Text, nullable=True),
+    #: When the grant ends by itself (``keyfob_expires_in``, the consent page, the CLI);
+    #: NULL: never. Its tokens never outlive it (``GrantsRepo.set_expiry``).
+    Column("expires_at", Float, nullable=True),
 )
 Index("ix_grants_user_client", grants.c.user_id, grants.c.client_id)
 

@@ -727,6 +727,12 @@ def client(conn: sqlite3.Connection, client_id: str) -> Client | None:
     return Client.of(found) if found is not None else None
 
 
+def grant_expiry(conn: sqlite3.Connection, grant_id: str) -> float | None:
+    """When the grant ends by itself (None: never, or no such grant)."""
+    row = conn.execute("SELECT expires_at FROM grants WHERE id = ?", (grant_id,)).fetchone()
+    return float(row[0]) if row is not None and row[0] is not None else None
+
+
 def token(conn: sqlite3.Connection, token_hash: str) -> Token | None:
     found = _row(conn, _SELECT_BY_HASH, (token_hash,))
     return Token.of(found) if found is not None else None
@@ -765,9 +771,12 @@ def rotate_refresh_tx(
     revoked_at, expires_at, grant_id = row
     if revoked_at is not None or expires_at < now:
         return EXPIRED
-    grant = conn.execute("SELECT revoked_at FROM grants WHERE id = ?", (grant_id,)).fetchone()
-    if grant is None or grant[0] is not None:
-        return GRANT_REVOKED
+    grant = conn.execute(
+        "SELECT revoked_at, expires_at FROM grants WHERE id = ?", (grant_id,)
+    ).fetchone()
+    if grant is None or grant[0] is not None or (grant[1] is not None and grant[1] <= now):
+        return GRANT_REVOKED  # revoked or expired
+    ends = grant[1] if grant[1] is not None else float("inf")  # tokens never outlive it
     conn.executemany(
         _INSERT_ISSUED,
         [
@@ -780,7 +789,7 @@ def rotate_refresh_tx(
                 t.scope,
                 t.resource,
                 t.created_at,
-                t.expires_at,
+                min(t.expires_at, ends),
                 t.used_at,
                 t.revoked_at,
             )
