@@ -52,11 +52,14 @@ def gateway_routes() -> list[Route]:
 
 def collect_routes() -> list[BaseRoute]:
     from keyfob.oauth.routes import ROUTES as oauth_routes
+    from keyfob.openapi import PATH as OPENAPI_PATH
+    from keyfob.openapi import openapi_json
     from keyfob.web.routes import ROUTES as web_routes
     from keyfob.web.usage_export import ROUTES as export_routes
 
     return [
         Route("/healthz", healthz),
+        Route(OPENAPI_PATH, openapi_json, methods=["GET"]),
         *oauth_routes,
         *gateway_routes(),
         *export_routes,

@@ -187,13 +187,13 @@ async def _consent(
         cap_micro: int | None = parse_usd(cap_usd or "0")
     except ValueError:
         cap_micro = None
-    choices: list[tuple[str, str]] = [
+    ends_choices: list[tuple[str, str]] = [
         (str(s), label) for s, label in expiry_choices(suggestion.expires_in_s)
     ]
     expiry = str(suggestion.expires_in_s or 0)
     if existing is not None and existing.expires_at is not None:
         ends = datetime.fromtimestamp(existing.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        choices.insert(0, (KEEP_EXPIRY, f"keep: ends {ends}"))
+        ends_choices.insert(0, (KEEP_EXPIRY, f"keep: ends {ends}"))
         if suggestion.expires_in_s is None:
             expiry = KEEP_EXPIRY
     return page(
@@ -227,9 +227,9 @@ async def _consent(
         timezone=user.timezone,
         error=error,
         error_field=error_field,
-        expiry_choices=choices,
+        expiry_choices=ends_choices,
         expiry=expiry,
-        suggested_expiry=dict(choices).get(str(suggestion.expires_in_s))
+        suggested_expiry=dict(ends_choices).get(str(suggestion.expires_in_s))
         if suggestion.expires_in_s
         else None,
     )
