@@ -1,7 +1,7 @@
 """grants: expires_at, when a grant ends by itself (issue 15)
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02 13:40:00.000000
 
 Why: an app may ask for a grant that ends (``keyfob_expires_in``), and the person sets or
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
