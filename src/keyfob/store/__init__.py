@@ -66,7 +66,7 @@ class Store:
             MeteringRepo(engine, hot),
             WalletsRepo(engine),
             DeviceCodesRepo(engine),
-            RefusalsRepo(engine),
+            RefusalsRepo(engine, hot),
             SessionsRepo(engine),
             hot,
         )

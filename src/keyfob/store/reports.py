@@ -10,6 +10,7 @@ Python, so a 90-day chart reads a few thousand rows whatever the number of calls
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from keyfob.allowance.windows import zone
 from keyfob.store import schema as t
 from keyfob.store.records import LedgerEntry, Refusal
+from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.store.sqlite_writeback import sync_reads
 from keyfob.tokens import new_id
 
@@ -211,8 +213,12 @@ async def grant_totals(
 class RefusalsRepo:
     """Refused calls, written off the request path and coalesced (see module docs)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, hot: SqliteHotPath | None = None) -> None:
         self.engine = engine
+        #: The serving SQLite process writes through its inline connection, the one the
+        #: write-back uses: a second connection's transaction would hold the write lock
+        #: the write-back's flush needs (it waits for no one), delaying settled rows.
+        self.hot = hot
 
     async def record(
         self,
@@ -230,6 +236,48 @@ class RefusalsRepo:
         now: float | None = None,
     ) -> None:
         now = time.time() if now is None else now
+        row = {
+            "id": new_id(),
+            "user_id": user_id,
+            "grant_id": grant_id,
+            "client_id": client_id,
+            "model": model[:255],
+            "limit_label": limit_label[:255],
+            "window_key": window_key[:255],
+            "needed_micro_usd": needed_micro_usd,
+            "left_micro_usd": left_micro_usd,
+            "retry_at": retry_at,
+            "count": count,
+            "created_at": now,
+            "last_at": now,
+        }
+        if self.hot is not None:
+
+            def write(conn: sqlite3.Connection) -> None:
+                bumped = conn.execute(
+                    "UPDATE refusals SET count = count + :count, last_at = :last_at, "
+                    "needed_micro_usd = :needed_micro_usd, left_micro_usd = :left_micro_usd, "
+                    "retry_at = :retry_at WHERE grant_id = :grant_id AND window_key = "
+                    ":window_key AND model = :model AND last_at > :since",
+                    {**row, "since": now - REFUSAL_COALESCE_S},
+                )
+                if bumped.rowcount:
+                    return
+                conn.execute(
+                    "INSERT INTO refusals (id, user_id, grant_id, client_id, model, "
+                    "limit_label, window_key, needed_micro_usd, left_micro_usd, retry_at, "
+                    "count, created_at, last_at) VALUES (:id, :user_id, :grant_id, "
+                    ":client_id, :model, :limit_label, :window_key, :needed_micro_usd, "
+                    ":left_micro_usd, :retry_at, :count, :created_at, :last_at)",
+                    row,
+                )
+                conn.execute(
+                    "DELETE FROM refusals WHERE user_id = :user_id AND last_at < :before",
+                    {"user_id": user_id, "before": now - REFUSAL_KEEP_S},
+                )
+
+            await self.hot.run(write, metering=True)
+            return
         r = t.refusals.c
         async with self.engine.begin() as conn:
             bumped = await conn.execute(
@@ -237,7 +285,7 @@ class RefusalsRepo:
                 .where(
                     r.grant_id == grant_id,
                     r.window_key == window_key,
-                    r.model == model,
+                    r.model == row["model"],
                     r.last_at > now - REFUSAL_COALESCE_S,
                 )
                 .values(
@@ -250,23 +298,7 @@ class RefusalsRepo:
             )
             if bumped.rowcount:
                 return
-            await conn.execute(
-                insert(t.refusals).values(
-                    id=new_id(),
-                    user_id=user_id,
-                    grant_id=grant_id,
-                    client_id=client_id,
-                    model=model[:255],
-                    limit_label=limit_label[:255],
-                    window_key=window_key[:255],
-                    needed_micro_usd=needed_micro_usd,
-                    left_micro_usd=left_micro_usd,
-                    retry_at=retry_at,
-                    count=count,
-                    created_at=now,
-                    last_at=now,
-                )
-            )
+            await conn.execute(insert(t.refusals).values(**row))
             await conn.execute(
                 t.refusals.delete().where(r.user_id == user_id, r.last_at < now - REFUSAL_KEEP_S)
             )
