@@ -249,12 +249,17 @@ def providers_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -
     """List linked providers (never their keys)."""
     from rich.table import Table
 
-    async def body(kf: Any) -> list[Any]:
+    async def body(kf: Any) -> tuple[list[Any], dict[str, Any]]:
         owner = await _owner(kf)
-        return list(await kf.store.providers.list(owner.id))
+        marks = await kf.store.overruns.by_provider(owner.id)
+        return list(await kf.store.providers.list(owner.id)), marks
 
-    table = Table("name", "kind", "base URL", "key", "local", "models")
-    for p in _with_kf(data_dir, database_url, body):
+    from keyfob.gateway.headers import iso_utc
+
+    providers, marks = _with_kf(data_dir, database_url, body)
+    table = Table("name", "kind", "base URL", "key", "local", "models", "output limit")
+    for p in providers:
+        mark = marks.get(p.id)
         table.add_row(
             p.name,
             p.kind,
@@ -262,8 +267,18 @@ def providers_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -
             "stored" if p.credential_envelope else "-",
             "yes" if p.is_local else "no",
             ", ".join(p.models),
+            (
+                f"IGNORED {mark.count}x (last {iso_utc(mark.last_at)})"
+                if mark is not None
+                else "no overrun"
+            ),
         )
     console.print(table)
+    if marks:
+        console.print(
+            "A provider marked IGNORED billed past the output limit Keyfob sent; those "
+            "calls were charged their real cost."
+        )
 
 
 @providers_app.command("price")
@@ -722,6 +737,18 @@ def apps_policy(
         ),
     ] = None,
     webhook: Annotated[str | None, typer.Option(help="URL told at 50/80/100 percent.")] = None,
+    output_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--output-limit",
+            help="When a call's worst case does not fit: fit (lower its output limit), "
+            "refuse, or auto (fit only when the app set no limit).",
+        ),
+    ] = None,
+    fit_floor: Annotated[
+        int | None,
+        typer.Option("--fit-floor", help="Fewest output tokens `fit` lowers a call to."),
+    ] = None,
     show: Annotated[bool, typer.Option("--show", help="Only print the policy.")] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -781,6 +808,10 @@ def apps_policy(
             if fallback_chain is not None:
                 chain = [m.strip() for m in fallback_chain.split(",") if m.strip()]
                 changes["fallback_chain"] = tuple(chain)
+            if output_limit is not None:
+                changes["output_limit"] = output_limit
+            if fit_floor is not None:
+                changes["fit_floor_tokens"] = fit_floor
             policy = dataclasses.replace(policy, **changes)
             await kf.store.grants.set_policy(
                 grant.id, policy_json=policy.to_json(), cap_micro_usd=policy.primary_cap_micro_usd

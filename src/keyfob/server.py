@@ -244,6 +244,10 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
             limiter = getattr(app.state, "kf_hash_limiter", None)
             if limiter is not None:
                 limiter.close()  # the hashing worker process ends with the server
+            from keyfob.gateway import overrun
+
+            await overrun.drain()  # the notices of calls that ended go out first
+            await kf.allowance.notifier.drain()
             await kf.close()
 
     secure = settings.issuer.startswith("https://")

@@ -13,6 +13,12 @@ from typing import Any, Literal
 
 CALENDAR_PERIODS = ("day", "week", "month")
 OnExhausted = Literal["block", "wait", "downgrade"]
+#: When a call's worst case does not fit: lower its output limit (``fit``), refuse it
+#: (``refuse``), or fit only when the app set no limit of its own (``auto``).
+OutputLimitMode = Literal["auto", "fit", "refuse"]
+OUTPUT_LIMIT_MODES = ("auto", "fit", "refuse")
+#: The smallest output limit ``fit`` lowers a call to, unless the grant says otherwise.
+DEFAULT_FIT_FLOOR_TOKENS = 256
 MAX_WAIT_S = 300.0
 #: Models tried after the requested one fails upstream (gateway/fallback.py).
 MAX_FALLBACK_CHAIN = 8
@@ -75,6 +81,10 @@ class Policy:
     #: Canonical ids tried in turn when the requested model's upstream fails before
     #: answering (refused, timed out, 429, 5xx); each must also be in the grant.
     fallback_chain: tuple[str, ...] = ()
+    #: Fit or refuse a call whose worst case does not fit (gateway/output.py).
+    output_limit: OutputLimitMode = "auto"
+    #: ``fit`` never lowers the output limit below this many tokens.
+    fit_floor_tokens: int = DEFAULT_FIT_FLOOR_TOKENS
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,6 +103,11 @@ class Policy:
         ):
             raise PolicyError("a webhook URL is http(s)")
         _check_chain(self.fallback_chain)
+        if self.output_limit not in OUTPUT_LIMIT_MODES:
+            raise PolicyError("output_limit is auto, fit or refuse")
+        floor = self.fit_floor_tokens
+        if not isinstance(floor, int) or isinstance(floor, bool) or not 1 <= floor <= 10**6:
+            raise PolicyError("fit_floor_tokens is 1 to 1,000,000 tokens")
 
     @classmethod
     def monthly(cls, cap_micro_usd: int) -> Policy:
@@ -112,6 +127,10 @@ class Policy:
         data.pop("extra")
         if not self.fallback_chain:
             data.pop("fallback_chain")
+        if self.output_limit == "auto":  # defaults stay out: stored policies keep their text
+            data.pop("output_limit")
+        if self.fit_floor_tokens == DEFAULT_FIT_FLOOR_TOKENS:
+            data.pop("fit_floor_tokens")
         return json.dumps({k: v for k, v in data.items() if v is not None}, sort_keys=True)
 
     @classmethod

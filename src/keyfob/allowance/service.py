@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from keyfob.allowance.policy import Policy, PolicyError
@@ -299,11 +300,14 @@ class AllowanceService:
         amount_micro_usd: int,
         tokens_bound: int | None = None,
         downgraded_from: str | None = None,
+        refit: Callable[[AllowanceExhausted], tuple[int, int | None] | None] | None = None,
     ) -> Reservation:
         """Reserve ``amount_micro_usd`` under the grant's policy.
 
-        Raises AllowanceExhausted (after waiting, if the policy says so) or
-        CredentialRevoked."""
+        ``refit`` (the gateway's output fit) is asked first when a limit refuses: a
+        smaller (amount, tokens bound) to try at once, before waiting or downgrading;
+        each answer must be smaller than the last. Raises AllowanceExhausted (after
+        waiting, if the policy says so) or CredentialRevoked."""
         policy = policy_of(grant)
         started = time.monotonic()
         reloads = 0
@@ -331,6 +335,13 @@ class AllowanceService:
                 grant, policy = fresh, policy_of(fresh)
                 continue
             except AllowanceExhausted as exc:
+                smaller = refit(exc) if refit is not None else None
+                if smaller is not None and (smaller[0], smaller[1] or 0) < (
+                    amount_micro_usd,
+                    tokens_bound or 0,
+                ):  # strictly smaller each time, so this ends
+                    amount_micro_usd, tokens_bound = smaller
+                    continue
                 waited = time.monotonic() - started
                 budget = policy.wait_max_s - waited
                 if policy.on_exhausted == "wait" and budget > 0 and self._may_free(exc, budget):

@@ -119,6 +119,48 @@ class Notifier:
         finally:
             self._refusals.pop(key, None)
 
+    async def overrun(
+        self,
+        grant_id: str,
+        *,
+        entry_id: str,
+        model: str,
+        kind: str,
+        reserved_micro_usd: int,
+        cost_micro_usd: int,
+        output_limit_tokens: int,
+        output_tokens: int | None,
+    ) -> None:
+        """Tell the person that a call cost more than its reservation: its upstream
+        ignored the output limit Keyfob sent (``allowance.overrun``, once per call).
+        Awaited by the overrun's own task (``gateway/overrun.py``)."""
+        payload = {
+            "event": "allowance.overrun",
+            "grant_id": grant_id,
+            "ledger_id": entry_id,
+            "model": model,
+            "kind": kind,
+            "reserved_usd": format_usd(reserved_micro_usd),
+            "cost_usd": format_usd(cost_micro_usd),
+            "output_limit_tokens": output_limit_tokens,
+            "output_tokens": output_tokens,
+        }
+        await self._announce_event(grant_id, payload)
+
+    async def _announce_event(self, grant_id: str, payload: dict[str, Any]) -> None:
+        from keyfob.allowance.service import policy_of
+
+        grant = await self.store.grants.get(grant_id)
+        if grant is None:
+            return
+        url = policy_of(grant).webhook_url
+        if not url:
+            return
+        body = json.dumps(
+            {**payload, "client_id": grant.client_id, "at": time.time()}, sort_keys=True
+        ).encode()
+        await self._post(url, body, self.grant_secret(grant_id))
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
             task = asyncio.get_running_loop().create_task(coro)

@@ -34,9 +34,10 @@ from keyfob.allowance.service import (
 from keyfob.context import Keyfob
 from keyfob.gateway.bounding import bound_for
 from keyfob.gateway.errors import GatewayError
-from keyfob.gateway.headers import FALLBACK_FROM, keyfob_headers
+from keyfob.gateway.headers import FALLBACK_FROM, MAX_TOKENS_LOWERED_FROM, keyfob_headers
 from keyfob.gateway.meter import Meter
 from keyfob.gateway.models import Resolved, resolve
+from keyfob.gateway.output import Ask, limit_plan
 from keyfob.gateway.state import GatewayState
 from keyfob.gateway.surface import Plan, Surface
 from keyfob.pricing.bounds import fixed_uses
@@ -100,7 +101,7 @@ class Hooks:
     send: Callable[
         [Keyfob, ProviderAdapter, Resolved, str | None, Plan], Awaitable[aiohttp.ClientResponse]
     ]
-    quote: Callable[[Keyfob, GatewayState, Resolved, TokenUsage], Awaitable[Quote]]
+    quote: Callable[[Keyfob, GatewayState, Resolved, TokenUsage, Ask | None], Awaitable[Quote]]
     plan: Callable[[Surface, dict[str, Any], Resolved, Any, Keyfob], Plan]
 
 
@@ -116,6 +117,7 @@ class Call:
     body: dict[str, Any]
     bound: TokenUsage
     streamed: bool
+    ask: Ask | None = None
 
 
 def next_models(chain: tuple[str, ...], current: str, tried: set[str]) -> list[str]:
@@ -133,7 +135,7 @@ async def _candidate(call: Call, hooks: Hooks, canonical: str) -> tuple[Any, ...
         plan = hooks.plan(call.surface, call.body, r, adapter, kf)
         api_key = await gw.credential(kf, r.provider)
         bound = await bound_for(kf, gw, call.surface, call.body, r)  # its own image rule...
-        q = await hooks.quote(kf, gw, r, bound)
+        q = await hooks.quote(kf, gw, r, bound, call.ask)
     except GatewayError as exc:
         log.info("fallback model %s skipped: %s", canonical, exc.code)
         return None
@@ -220,13 +222,15 @@ async def _move(
             amount_micro_usd=q.worst_micro_usd,
             tokens_bound=q.tokens_bound,
             downgraded_from=first_model,
+            refit=q.refitter(call.grant) if q.output.per_choice else None,
         )
     except (AllowanceExhausted, CredentialRevoked) as exc:
         log.info("fallback to %s refused by the allowance: %s", r.canonical, type(exc).__name__)
         return False
+    plan = limit_plan(plan, adapter, q.output)
     a.resolved, a.adapter, a.plan, a.api_key, a.quote = r, adapter, plan, api_key, q
     a.reservation = reservation
-    a.meter = Meter(call.kf, reservation, q.price)
+    a.meter = Meter.of(call.kf, reservation, q)
     a.meter.fixed_tool_uses = fixed_uses(call.bound.tool_uses)
     resets_at = reservation.window.resets_at
     a.known = {
@@ -237,4 +241,6 @@ async def _move(
         ),
         FALLBACK_FROM: first_model,
     }
+    if q.output.lowered_from is not None:
+        a.known[MAX_TOKENS_LOWERED_FROM] = str(q.output.lowered_from)
     return True

@@ -16,6 +16,9 @@ RESETS_AT = "x-keyfob-allowance-resets-at"
 DOWNGRADED_TO = "x-keyfob-downgraded-to"
 #: Set when the grant's fallback chain served the call: the model that failed first.
 FALLBACK_FROM = "x-keyfob-fallback-from"
+#: Set when the grant's ``fit`` policy lowered the output limit sent upstream: the limit
+#: the app asked for (or the model's maximum, when it set none).
+MAX_TOKENS_LOWERED_FROM = "x-keyfob-max-tokens-lowered-from"
 #: SSE comment emitted just before ``data: [DONE]`` with a stream's exact cost.
 STREAM_COST_COMMENT = "keyfob-cost-usd"
 

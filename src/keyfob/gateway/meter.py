@@ -3,6 +3,12 @@
 A client may hang up at any await. Settlement therefore runs in its own task, awaited
 through ``asyncio.shield``: cancelling the request cancels the wait, not the write, so
 every reservation ends in the ledger (invariant 2, "no lost usage").
+
+A call whose usage exceeds its reservation (an upstream that ignored the output limit
+Keyfob sent) is charged its *real* cost, not the reservation: the ledger and the windows
+must show what the provider will bill, so that the next call is refused until there is
+room again. Such a settlement is an overrun: the person is told and the provider marked
+(``gateway/overrun.py``).
 """
 
 from __future__ import annotations
@@ -10,12 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from keyfob.allowance.service import Reservation
 from keyfob.context import Keyfob
 from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
 from keyfob.store.metering_types import Settlement
+
+if TYPE_CHECKING:
+    from keyfob.gateway.metered import Quote
 
 log = logging.getLogger("keyfob.gateway")
 
@@ -34,6 +44,15 @@ class Meter:
     kf: Keyfob
     reservation: Reservation
     price: Price
+    #: The token bounds reserved for (input, output); 0 output: a surface without any.
+    input_bound: int = 0
+    output_bound: int = 0
+    #: Who to tell and which provider to mark when the upstream breaks the bound.
+    user_id: str = ""
+    provider_id: str | None = None
+    model: str = ""
+    #: Set when the stream was cut at its bound (``cut``).
+    was_cut: bool = False
     _task: asyncio.Task[int] | None = field(default=None, repr=False)
     #: What was left after a settlement that completed inline (no task needed).
     _left: int | None = field(default=None, repr=False)
@@ -42,6 +61,20 @@ class Meter:
     #: Server-tool uses that happen for sure (a search model's search): charged as quoted
     #: when the upstream reports no count (``pricing.bounds.fixed_uses``).
     fixed_tool_uses: dict[str, int] | None = None
+
+    @classmethod
+    def of(cls, kf: Keyfob, reservation: Reservation, q: Quote) -> Meter:
+        r = q.resolved
+        return cls(
+            kf,
+            reservation,
+            q.price,
+            q.input_tokens,
+            q.output.tokens,
+            r.provider.user_id,
+            r.provider.id,
+            r.canonical,
+        )
 
     @property
     def settled(self) -> bool:
@@ -57,6 +90,10 @@ class Meter:
             return self._left
         if self._task is None:
             self.cost_micro_usd = s.cost_micro_usd
+            if s.cost_micro_usd > self.reservation.amount_micro_usd or self.was_cut:
+                from keyfob.gateway.overrun import report
+
+                report(self, s)
             try:
                 left = self.kf.allowance.settle_now(self.reservation, s)
             except Exception as exc:
@@ -73,14 +110,27 @@ class Meter:
     def from_usage(
         self, usage: TokenUsage, *, status: str, source: str, upstream_status: int | None
     ) -> Settlement:
-        """A settlement for known (or estimated) usage; never above the reservation."""
+        """A settlement for known (or estimated) usage, at its real cost.
+
+        Above the reservation, the upstream broke the bound: the real cost is charged
+        (the provider bills it) and the row says so. Keyfob's own count (``estimated``)
+        is cl100k, not the model's tokenizer: an output within the stream cut's slack
+        of the bound is taken to be the bound (the upstream stopped at the limit it was
+        sent), so a compliant upstream is never charged past its reservation."""
         if usage.tool_uses is None and self.fixed_tool_uses:
             usage = replace(usage, tool_uses=dict(self.fixed_tool_uses))
         cost = self.price.cost_micro_usd(usage)
         flagged, error = False, None
         if cost > self.reservation.amount_micro_usd:
-            cost, flagged = self.reservation.amount_micro_usd, True
-            error = "usage above the worst-case bound; charged the reservation"
+            if source == "estimated" and self._within_slack(usage):
+                cost = self.reservation.amount_micro_usd
+            else:
+                flagged = source != "upstream"  # exact when the upstream reported it
+                error = (
+                    f"usage above the reservation ({usage.output_tokens} output tokens, "
+                    f"{self.output_bound} reserved): the upstream ignored the output "
+                    "limit; charged its real cost"
+                )
         return Settlement(
             status=status,
             cost_micro_usd=cost,
@@ -92,6 +142,33 @@ class Meter:
             needs_reconciliation=flagged,
             upstream_status=upstream_status,
             error=error,
+        )
+
+    def _within_slack(self, usage: TokenUsage) -> bool:
+        from keyfob.gateway.output import slack_limit
+
+        return usage.input_tokens <= self.input_bound and usage.output_tokens <= slack_limit(
+            self.output_bound
+        )
+
+    def cut(self, counted: TokenUsage, upstream_status: int | None) -> Settlement:
+        """A stream cut at its bound: the upstream billed at least what was relayed (and
+        maybe what was in flight), so the larger of that count and the reservation is
+        charged, flagged for reconciliation with the provider's bill."""
+        self.was_cut = True
+        cost = max(self.price.cost_micro_usd(counted), self.reservation.amount_micro_usd)
+        return Settlement(
+            status="estimated",
+            cost_micro_usd=cost,
+            usage_source="estimated",
+            input_tokens=counted.input_tokens,
+            output_tokens=counted.output_tokens,
+            needs_reconciliation=True,
+            upstream_status=upstream_status,
+            error=(
+                f"the upstream wrote past the output limit ({counted.output_tokens} output "
+                f"tokens counted, {self.output_bound} sent): stream cut, counted cost charged"
+            ),
         )
 
     def charged(self, error: str, upstream_status: int | None) -> Settlement:

@@ -18,7 +18,7 @@ import aiohttp
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from keyfob.allowance.service import AllowanceExhausted, CredentialRevoked, Reservation
+from keyfob.allowance.service import AllowanceExhausted, CredentialRevoked, Reservation, policy_of
 from keyfob.context import Keyfob
 from keyfob.gateway import fallback
 from keyfob.gateway.auth import authenticate
@@ -26,9 +26,15 @@ from keyfob.gateway.bounding import call_bound
 from keyfob.gateway.deadline import deadlines
 from keyfob.gateway.errors import GatewayError, invalid, unauthorized
 from keyfob.gateway.estimate import estimate_async, message_text
-from keyfob.gateway.headers import DOWNGRADED_TO, answer_headers, keyfob_headers
+from keyfob.gateway.headers import (
+    DOWNGRADED_TO,
+    MAX_TOKENS_LOWERED_FROM,
+    answer_headers,
+    keyfob_headers,
+)
 from keyfob.gateway.meter import Meter
 from keyfob.gateway.models import Resolved, resolve
+from keyfob.gateway.output import Ask, OutputBound, ask_of, limit_plan, output_bound, refit
 from keyfob.gateway.refusals import exhausted
 from keyfob.gateway.relay import MeteredStream, StreamRelay
 from keyfob.gateway.state import GatewayState
@@ -67,11 +73,62 @@ class Quote:
     price: Price
     worst_micro_usd: int
     tokens_bound: int
+    #: The output limit reserved for, and sent upstream (0 tokens: no output, embeddings).
+    output: OutputBound
+    input_tokens: int = 0
+    #: Server-side tool uses bounded for (their per-use fees are part of the worst case).
+    tool_uses: dict[str, int] | None = None
+
+    def refitter(self, grant: Grant) -> Any:
+        """The allowance's ``refit`` hook: a smaller output limit that fits the limit that
+        refused, when the grant's policy allows fitting (None otherwise)."""
+        policy = policy_of(grant)
+
+        def hook(exc: AllowanceExhausted) -> tuple[int, int | None] | None:
+            st = exc.state
+            room = max(0, st.cap_micro_usd - st.spent_micro_usd - st.reserved_micro_usd)
+            new = refit(
+                policy,
+                self.price,
+                self.input_tokens,
+                self.tool_uses,
+                self.output,
+                st.window_key,
+                room,
+            )
+            if new is None:
+                return None
+            self.output = new
+            usage = TokenUsage(self.input_tokens, new.tokens, tool_uses=self.tool_uses)
+            self.worst_micro_usd = self.price.cost_micro_usd(usage)
+            self.tokens_bound = self.input_tokens + new.tokens
+            return self.worst_micro_usd, self.tokens_bound
+
+        return hook
 
 
-async def _quote(kf: Keyfob, gw: GatewayState, r: Resolved, bound: TokenUsage) -> Quote:
+async def _quote(
+    kf: Keyfob, gw: GatewayState, r: Resolved, bound: TokenUsage, ask: Ask | None
+) -> Quote:
+    """Price the worst case: the surface's input bound and the output the app asked for
+    (or, when it set none, the model's own maximum output), times ``n``."""
     price = await gw.price(kf, r.provider, r.upstream_model)
-    return Quote(r, price, price.cost_micro_usd(bound), bound.input_tokens + bound.output_tokens)
+    limits = await gw.limits(kf, r.provider, r.upstream_model) if ask is not None else None
+    out = output_bound(ask, limits, kf.settings)
+    worst = (
+        TokenUsage(bound.input_tokens, out.tokens, tool_uses=bound.tool_uses)
+        if ask is not None
+        else bound
+    )
+    return Quote(
+        r,
+        price,
+        price.cost_micro_usd(worst),
+        worst.input_tokens + worst.output_tokens,
+        out,
+        worst.input_tokens,
+        bound.tool_uses,
+    )
 
 
 async def _reserve(
@@ -83,8 +140,10 @@ async def _reserve(
     streamed: bool,
     bound: TokenUsage,
     endpoint: str,
+    ask: Ask | None,
 ) -> tuple[Reservation, Quote]:
-    """Reserve the worst case; on a ``downgrade`` policy, retry once on the fallback model."""
+    """Reserve the worst case (fitted to what is left when the policy allows it); on a
+    ``downgrade`` policy, retry once on the fallback model."""
     downgraded_from: str | None = None
     for _attempt in range(2):
         try:
@@ -98,6 +157,7 @@ async def _reserve(
                 amount_micro_usd=q.worst_micro_usd,
                 tokens_bound=q.tokens_bound,
                 downgraded_from=downgraded_from,
+                refit=q.refitter(grant) if q.output.per_choice else None,
             )
             return reservation, q
         except AllowanceExhausted as exc:
@@ -109,7 +169,7 @@ async def _reserve(
             except GatewayError:
                 raise exhausted(exc) from None
             downgraded_from = q.resolved.canonical
-            q = await _quote(kf, gw, fallback, bound)
+            q = await _quote(kf, gw, fallback, bound, ask)
         except CredentialRevoked:
             gw.grants.pop(token_hash)
             raise unauthorized("the access token or its grant was revoked") from None
@@ -186,17 +246,19 @@ async def metered_call(request: Request, surface: Surface) -> Response:
     api_key = await gw.credential(kf, r.provider)
     streamed = body.get("stream") is True
     bound = await call_bound(kf, gw, grant, surface, body, r)
+    ask = ask_of(surface.endpoint, body)
     reservation, q = await _reserve(
         kf,
         gw,
         grant,
         token_hash,
-        await _quote(kf, gw, r, bound),
+        await _quote(kf, gw, r, bound, ask),
         streamed,
         bound,
         surface.endpoint,
+        ask,
     )
-    meter = Meter(kf, reservation, q.price)
+    meter = Meter.of(kf, reservation, q)
     meter.fixed_tool_uses = fixed_uses(bound.tool_uses)
     known = keyfob_headers(
         entry_id=reservation.entry_id,
@@ -205,6 +267,8 @@ async def metered_call(request: Request, surface: Surface) -> Response:
             reservation.window.resets_at if reservation.window.resets_at > time.time() else None
         ),
     )
+    if q.output.lowered_from is not None:
+        known[MAX_TOKENS_LOWERED_FROM] = str(q.output.lowered_from)
     upstream: aiohttp.ClientResponse | None = None
     handed_over = False  # once the relay owns the call, it settles it
     try:
@@ -214,6 +278,7 @@ async def metered_call(request: Request, surface: Surface) -> Response:
             adapter = gw.adapter(kf, r.provider.kind)
             plan = make_plan(surface, body, r, adapter, kf)
             api_key = await gw.credential(kf, r.provider)
+        plan = limit_plan(plan, adapter, q.output)  # the bound reserved is the bound sent
         att = None  # a grant with a fallback chain may move the call to another model
         if fallback.has_chain(grant):
             att = fallback.Attempt(r, adapter, plan, api_key, q, reservation, meter, known)
@@ -221,7 +286,7 @@ async def metered_call(request: Request, surface: Surface) -> Response:
             if att is None:
                 upstream = await _send(kf, adapter, r, api_key, plan)
             else:
-                call = fallback.Call(kf, gw, grant, token_hash, surface, body, bound, streamed)
+                call = fallback.Call(kf, gw, grant, token_hash, surface, body, bound, streamed, ask)
                 upstream = await fallback.send(att, _FALLBACK_HOOKS, call)
         except UpstreamError as exc:
             if att is not None:  # the chain's last model failed
@@ -253,7 +318,12 @@ async def metered_call(request: Request, surface: Surface) -> Response:
                 AnthropicWatcher() if adapter.wire == "anthropic" else OpenAIWatcher()
             )
             relay = StreamRelay(
-                meter, upstream, plan.estimate_body, watcher, plan.transform(watcher)
+                meter,
+                upstream,
+                plan.estimate_body,
+                watcher,
+                plan.transform(watcher),
+                max_output_tokens=q.output.tokens,
             )
             relay.secret = secret_bytes(api_key)  # masked in every event sent
             relay.guard = gw.streams.guard(kf, reservation)  # cut on revocation

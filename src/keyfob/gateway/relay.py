@@ -8,6 +8,12 @@ for and the client did not) or translates them (``streams.py``). An SSE comment
 the exact cost. Settlement happens before the terminal event is sent, so once a client
 has seen the end of the stream its ledger row is final; ``StreamRelay.run``'s ``finally``
 settles every other ending.
+
+Defence in depth for the output bound: an ``OutputGuard`` counts the generated output,
+and a stream that passes the bound Keyfob reserved (and sent upstream) is cut: the
+upstream connection is closed, the call settled at what was counted (at least its
+reservation), and the client's stream ends as its surface ends a length-limited answer
+(``finish_reason: "length"``, ``stop_reason: "max_tokens"``, an incomplete response).
 """
 
 from __future__ import annotations
@@ -25,7 +31,17 @@ from starlette.types import Receive, Scope, Send
 from keyfob.gateway.estimate import estimate_async
 from keyfob.gateway.headers import STREAM_COST_COMMENT
 from keyfob.gateway.meter import Meter
-from keyfob.gateway.streams import OpenAIPassThrough, Transform, Translating, Watcher
+from keyfob.gateway.output import OutputGuard
+from keyfob.gateway.streams import (
+    AnthropicWatcher,
+    OpenAIPassThrough,
+    OpenAIWatcher,
+    Transform,
+    Translating,
+    Watcher,
+    anthropic_length_ending,
+    openai_length_ending,
+)
 from keyfob.gateway.translate.responses import ESTIMATED_FLAG
 from keyfob.gateway.translate.sse import Splitter
 from keyfob.gateway.upstream_errors import mask_bytes
@@ -41,6 +57,8 @@ class StreamRelay:
         estimate_body: dict[str, Any],
         watcher: Watcher,
         transform: Transform,
+        *,
+        max_output_tokens: int = 0,
     ) -> None:
         self.meter = meter
         self.upstream = upstream
@@ -61,6 +79,10 @@ class StreamRelay:
         #: Why the stream was cut (its token or grant was revoked), once it was.
         self.cut_reason: str | None = None
         self._main: asyncio.Task[Any] | None = None
+        #: Counts the output against its bound (None: no output bound, nothing to cut).
+        self.output_guard = OutputGuard(max_output_tokens) if max_output_tokens > 0 else None
+        #: Set once the stream was cut at its output bound.
+        self.was_cut = False
 
     def cut(self, reason: str) -> None:
         """Stop relaying now (from the revocation watch): the upstream is closed, the
@@ -109,6 +131,33 @@ class StreamRelay:
         if self.counted is not None and isinstance(self.transform, Translating):
             out = self.transform.with_counted_usage(out, self.counted)
         return b"".join(out[:-1]) + self._counted_usage_chunk() + comment + out[-1]
+
+    async def _cut_at_bound(self) -> list[bytes]:
+        """The output passed its bound: close the upstream, settle at what was counted,
+        and end the client's stream as its surface ends a length-limited answer."""
+        self.was_cut = True
+        self.upstream.close()
+        guard = self.output_guard
+        assert guard is not None
+        counted = TokenUsage(self.meter.input_bound, guard.tokens)
+        s = self.meter.cut(counted, self.upstream.status)
+        await self.meter.settle(s)
+        w, transform = self.watcher, self.transform
+        if isinstance(w, AnthropicWatcher):
+            ending = anthropic_length_ending(w, guard.tokens)
+        else:
+            assert isinstance(w, OpenAIWatcher)
+            n = self.estimate_body.get("n")
+            n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+            ending = openai_length_ending(w, n, counted)
+        out: list[bytes] = []
+        for event in ending:
+            w.observe(event)
+            out += transform.feed(event)
+        if not transform.done:
+            out += transform.finish()
+        comment = f": {STREAM_COST_COMMENT}={format_usd(s.cost_micro_usd)}\n".encode("ascii")
+        return [*out[:-1], comment, out[-1]] if out else [comment]
 
     def _counted_usage_chunk(self) -> bytes:
         """The usage chunk the client asked for (``stream_options.include_usage``) when the
@@ -162,9 +211,11 @@ class StreamRelay:
             split, observe = self.splitter.feed, self.watcher.observe
             transform, meter = self.transform, self.meter
             tfeed = transform.feed
+            guard = self.output_guard
+            text = self._text
             tail: list[bytes] = []
             try:
-                while True:
+                while not self.was_cut:
                     chunk = read_nowait()
                     if not chunk:
                         if content.is_eof():
@@ -177,13 +228,16 @@ class StreamRelay:
                     pending: list[bytes] = []
                     for event in split(chunk):
                         observe(event)
+                        if guard is not None and guard.passed(len(event), text):
+                            pending += await self._cut_at_bound()
+                            break
                         out = tfeed(event)
                         if transform.done and not meter.settled:
                             pending.append(await self._terminal(out))
                         else:
                             pending += out
                     if pending:
-                        if at_eof():  # the last bytes: they go out with the response's end
+                        if self.was_cut or at_eof():  # the last bytes go out with the end
                             tail = pending
                             break
                         await send(
@@ -197,7 +251,8 @@ class StreamRelay:
                 await self.abort(f"upstream stream broke off ({type(exc).__name__})")
                 tail = [transform.error_event("the upstream stream broke off")]
             else:
-                tail += await self._ending()
+                if not self.was_cut:
+                    tail += await self._ending()
             if listener is not None:
                 listener.cancel()  # what it would hear now is the response's own end
                 listener = None
@@ -224,6 +279,9 @@ class StreamRelay:
                 listener.cancel()
             self.upstream.close()
             await self.abort(reason)
+
+    def _text(self) -> list[str]:
+        return self.watcher.text
 
     async def _listen(self, receive: Receive, main: asyncio.Task[Any]) -> None:
         """Wait for the client to hang up, then stop the relay (``main``)."""

@@ -227,6 +227,8 @@ class AnthropicWatcher:
         self.error: str | None = None
         self.kind = "data"
         self.usage_final = False  # message_start's count is partial until message_delta
+        #: The content block started and not yet stopped (a cut stream closes it).
+        self.open_block: int | None = None
 
     @property
     def usage(self) -> TokenUsage | None:
@@ -247,6 +249,11 @@ class AnthropicWatcher:
             if isinstance(usage, dict):
                 self.raw_usage.update({k: v for k, v in usage.items() if v is not None})
                 self.usage_final = True
+        elif kind == "content_block_start":
+            index = obj.get("index")
+            self.open_block = index if isinstance(index, int) else 0
+        elif kind == "content_block_stop":
+            self.open_block = None
         elif kind == "content_block_delta":
             delta = obj.get("delta") or {}
             for key in ("text", "partial_json", "thinking"):
@@ -340,6 +347,54 @@ class Translating:
                 {"type": "error", "code": "upstream_error", "message": message, "param": None},
             )
         return openai_error_event(message)
+
+
+def openai_length_ending(w: OpenAIWatcher, n: int, usage: TokenUsage) -> list[bytes]:
+    """The upstream events an OpenAI chat stream ends with when it reaches its length
+    limit: each choice finished with ``"length"``, the usage chunk, ``[DONE]``. A cut
+    stream is ended with these, through the same transform as the upstream's own."""
+    base: dict[str, Any] = {
+        "id": w.chunk_id or "chatcmpl-keyfob",
+        "object": "chat.completion.chunk",
+        "created": w.created or 0,
+        "model": w.model or "",
+    }
+    finish = {
+        **base,
+        "choices": [{"index": i, "delta": {}, "finish_reason": "length"} for i in range(n)],
+    }
+    counted = {
+        **base,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+        },
+    }
+    return [data_event(finish), data_event(counted), b"data: [DONE]\n\n"]
+
+
+def anthropic_length_ending(w: AnthropicWatcher, output_tokens: int) -> list[bytes]:
+    """The events a Messages stream ends with at its ``max_tokens``: the open block
+    stopped, ``stop_reason: "max_tokens"`` with the output count, ``message_stop``."""
+    out: list[bytes] = []
+    if w.open_block is not None:
+        out.append(
+            named_event("content_block_stop", {"type": "content_block_stop", "index": w.open_block})
+        )
+    out.append(
+        named_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        )
+    )
+    out.append(named_event("message_stop", {"type": "message_stop"}))
+    return out
 
 
 def openai_error_event(message: str) -> bytes:

@@ -43,6 +43,10 @@ class ProviderAdapter(Protocol):
     ``post(path, body)`` sends one JSON request to ``base_url + path`` (paths are the
     wire format's own: ``/chat/completions``, ``/embeddings``, ``/messages``,
     ``/messages/count_tokens``) and returns the response unread, so it can be streamed.
+
+    Optional: ``limit_output(path, body, tokens) -> body`` returns the body with the output
+    limit Keyfob reserved for in every field this upstream honours (its dialect; see
+    ``providers/output_limit.py``). An adapter without it gets its wire format's default.
     """
 
     kind: ClassVar[str]

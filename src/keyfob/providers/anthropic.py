@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from keyfob.providers import Wire
+from keyfob.providers import Wire, output_limit
 from keyfob.providers.http import get_json, model_ids, post_json
 from keyfob.settings import Settings
 from keyfob.store.records import Provider
@@ -38,6 +38,10 @@ class AnthropicProvider:
         if api_key:
             headers["x-api-key"] = api_key
         return headers
+
+    def limit_output(self, path: str, body: dict[str, Any], tokens: int) -> dict[str, Any]:
+        """``max_tokens`` (and an extended-thinking budget kept below it)."""
+        return output_limit.anthropic(path, body, tokens)
 
     async def list_models(
         self, http: aiohttp.ClientSession, provider: Provider, api_key: str | None

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from keyfob.providers import Wire
+from keyfob.providers import Wire, output_limit
 from keyfob.providers.http import get_json, model_ids, post_json
 from keyfob.settings import Settings
 from keyfob.store.records import Provider
@@ -38,6 +38,11 @@ class OpenAICompatibleProvider:
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         return _headers(api_key)
+
+    def limit_output(self, path: str, body: dict[str, Any], tokens: int) -> dict[str, Any]:
+        """The reserved output limit in the fields this upstream honours (see
+        ``output_limit``): a generic server reads ``max_tokens``."""
+        return output_limit.openai_generic(path, body, tokens)
 
     async def list_models(
         self, http: aiohttp.ClientSession, provider: Provider, api_key: str | None

@@ -6,8 +6,9 @@ attribution headers); Gemini is reached through its OpenAI-compatible endpoint.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from keyfob.providers import output_limit
 from keyfob.providers.openai_compatible import OpenAICompatibleProvider
 
 
@@ -16,6 +17,11 @@ class OpenAIProvider(OpenAICompatibleProvider):
     label: ClassVar[str] = "OpenAI API (API key)"
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
 
+    def limit_output(self, path: str, body: dict[str, Any], tokens: int) -> dict[str, Any]:
+        """``max_completion_tokens``: honoured by every OpenAI model, and the only field
+        reasoning models accept."""
+        return output_limit.openai_official(path, body, tokens)
+
 
 class GeminiProvider(OpenAICompatibleProvider):
     kind: ClassVar[str] = "gemini"
@@ -23,6 +29,11 @@ class GeminiProvider(OpenAICompatibleProvider):
     default_base_url: ClassVar[str | None] = (
         "https://generativelanguage.googleapis.com/v1beta/openai"
     )
+
+    def limit_output(self, path: str, body: dict[str, Any], tokens: int) -> dict[str, Any]:
+        """Gemini's OpenAI-compatible endpoint maps ``max_tokens`` to ``maxOutputTokens``
+        (thinking tokens included): that field alone."""
+        return output_limit.max_tokens_only(path, body, tokens)
 
 
 class OpenRouterProvider(OpenAICompatibleProvider):

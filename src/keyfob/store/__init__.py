@@ -17,6 +17,7 @@ from keyfob.store.apps import ClientsRepo, CodesRepo, DeviceCodesRepo, GrantsRep
 from keyfob.store.engine import create_engine
 from keyfob.store.metering import MeteringRepo
 from keyfob.store.migrate import upgrade
+from keyfob.store.overruns import OverrunsRepo
 from keyfob.store.reports import RefusalsRepo
 from keyfob.store.sessions import SessionsRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
@@ -50,6 +51,7 @@ class Store:
     devices: DeviceCodesRepo
     refusals: RefusalsRepo
     sessions: SessionsRepo
+    overruns: OverrunsRepo
 
     hot: SqliteHotPath | None = None
 
@@ -68,6 +70,7 @@ class Store:
             DeviceCodesRepo(engine),
             RefusalsRepo(engine, hot),
             SessionsRepo(engine),
+            OverrunsRepo(engine),
             hot,
         )
 

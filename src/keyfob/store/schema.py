@@ -324,3 +324,25 @@ web_sessions = Table(
     Column("last_seen_at", Float, nullable=False),
 )
 Index("ix_web_sessions_user", web_sessions.c.user_id)
+#: Calls whose upstream billed past the bound Keyfob reserved and sent (it ignored the
+#: output limit): the provider is marked by them, and the person is shown each one until
+#: they have seen it.
+limit_overruns = Table(
+    "limit_overruns",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("grant_id", String(32), nullable=True),
+    Column("provider_id", String(32), nullable=True),
+    Column("model", String(255), nullable=False),
+    Column("ledger_id", String(32), nullable=False),
+    #: usage_reported (the upstream's own usage was above the bound) | stream_cut
+    Column("kind", String(32), nullable=False),
+    Column("reserved_micro_usd", BigInteger, nullable=False),
+    Column("cost_micro_usd", BigInteger, nullable=False),
+    Column("output_limit_tokens", Integer, nullable=True),
+    Column("output_tokens", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=True),
+)
+Index("ix_limit_overruns_user", limit_overruns.c.user_id, limit_overruns.c.created_at)
