@@ -48,3 +48,24 @@ def test_wallet_amounts_read_as_money(owned_data_dir: Path) -> None:
     assert "Wallet balance: $2.50" in cli(owned_data_dir, "wallet", "topup", "2.5").stdout
     shown = cli(owned_data_dir, "wallet", "show").stdout
     assert "balance $2.50" in shown
+
+
+def test_providers_add_warns_about_a_dead_address_and_unpriced_models(
+    owned_data_dir: Path,
+) -> None:
+    from tests.support import free_port
+
+    added = cli(
+        owned_data_dir,
+        "providers",
+        "add",
+        "offline",
+        "--base-url",
+        f"http://127.0.0.1:{free_port()}/v1",
+        "--model",
+        "mystery-model-9000",
+        "--no-key",
+    )
+    assert "Linked offline" in added.stdout
+    assert "Connection test failed: nothing answers at 127.0.0.1" in added.stderr
+    assert "No price is known for mystery-model-9000" in added.stderr

@@ -202,8 +202,9 @@ def providers_add(
         api_key = os.environ.get("KEYFOB_PROVIDER_KEY") or getpass.getpass("API key: ")
         api_key = api_key.strip() or None
 
-    async def body(kf: Any) -> tuple[Any, list[str]]:
-        from keyfob.providers.connection import unpriced_models
+    async def body(kf: Any) -> tuple[Any, list[str], str]:
+        from keyfob.providers.connection import try_connection, unpriced_models
+        from keyfob.providers.linking import decrypt_key
 
         owner = await _owner(kf)
         provider = await link_provider(
@@ -216,14 +217,25 @@ def providers_add(
             models=list(models or []),
             is_local=local,
         )
-        return provider, await unpriced_models(kf, provider)
+        # linked first (the address passed every check), then tried: a server that is off
+        # right now is still linked, with a warning
+        tried = await try_connection(
+            kf,
+            kind=provider.kind,
+            base_url=provider.base_url,
+            api_key=await decrypt_key(kf, provider),
+            is_local=provider.is_local,
+        )
+        return provider, await unpriced_models(kf, provider), tried.problem
 
     try:
-        provider, unpriced = _with_kf(data_dir, database_url, body)
+        provider, unpriced, problem = _with_kf(data_dir, database_url, body)
     except LinkRefused as exc:
         raise fail(str(exc)) from None
     shown = ", ".join(provider.models) or "none listed"
     console.print(f"Linked [bold]{provider.name}[/bold] ({provider.base_url}); models: {shown}")
+    if problem:
+        err.print(f"[yellow]Connection test failed: {problem}.[/yellow]")
     for model in unpriced:
         err.print(
             f"[yellow]No price is known for {model}: calls to it are refused until you set "
