@@ -70,7 +70,7 @@ class Store:
             DeviceCodesRepo(engine),
             RefusalsRepo(engine, hot),
             SessionsRepo(engine),
-            OverrunsRepo(engine),
+            OverrunsRepo(engine, hot),
             hot,
         )
 

@@ -7,14 +7,27 @@ flag the dashboard raises until they are marked seen.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyfob.store import schema as t
 from keyfob.tokens import new_id
+
+if TYPE_CHECKING:
+    from keyfob.store.sqlite_hot import SqliteHotPath
+
+
+_INSERT = (
+    "INSERT INTO limit_overruns (id, user_id, grant_id, provider_id, model, ledger_id, kind, "
+    "reserved_micro_usd, cost_micro_usd, output_limit_tokens, output_tokens, created_at) "
+    "VALUES (:id, :user_id, :grant_id, :provider_id, :model, :ledger_id, :kind, "
+    ":reserved_micro_usd, :cost_micro_usd, :output_limit_tokens, :output_tokens, :created_at)"
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +58,11 @@ class ProviderMark:
 
 
 class OverrunsRepo:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, hot: SqliteHotPath | None = None) -> None:
         self.engine = engine
+        #: The serving SQLite process's inline connection: a write through the engine
+        #: would hold the write lock the write-back's flush needs (as refusals found).
+        self.hot = hot
 
     async def record(
         self,
@@ -64,23 +80,29 @@ class OverrunsRepo:
         now: float | None = None,
     ) -> str:
         oid = new_id()
+        row = {
+            "id": oid,
+            "user_id": user_id,
+            "grant_id": grant_id,
+            "provider_id": provider_id,
+            "model": model[:255],
+            "ledger_id": ledger_id,
+            "kind": kind,
+            "reserved_micro_usd": reserved_micro_usd,
+            "cost_micro_usd": cost_micro_usd,
+            "output_limit_tokens": output_limit_tokens,
+            "output_tokens": output_tokens,
+            "created_at": time.time() if now is None else now,
+        }
+        if self.hot is not None:
+
+            def write(conn: sqlite3.Connection) -> None:
+                conn.execute(_INSERT, row)
+
+            await self.hot.run(write, metering=True)
+            return oid
         async with self.engine.begin() as conn:
-            await conn.execute(
-                t.limit_overruns.insert().values(
-                    id=oid,
-                    user_id=user_id,
-                    grant_id=grant_id,
-                    provider_id=provider_id,
-                    model=model,
-                    ledger_id=ledger_id,
-                    kind=kind,
-                    reserved_micro_usd=reserved_micro_usd,
-                    cost_micro_usd=cost_micro_usd,
-                    output_limit_tokens=output_limit_tokens,
-                    output_tokens=output_tokens,
-                    created_at=time.time() if now is None else now,
-                )
-            )
+            await conn.execute(t.limit_overruns.insert().values(**row))
         return oid
 
     async def for_user(
