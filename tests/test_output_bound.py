@@ -35,6 +35,7 @@ from keyfob.providers import output_limit
 from tests.adversarial_upstream import AdversarialUpstream, Behaviour
 from tests.gateway_inproc import ledger, link, mint
 from tests.oauth_app import InProcess
+from tests.support import cli
 
 #: 1 micro-USD per input token, 4 per output token: every cost is an exact integer.
 PRICE = (1_000_000, 4_000_000)
@@ -318,6 +319,21 @@ def test_whole_answer_past_the_bound_is_charged_its_real_cost(
         call.billed_micro_usd,
         row["id"],
     )
+    listed = cli(app.data_dir, "providers", "list").stdout
+    line = next(ln for ln in listed.splitlines() if ln.strip("│ ").startswith(kind + " "))
+    assert "IGNORED 1x" in line
+    assert app.run(kf.store.overruns.mark_seen, app.owner.id) == 1
+    assert app.run(kf.store.overruns.for_user, app.owner.id, unseen_only=True) == []
+
+
+def test_policy_from_the_cli(app: InProcess) -> None:
+    mint(app, ["anthropic/m"], client_name="Agent")
+    shown = cli(
+        app.data_dir, "apps", "policy", "Agent", "--output-limit", "fit", "--fit-floor", "128"
+    ).stdout
+    assert '"output_limit": "fit"' in shown and '"fit_floor_tokens": 128' in shown
+    bad = cli(app.data_dir, "apps", "policy", "Agent", "--output-limit", "maybe", check=False)
+    assert bad.returncode != 0 and "auto, fit or refuse" in bad.stdout + bad.stderr
 
 
 @pytest.mark.parametrize(

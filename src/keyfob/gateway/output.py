@@ -50,11 +50,10 @@ def ask_of(endpoint: str, body: dict[str, Any]) -> Ask | None:
     """The app's output request on a surface; None for surfaces without output
     (embeddings). On chat the smaller of ``max_completion_tokens`` and ``max_tokens``
     counts: an upstream may honour either, so the smaller is what the app can rely on."""
-    if endpoint == "chat.completions":
-        fields = (body.get("max_completion_tokens"), body.get("max_tokens"))
-        given = [v for v in map(_positive, fields) if v is not None]
-        n = _positive(body.get("n")) or 1
-        return Ask(min(given) if given else None, n)
+    if endpoint == "chat.completions":  # the hot path: a few dict look-ups
+        mct, mt = _positive(body.get("max_completion_tokens")), _positive(body.get("max_tokens"))
+        limit = mt if mct is None else mct if mt is None else min(mct, mt)
+        return Ask(limit, _positive(body.get("n")) or 1)
     if endpoint == "responses":
         return Ask(_positive(body.get("max_output_tokens")))
     if endpoint == "messages":
@@ -167,7 +166,10 @@ def limit_plan(plan: Plan, adapter: Any, out: OutputBound) -> Plan:
     the adapter's dialect (every field that upstream honours)."""
     if out.per_choice <= 0:
         return plan
-    return replace(plan, body=output_limit.of(adapter)(plan.path, plan.body, out.per_choice))
+    body = output_limit.of(adapter)(plan.path, plan.body, out.per_choice)
+    if body == plan.body:  # the app's own limit, already in the dialect's fields
+        return plan
+    return replace(plan, body=body)
 
 
 class OutputGuard:
