@@ -37,8 +37,6 @@ def widest(a: TokenUsage, b: TokenUsage) -> TokenUsage:
     return TokenUsage(
         max(a.input_tokens, b.input_tokens),
         max(a.output_tokens, b.output_tokens),
-        cache_write_tokens=max(a.cache_write_tokens, b.cache_write_tokens),
-        cache_write_1h_tokens=max(a.cache_write_1h_tokens, b.cache_write_1h_tokens),
         tool_uses=uses or None,
     )
 

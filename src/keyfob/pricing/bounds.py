@@ -27,7 +27,9 @@ below what the upstream bills, so a reservation covers its settlement.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from keyfob.pricing.images import ImageRule, base64_dimensions, data_url_dimensions
@@ -43,6 +45,9 @@ TOOLS_SYSTEM_PROMPT_TOKENS = 600
 #: its 499-token system prompt; text editor 700; bash 245), with room to spare.
 ANTHROPIC_DEFINED_TOOL_TOKENS = 1500
 ANTHROPIC_DEFINED_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
+#: Cache writes as a multiple of the input price (Anthropic's, which OpenRouter passes on).
+CACHE_WRITE_5M_FACTOR = Fraction(5, 4)
+CACHE_WRITE_1H_FACTOR = Fraction(2)
 #: Largest ``max_uses`` accepted on a server-side tool.
 MAX_TOOL_USES = 100
 
@@ -78,26 +83,23 @@ class InputBound:
     fees_micro_usd: int = 0
     #: Server-tool uses the fees are for, by tool (``anthropic-web-search``: 5).
     tool_uses: dict[str, int] = field(default_factory=dict)
-    #: Input tokens that may be written to the prompt cache (billed above input: 1.25x
-    #: for five minutes, 2x for an hour on Anthropic), and those for an hour.
-    cache_write_tokens: int = 0
-    cache_write_1h_tokens: int = 0
+    #: The cache TTL the body asks for ("5m", "1h"): its tokens are then counted at the
+    #: cache-write premium (``with_cache_writes``).
+    cache_ttl: str | None = None
 
     def usage(self, output_tokens: int) -> TokenUsage:
         """The worst case to price: this input, ``output_tokens`` out."""
-        return TokenUsage(
-            self.tokens,
-            output_tokens,
-            cache_write_tokens=self.cache_write_tokens,
-            cache_write_1h_tokens=self.cache_write_1h_tokens,
-            tool_uses=self.tool_uses or None,
-        )
+        return TokenUsage(self.tokens, output_tokens, tool_uses=self.tool_uses or None)
 
     def with_cache_writes(self, ttl: str | None) -> InputBound:
-        """All input may be written to the cache when the body asks for caching."""
+        """A body marking any block ``cache_control`` may have its whole prompt written to
+        the cache, billed above the input price (Anthropic: 1.25x for five minutes, 2x for
+        an hour). The premium is counted in tokens priced as input, so every consumer of
+        the bound (the quote, the fit, the overrun check) covers it without knowing."""
         if ttl is not None:
-            self.cache_write_tokens = self.tokens
-            self.cache_write_1h_tokens = self.tokens if ttl == "1h" else 0
+            factor = CACHE_WRITE_1H_FACTOR if ttl == "1h" else CACHE_WRITE_5M_FACTOR
+            self.tokens = math.ceil(self.tokens * factor)
+            self.cache_ttl = ttl
         return self
 
 
