@@ -65,8 +65,6 @@ class Settings:
     max_form_bytes: int = 64 * 1024
     #: Output tokens assumed for the worst case when a call sets no max_tokens.
     default_max_output_tokens: int = 4096
-    #: Tokens assumed per image part when bounding a request's input.
-    image_token_bound: int = 2048
     upstream_connect_timeout_s: float = 10.0
     #: How long an upstream may take to send its first byte (the model "thinking").
     upstream_first_byte_timeout_s: float = 120.0
