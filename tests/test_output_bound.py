@@ -267,6 +267,24 @@ def test_refuse_when_the_app_set_its_limit(app: InProcess, up: AdversarialUpstre
     assert not got["ok"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_choices_share_the_bound(app: InProcess, up: AdversarialUpstream, stream: bool) -> None:
+    token = mint(app, ["openai_compatible/m"], cap_micro_usd=20_000)
+    body = {
+        "model": "openai_compatible/m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "n": 3,
+        "stream": stream,
+    }
+    [got] = calls(app, token, "chat", [body])
+    assert got["ok"] and got["headers"][h.MAX_TOKENS_LOWERED_FROM] == "4096"
+    [call] = up.of("openai_compatible")
+    # three choices of the fitted per-choice limit: their worst case fits the cap
+    assert call.obeyed is not None and call.output_tokens == 3 * call.obeyed
+    [row] = rows_of(app, 1)
+    assert row["cost_micro_usd"] == call.billed_micro_usd <= row["reserved_micro_usd"] <= 20_000
+
+
 def test_fit_floor(app: InProcess, up: AdversarialUpstream) -> None:
     body = {"model": "anthropic/m", "messages": [{"role": "user", "content": "hi"}]}
     # 900 micro-USD leaves room for about 220 output tokens: under the default floor
