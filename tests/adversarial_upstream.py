@@ -75,6 +75,8 @@ class Call:
 class AdversarialUpstream:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    #: Webhook deliveries received on ``/hook`` (JSON body, signature header).
+    hooks: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -373,12 +375,17 @@ class AdversarialUpstream:
         events.append((_named("message_stop", {"type": "message_stop"}), 0))
         return await self._events(request, call, events, b)
 
+    async def _hook(self, request: web.Request) -> web.Response:
+        self.hooks.append((await request.json(), request.headers.get("X-Keyfob-Signature", "")))
+        return web.Response(text="ok")
+
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/{name}/v1/chat/completions", self._chat)
         app.router.add_post("/{name}/v1/responses", self._responses)
         app.router.add_post("/{name}/v1/messages", self._messages)
+        app.router.add_post("/hook", self._hook)
         runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)

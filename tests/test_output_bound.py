@@ -314,7 +314,9 @@ def test_whole_answer_past_the_bound_is_charged_its_real_cost(
     app: InProcess, up: AdversarialUpstream, kind: str
 ) -> None:
     _broken(up, kind, ignore_limits=True)
-    token = mint(app, [f"{kind}/m"], cap_micro_usd=30_000)
+    up.hooks.clear()
+    hook = f"http://127.0.0.1:{up.port}/hook"
+    token = mint(app, [f"{kind}/m"], cap_micro_usd=30_000, webhook_url=hook)
     body = {"model": f"{kind}/m", "messages": [{"role": "user", "content": "hi"}]}
     [got] = calls(app, token, "chat", [{**body, "max_tokens": 100}])
     assert got["ok"]
@@ -337,6 +339,12 @@ def test_whole_answer_past_the_bound_is_charged_its_real_cost(
         call.billed_micro_usd,
         row["id"],
     )
+    # the person is told: a signed allowance.overrun event on the grant's webhook
+    events = [e for e, _sig in up.hooks if e["event"] == "allowance.overrun"]
+    assert [(e["ledger_id"], e["kind"], e["output_tokens"]) for e in events] == [
+        (row["id"], "usage_reported", 6000)
+    ]
+    assert all(sig.startswith("sha256=") for _e, sig in up.hooks)
     listed = cli(app.data_dir, "providers", "list").stdout
     line = next(ln for ln in listed.splitlines() if ln.strip("│ ").startswith(kind + " "))
     assert "IGNORED 1x" in line
