@@ -232,6 +232,21 @@ def test_concurrent_calls_bill_within_the_cap(
         assert all(g["headers"][h.MAX_TOKENS_LOWERED_FROM] == "4096" for g in lowered)
 
 
+@pytest.mark.parametrize("kind", ["openai_compatible", "anthropic"])
+def test_without_usage_reports_keyfob_counts_what_was_billed(
+    app: InProcess, up: AdversarialUpstream, kind: str
+) -> None:
+    """An upstream that reports no usage (many local servers in streams): Keyfob counts,
+    the rows say so (``estimated``), and the count is what was billed."""
+    up.configure(kind, Behaviour(price=PRICE, honours=KINDS[kind], report="none"))
+    token = mint(app, [f"{kind}/m"], cap_micro_usd=CAP)
+    got = calls(app, token, "chat", [_body("chat", kind, i, "none") for i in range(6)])
+    assert any(g["ok"] for g in got)
+    rows = rows_of(app, len(up.of(kind)))
+    assert {(r["status"], r["usage_source"]) for r in rows} == {("estimated", "estimated")}
+    assert sum(r["cost_micro_usd"] for r in rows) == up.billed(kind) <= CAP
+
+
 def test_fit_lowers_the_limit_and_says_so(app: InProcess, up: AdversarialUpstream) -> None:
     token = mint(app, ["openai_compatible/m"], cap_micro_usd=5_000)
     body = {"model": "openai_compatible/m", "messages": [{"role": "user", "content": "hi"}]}
