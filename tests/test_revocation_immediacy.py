@@ -84,8 +84,10 @@ class DripUpstream:
             started.set()
             self.loop.run_forever()
             self.loop.run_until_complete(runner.cleanup())
+            self.loop.close()
 
-        threading.Thread(target=run, daemon=True).start()
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
         assert started.wait(10)
 
     @property
@@ -143,6 +145,7 @@ class DripUpstream:
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -431,3 +434,36 @@ async def test_a_stream_is_cut_within_a_second_of_a_revoke_in_the_serving_proces
     entries = await kf.store.metering.entries(grant_id=minted["grant_id"])
     streamed = [e for e in entries if e.streamed]
     assert len(streamed) == 1 and streamed[0].status != "reserved"
+
+
+# --- cap and window changes apply to the next request, too --------------------------------
+
+
+def test_a_window_switched_from_the_cli_applies_to_the_next_call_with_the_spend(
+    server: KeyfobServer, drip: DripUpstream
+) -> None:
+    """``keyfob apps policy`` (another process) moves a grant from a monthly cap to a
+    weekly one just above what was spent, then back: the very next call is refused each
+    time (the new window starts with the ledger's spend, and the server plans with the
+    edited grant at once, not a cached one)."""
+    from decimal import Decimal
+
+    minted = asyncio.run(_mint(server.data_dir, drip, "Cap App"))
+    auth = {"Authorization": f"Bearer {minted['token']}"}
+    chat = {"model": MODEL, "max_tokens": 5, "messages": HELLO}
+    with httpx.Client(base_url=server.url, timeout=30, headers=auth) as c:
+        for _ in range(3):
+            assert c.post("/v1/chat/completions", json=chat).status_code == 200
+        (month,) = c.get("/v1/keyfob/allowance").json()["limits"]
+        spent = Decimal(month["spent_usd"])
+        assert spent > 0
+        just_above = str(spent + Decimal("0.000001"))
+        cli(server.data_dir, "apps", "policy", "Cap App", "--month", "off", "--week", just_above)
+        refused = c.post("/v1/chat/completions", json=chat)
+        assert refused.status_code == 429, refused.text
+        (week,) = c.get("/v1/keyfob/allowance").json()["limits"]
+        assert week["limit"] == "week" and Decimal(week["spent_usd"]) == spent
+        cli(server.data_dir, "apps", "policy", "Cap App", "--week", "off", "--month", just_above)
+        assert c.post("/v1/chat/completions", json=chat).status_code == 429
+        cli(server.data_dir, "apps", "policy", "Cap App", "--month", "1")
+        assert c.post("/v1/chat/completions", json=chat).status_code == 200

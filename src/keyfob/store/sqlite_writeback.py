@@ -204,6 +204,10 @@ class WriteBack:
         #: (grant id, window key) -> [cap, spent delta, reserved delta] not yet written.
         self._delta: dict[tuple[str, str], list[int]] = {}
         self._open: dict[str, _Open] = {}
+        #: id(plan's window list) -> (the list, the grant version its counters were found
+        #: computed for): a list checked once is not checked again until ``forget``. The
+        #: entry keeps the list alive, so its ``id`` is not reused meanwhile.
+        self._verified: dict[int, tuple[list[WindowLimit], float]] = {}
         self._shapes: dict[
             int, tuple[list[WindowLimit], tuple[str, ...], tuple[int, ...], str]
         ] = {}
@@ -295,6 +299,7 @@ class WriteBack:
         ``credentials=False`` after a metering transaction of this process: it moved
         windows but cannot have revoked anything, so the token checks stay cached."""
         self._base.clear()
+        self._verified.clear()
         if credentials:
             self._alive.clear()
             self.generation += 1
@@ -366,14 +371,20 @@ class WriteBack:
         if basis is not None:
             if alive[1] != basis:
                 raise GrantChanged
-            stale = [
-                w
-                for w in req.windows
-                if w.starts_at is not None
-                and self._read_base((req.grant_id, w.window_key))[2] != basis
-            ]
-            if stale and not self._seed(req, stale):
-                return NOT_HERE  # the write lock is taken: the transactional path waits
+            windows = req.windows
+            seen = self._verified.get(id(windows))
+            if seen is None or seen[0] is not windows or seen[1] != basis:
+                stale = [
+                    w
+                    for w in windows
+                    if w.starts_at is not None
+                    and self._read_base((req.grant_id, w.window_key))[2] != basis
+                ]
+                if stale and not self._seed(req, stale):
+                    return NOT_HERE  # the write lock is taken: the transactional path waits
+                if len(self._verified) >= 4096:
+                    self._verified.clear()
+                self._verified[id(windows)] = (windows, basis)
         amount = req.amount_micro_usd
         states: list[WindowState] = []
         for w in req.windows:
