@@ -407,7 +407,8 @@ def test_stream_past_the_bound_is_cut(
     [call] = up.of(kind)
     [row] = rows_of(app, 1)
     assert row["needs_reconciliation"] and "stream cut" in row["error"]
-    assert 200 < row["output_tokens"] <= 200 + 200 // 10 + 8 + 16
+    # cut within MIN_CHECK_STEP_BYTES of events past the bound (16 tokens in ~170 bytes)
+    assert 200 < row["output_tokens"] <= 200 + 200 // 10 + 8 + (2048 // 170 + 1) * 16
     assert row["cost_micro_usd"] >= row["reserved_micro_usd"]
     # the upstream stopped soon after: it billed what it generated until the cut
     assert call.output_tokens < 6000
@@ -491,11 +492,16 @@ def test_ask_fit_and_guard() -> None:
     assert fit_tokens(price, 100, out, 50, in_tokens=False) == 0
     guard = OutputGuard(100)
     parts: list[str] = []
-    for _ in range(200):
+    events = 0
+    for _ in range(400):
         parts.append(" tok")
+        events += 1
         if guard.passed(60, lambda: parts):
             break
-    assert 100 < guard.tokens <= 100 + 10 + 8 + 1
+    # cut past 100 + 10% + 8, within MIN_CHECK_STEP_BYTES (2048 / 60 events) of it
+    assert 118 < guard.tokens == events <= 118 + 2048 // 60 + 1
+    quiet = OutputGuard(16)  # a short stream under 2 KiB is never counted
+    assert not any(quiet.passed(150, lambda: ["x" * 1000]) for _ in range(13))
 
 
 def _usage(i: int, o: int) -> Any:

@@ -172,6 +172,12 @@ def limit_plan(plan: Plan, adapter: Any, out: OutputBound) -> Plan:
     return replace(plan, body=body)
 
 
+#: Counts are at least this many event bytes apart (and 1/8 of the stream so far): a
+#: stream with a small bound is not counted at every event (reading the text of every
+#: chunk is what the watcher avoids), at the price of a cut that may come this late.
+MIN_CHECK_STEP_BYTES = 2048
+
+
 class OutputGuard:
     """Counts a stream's generated output and says when it passes its bound.
 
@@ -179,8 +185,11 @@ class OutputGuard:
     the text is at most the bytes of the events that carry it, so until the events'
     bytes exceed the bound, the output cannot have: nothing is counted. Past that, the
     new text is counted (cl100k, Keyfob's one offline encoding) and the next count is
-    due only when the events could hold enough new tokens to pass the bound. A normal
-    stream (about a hundred event bytes per token) is counted a handful of times.
+    due only when the events could hold enough new tokens to pass the bound, and at
+    least ``MIN_CHECK_STEP_BYTES`` (or an eighth of the stream so far) later: a stream
+    past its bound is cut within that many event bytes (tokens past the bound are in
+    the count the cut charges). A normal stream (about a hundred event bytes per
+    token) is counted a handful of times, a short one not at all.
 
     ``slack`` allows for tokenizers that need fewer tokens than cl100k for the same text
     (an upstream that stopped at its limit must not be cut a few tokens early); what an
@@ -192,7 +201,7 @@ class OutputGuard:
         self.bound = bound_tokens
         self.limit = slack_limit(bound_tokens)
         self.seen_bytes = 0
-        self.next_check = self.limit
+        self.next_check = max(self.limit, MIN_CHECK_STEP_BYTES)
         self.tokens = 0
         self.read_upto = 0
 
@@ -208,5 +217,6 @@ class OutputGuard:
         self.tokens += count(new)
         if self.tokens > self.limit:
             return True
-        self.next_check = self.seen_bytes + (self.limit - self.tokens)
+        seen = self.seen_bytes
+        self.next_check = seen + max(self.limit - self.tokens, MIN_CHECK_STEP_BYTES, seen // 8)
         return False
