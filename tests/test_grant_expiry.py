@@ -163,6 +163,7 @@ def test_an_ended_grant_is_refused_everywhere(server: KeyfobServer, fakellm: Fak
         # the person sets an end, from the terminal...
         out = cli(server.data_dir, "apps", "expire", "Ends soon", "--in", "1h").stdout
         assert "ends at" in out
+        assert "until 20" in cli(server.data_dir, "apps", "list").stdout
         assert 3500 < _grant(server).expires_at - time.time() <= 3600
         c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello"}])
         # ... then moves it to two seconds from now (the CLI takes longer than that to start)

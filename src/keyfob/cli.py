@@ -584,15 +584,16 @@ def apps_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
             table.add_row(c.name, c.id, kind, "no", "-", "-", "-", "-", "")
             continue
         models = ", ".join(g.models) or "none"
+        granted = cli_grants.granted_label(g.expires_at)
         if not states:
-            table.add_row(c.name, c.id, kind, "yes", "none", "-", "-", "-", models)
+            table.add_row(c.name, c.id, kind, granted, "none", "-", "-", "-", models)
         for i, st in enumerate(states):
             first = i == 0
             table.add_row(
                 c.name if first else "",
                 c.id if first else "",
                 kind if first else "",
-                "yes" if first else "",
+                granted if first else "",
                 st.label,
                 f"{usd_summary(st.cap_micro_usd)} / {st.label}",
                 usd_summary(st.spent_micro_usd + st.reserved_micro_usd),
@@ -979,4 +980,4 @@ def main() -> None:
 
 
 # `keyfob apps expire` and `keyfob dev-token` (registered on import)
-from keyfob import cli_grants  # noqa: E402, F401
+from keyfob import cli_grants  # noqa: E402

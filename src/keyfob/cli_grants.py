@@ -39,6 +39,17 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def granted_label(expires_at: float | None) -> str:
+    """``keyfob apps list``'s "granted" column: yes, until when, or ended."""
+    import time
+
+    if expires_at is None:
+        return "yes"
+    if expires_at <= time.time():
+        return "ended " + datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%d %H:%M")
+    return "until " + datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 @apps_app.command("expire")
 def apps_expire(
     app_ref: Annotated[str, typer.Argument(metavar="APP", help="client_id or app name.")],
