@@ -91,6 +91,7 @@ def test_week_cost_of_an_app_from_the_overview_matches_the_ledger(app: InProcess
     assert int(shown.group(1)) == expected
     assert unescape(shown.group(2)) == usd_summary(expected) == unescape(week_link.group(2))
     assert "This week" in week.text and "3 calls" in week.text
+    assert "access does not end by itself" in week.text
     # every limit is shown with its window and reset time; the chart has the app
     assert "/ month" in overview.text and "resets 2" in overview.text
     assert "<svg" in overview.text and "Story Writer" in overview.text

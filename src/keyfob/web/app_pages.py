@@ -160,6 +160,7 @@ async def grant_page(request: Request) -> Response:
         app_name=client.name if client else grant.client_id,
         client=client,
         tz=tz,
+        now=now,
         last_used=used,
         limits=[limit_view(s, tz) for s in await kf.allowance.limits(grant)]
         if grant.active

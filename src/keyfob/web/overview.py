@@ -139,6 +139,7 @@ def _app_row(
         "models": grant.models,
         "since": grant.created_at,
         "revoked_at": grant.revoked_at,
+        "expires_at": grant.expires_at,
         "last_used": used.get(grant.id),
         "spend": {span: totals[span].get(grant.id, 0) for span in SPANS},
     }
