@@ -34,7 +34,7 @@ from keyfob.pricing.prices import Price
 from keyfob.providers import output_limit
 from tests.adversarial_upstream import AdversarialUpstream, Behaviour
 from tests.gateway_inproc import ledger, link, mint
-from tests.oauth_app import InProcess
+from tests.oauth_app import InProcess, hidden
 from tests.support import cli
 
 #: 1 micro-USD per input token, 4 per output token: every cost is an exact integer.
@@ -363,8 +363,21 @@ def test_whole_answer_past_the_bound_is_charged_its_real_cost(
     listed = cli(app.data_dir, "providers", "list").stdout
     line = next(ln for ln in listed.splitlines() if ln.strip("│ ").startswith(kind + " "))
     assert "IGNORED 1x" in line
-    assert app.run(kf.store.overruns.mark_seen, app.owner.id) == 1
+    # the dashboard says so, in words, until the person marks it seen; the provider's
+    # mark stays on the providers page
+    app.logged_in()
+    overview = app.client.get("/")
+    assert "A provider billed past the limit Keyfob sent" in overview.text
+    assert f"via {kind}" in overview.text and "6000 output tokens" in overview.text
+    providers = app.client.get("/providers")
+    assert "ignored the output limit Keyfob sent it" in providers.text
+    seen_page = app.client.post(
+        "/overruns/seen", data={"csrf_token": hidden(overview.text, "csrf_token")}
+    )
+    assert seen_page.status_code == 303
     assert app.run(kf.store.overruns.for_user, app.owner.id, unseen_only=True) == []
+    assert "A provider billed past the limit" not in app.client.get("/").text
+    assert "ignored the output limit Keyfob sent it" in app.client.get("/providers").text
 
 
 def test_policy_from_the_cli(app: InProcess) -> None:

@@ -19,7 +19,16 @@ from keyfob.context import Keyfob
 from keyfob.store import reports
 from keyfob.store.records import Grant, User
 from keyfob.web.charts import legend, stacked_bars
-from keyfob.web.render import current_user, kf_of, login_redirect, page, redirect
+from keyfob.web.forms import FormError, read_form
+from keyfob.web.render import (
+    current_user,
+    error_page,
+    flash,
+    kf_of,
+    login_redirect,
+    page,
+    redirect,
+)
 
 RANGES = {"7": 7, "30": 30, "90": 90}
 SPANS = ("day", "week", "month")
@@ -105,6 +114,21 @@ async def dashboard(request: Request) -> Response:
         for r in await kf.store.refusals.recent(user.id, limit=10)
     ]
     providers = await kf.store.providers.list(user.id)
+    provider_names = {pr.id: pr.name for pr in providers}
+    overruns = [
+        {
+            "app": grant_names.get(o.grant_id or "", "an app"),
+            "provider": provider_names.get(o.provider_id or "", "a provider"),
+            "model": o.model,
+            "kind": o.kind,
+            "reserved": o.reserved_micro_usd,
+            "cost": o.cost_micro_usd,
+            "limit_tokens": o.output_limit_tokens,
+            "output_tokens": o.output_tokens,
+            "at": o.created_at,
+        }
+        for o in await kf.store.overruns.for_user(user.id, unseen_only=True, limit=10)
+    ]
     return page(
         request,
         "dashboard.html",
@@ -121,10 +145,27 @@ async def dashboard(request: Request) -> Response:
         by=by,
         range_total=series.total(),
         refusals=refusals,
+        overruns=overruns,
         has_providers=bool(providers),
         clients=list(await kf.store.clients.list()) if user.is_owner else None,
         tz=user.timezone,
     )
+
+
+async def overruns_seen(request: Request) -> Response:
+    """The person read the overrun notice: lower the flag (the rows stay, and so do the
+    providers' marks on the providers page)."""
+    kf = kf_of(request)
+    user = await current_user(request)
+    if user is None:
+        return login_redirect(request)
+    try:
+        await read_form(request, kf.settings.max_form_bytes)
+    except FormError as exc:
+        return error_page(request, exc.status, "The form could not be accepted", exc.message, user)
+    await kf.store.overruns.mark_seen(user.id)
+    flash(request, "Noted. The providers that ignored the limit stay marked on Providers.")
+    return redirect("/")
 
 
 def _app_row(

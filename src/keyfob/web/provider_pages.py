@@ -124,11 +124,13 @@ async def providers_page(request: Request) -> Response:
         return login_redirect(request)
     kf = kf_of(request)
     providers = []
+    marks = await kf.store.overruns.by_provider(user.id)
     for p in await kf.store.providers.list(user.id):
         prices = await model_prices(request, p)
         providers.append(
             {
                 "p": p,
+                "mark": marks.get(p.id),
                 "prices": prices,
                 "unpriced": [r["model"] for r in prices if not r["in_force"]["known"]],
             }

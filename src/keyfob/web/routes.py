@@ -26,7 +26,7 @@ from keyfob.web.errors import ROUTES as ERROR_ROUTES
 from keyfob.web.forms import FormError, read_form
 from keyfob.web.limits_page import ROUTES as LIMITS_ROUTES
 from keyfob.web.openrouter import ROUTES as OPENROUTER_ROUTES
-from keyfob.web.overview import dashboard
+from keyfob.web.overview import dashboard, overruns_seen
 from keyfob.web.provider_pages import ROUTES as PROVIDER_ROUTES
 from keyfob.web.ratelimit import LoginThrottle, login_throttle
 from keyfob.web.register_page import ROUTES as REGISTER_ROUTES
@@ -187,6 +187,7 @@ async def logout(request: Request) -> Response:
 
 ROUTES: list[BaseRoute] = [
     Route("/", dashboard, methods=["GET"]),
+    Route("/overruns/seen", overruns_seen, methods=["POST"]),
     Route("/setup", setup, methods=["GET", "POST"]),
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),
