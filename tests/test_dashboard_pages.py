@@ -444,3 +444,48 @@ def test_server_error_page_for_people_plain_text_for_apis() -> None:
     assert "Try again in a moment" in body
     api = asyncio.run(server_error(request("/v1/chat/completions"), RuntimeError("boom")))
     assert api.status_code == 500 and bytes(api.body) == b"Internal Server Error"
+
+
+def test_access_end_and_answer_length_are_editable_on_the_limits_page(app: InProcess) -> None:
+    token = mint(app, [MODEL], client_name="Ender")
+    grant = grant_of(app, "Ender")
+    app.logged_in()
+    page = app.client.get(f"/grants/{grant.id}/edit")
+    assert "as now: never" in page.text and 'name="output_limit"' in page.text
+    base = {"models": [MODEL], "cap_usd": "5", "window": "month"}
+    for changes, field in (
+        ({"expires": "soon"}, "expires"),
+        ({"expires": "30"}, "expires"),  # below the 60 s minimum
+        ({"output_limit": "maybe", "fit_floor": "256"}, "output_limit"),
+        ({"output_limit": "fit", "fit_floor": "0"}, "fit_floor"),
+    ):
+        bad = post(app, f"/grants/{grant.id}/edit", page.text, **base, **changes)
+        assert bad.status_code == 400, changes  # type: ignore[attr-defined]
+        assert f'id="{field}-error"' in bad.text, changes  # type: ignore[attr-defined]
+    saved = post(
+        app,
+        f"/grants/{grant.id}/edit",
+        page.text,
+        **base,
+        expires="3600",
+        output_limit="refuse",
+        fit_floor="512",
+    )
+    assert saved.status_code == 303  # type: ignore[attr-defined]
+    stored = app.run(app.store.grants.get, grant.id)
+    assert stored is not None and stored.expires_at is not None
+    assert 3500 < stored.expires_at - time.time() <= 3600
+    policy = policy_of(stored)
+    assert (policy.output_limit, policy.fit_floor_tokens) == ("refuse", 512)
+    # "keep" leaves the end alone; choosing "never" lifts it
+    again = app.client.get(f"/grants/{grant.id}/edit")
+    assert "as now: never" not in again.text
+    post(app, f"/grants/{grant.id}/edit", again.text, **base, expires="keep")
+    assert app.run(app.store.grants.get, grant.id).expires_at == stored.expires_at  # type: ignore[union-attr]
+    post(app, f"/grants/{grant.id}/edit", again.text, **base, expires="0")
+    assert app.run(app.store.grants.get, grant.id).expires_at is None  # type: ignore[union-attr]
+    # the token still works after the end is lifted
+    assert (
+        app.client.get("/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )

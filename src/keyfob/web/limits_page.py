@@ -1,6 +1,7 @@
 """Editing everything a person allows an app: models, every spending limit (calendar and
 rolling windows, per-model caps), rates, the per-call ceiling, the wallet, what happens at
-a limit, the webhook. Each error is shown by its field.
+a limit, how long answers fit what is left, when access ends, the webhook. Each error is
+shown by its field.
 
 A policy field the form did not send is kept as it is (an older form, or a script that
 posts only the cap): only what the person could see is changed.
@@ -9,16 +10,33 @@ posts only the cap): only what the person could see is changed.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from keyfob.allowance.policy import MAX_WAIT_S, Policy, PolicyError, SpendLimit, parse_duration
+from keyfob.allowance.policy import (
+    MAX_WAIT_S,
+    OUTPUT_LIMIT_MODES,
+    Policy,
+    PolicyError,
+    SpendLimit,
+    parse_duration,
+)
 from keyfob.allowance.service import policy_of
 from keyfob.money import parse_usd, usd_input
-from keyfob.oauth.consent import WINDOWS, primary_limit, with_primary
+from keyfob.oauth.consent import (
+    EXPIRY_CHOICES,
+    KEEP_EXPIRY,
+    WINDOWS,
+    chosen_expiry,
+    primary_limit,
+    with_primary,
+)
+from keyfob.oauth.grants import token_ttls_s
+from keyfob.store.apps import Unchanged
 from keyfob.store.records import Grant
 from keyfob.web.app_pages import owned_grant
 from keyfob.web.consent_view import model_choices
@@ -72,6 +90,11 @@ def _values(policy: Policy, grant: Grant) -> dict[str, Any]:
         "fallback_model": policy.fallback_model or "",
         "use_wallet": policy.use_wallet,
         "webhook_url": policy.webhook_url or "",
+        "output_limit": policy.output_limit,
+        "fit_floor": str(policy.fit_floor_tokens),
+        "expires": KEEP_EXPIRY,
+        "expires_at": grant.expires_at,
+        "expiry_choices": EXPIRY_CHOICES,
     }
 
 
@@ -155,6 +178,20 @@ def _parse(
         changes["fallback_model"] = fallback or None
     if "wallet_shown" in f:
         shown["use_wallet"] = changes["use_wallet"] = form.get("use_wallet") == "1"
+    if "output_limit" in f:
+        shown["output_limit"] = mode = form.get("output_limit")
+        shown["fit_floor"] = floor = form.get("fit_floor", "256").strip()
+        if mode not in OUTPUT_LIMIT_MODES:
+            errors["output_limit"] = "choose how a long answer is limited"
+        changes["output_limit"] = mode
+        if not floor.isdigit() or not 1 <= int(floor[:8]) <= 1_000_000:
+            errors["fit_floor"] = "the smallest answer is 1 to 1,000,000 tokens"
+        else:
+            changes["fit_floor_tokens"] = int(floor)
+    if "expires" in f:
+        shown["expires"] = form.get("expires").strip()
+        if isinstance(chosen_expiry(shown["expires"], time.time()), str):
+            errors["expires"] = "choose when access ends from the list"
     if "webhook_url" in f:
         shown["webhook_url"] = url = form.get("webhook_url").strip()
         if url and (not url.startswith(("https://", "http://")) or len(url) > 2000):
@@ -270,6 +307,10 @@ async def edit_grant(request: Request) -> Response:
         models=values["checked"],
         window=values["window"],
     )
+    ends = chosen_expiry(values["expires"], time.time())
+    if not isinstance(ends, Unchanged | str):
+        # also cuts the live tokens to the new end, so every endpoint refuses it on time
+        await kf.store.grants.set_expiry(grant.id, ends, token_ttls_s=token_ttls_s(kf.settings))
     flash(request, f"Saved the limits of {client.name if client else 'the app'}.")
     return redirect(f"/grants/{grant.id}")
 
