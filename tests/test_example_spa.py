@@ -193,8 +193,10 @@ def test_the_same_spa_on_an_unregistered_origin_is_refused_by_the_browser(
         page.goto(app["foreign"] + "/")
         page.wait_for_selector("#status[data-state=signed-out]")
         page.click("#sign-in")
+        # the click first reads discovery, then navigates: wait for the navigation itself
+        # (a load-state wait can return before it starts, on the foreign page)
+        page.wait_for_url(lambda url: url.startswith(server.url), timeout=15_000)
         page.wait_for_load_state()
-        assert page.url.startswith(server.url)
         assert "redirect" in page.content().lower() and "code=" not in page.url
 
         # With the app's tokens copied in, the page still cannot call Keyfob: the browser
