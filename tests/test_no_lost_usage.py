@@ -1,6 +1,10 @@
 """Invariant 2, no lost usage: kill -9 the gateway while 100 streams are in flight. After the
 restart every call that reached the upstream is in the ledger exactly once, charged its
-reservation and flagged for reconciliation."""
+reservation and flagged for reconciliation.
+
+Each stream is ~300 words that fakellm sends 10 ms apart (about three seconds), so the kill
+lands mid-stream however slow the machine: a short answer could finish before the kill on a
+loaded CI machine, leaving nothing in flight to prove the point."""
 
 from __future__ import annotations
 
@@ -27,9 +31,9 @@ async def start_streams(url: str, token: str, server: KeyfobServer) -> int:
             try:
                 stream = await client.chat.completions.create(
                     model=MODEL,
-                    max_tokens=100,
+                    max_tokens=2000,
                     stream=True,
-                    messages=[{"role": "user", "content": "hello"}],
+                    messages=[{"role": "user", "content": "tell a long story"}],
                 )
                 started += 1
                 async for _ in stream:
