@@ -87,5 +87,5 @@ def sdk(app: InProcess, token: str) -> Iterator[openai.OpenAI]:
 
 
 def ledger(app: InProcess) -> dict[str, dict[str, Any]]:
-    entries = app.run(app.store.metering.entries, limit=1000)
+    entries = app.run(app.store.ledger.entries, limit=1000)
     return {e.id: e.__dict__ for e in entries}

@@ -268,7 +268,7 @@ async def _ledger(data_dir: Path) -> list[dict[str, Any]]:
 
     store = await Store.open(Settings(data_dir=data_dir).effective_database_url)
     try:
-        return [e.__dict__ for e in await store.metering.entries(limit=100000)]
+        return [e.__dict__ for e in await store.ledger.entries(limit=100000)]
     finally:
         await store.close()
 

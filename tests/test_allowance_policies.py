@@ -19,7 +19,7 @@ from aiohttp import web
 from keyfob.allowance.policy import Policy, PolicyError, SpendLimit, parse_duration
 from keyfob.allowance.service import AllowanceExhausted, AllowanceService
 from keyfob.store import Store
-from keyfob.store.metering import Settlement
+from keyfob.metering.types import Settlement
 from keyfob.store.records import Grant, Token
 
 MODEL = "fake/gpt-4o-mini"
@@ -223,7 +223,7 @@ async def test_downgrade_names_the_fallback_once(store: Store) -> None:
         amount_micro_usd=0,
         downgraded_from=MODEL,
     )
-    entry = await store.metering.entry(r.entry_id)
+    entry = await store.ledger.entry(r.entry_id)
     assert entry is not None and entry.downgraded_from == MODEL
 
 

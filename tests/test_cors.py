@@ -258,7 +258,7 @@ def test_gateway_refuses_a_foreign_origin_before_any_work(kf: InProcess, origin:
         )
         assert answer.status_code == 403, (path, answer.text)
         no_cors(answer)
-    assert kf.run(kf.store.metering.entries) == []  # nothing reserved, nothing sent
+    assert kf.run(kf.store.ledger.entries) == []  # nothing reserved, nothing sent
 
 
 def test_an_invalid_token_is_readable_so_the_app_can_refresh(kf: InProcess) -> None:

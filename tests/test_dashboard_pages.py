@@ -59,7 +59,7 @@ def calls(app: InProcess, token: str, n: int) -> None:
 
 
 def ledger_cost(app: InProcess, grant_id: str, since: float = 0.0) -> int:
-    entries = app.run(app.store.metering.entries, grant_id=grant_id, limit=10_000)
+    entries = app.run(app.store.ledger.entries, grant_id=grant_id, limit=10_000)
     return sum(
         (e.cost_micro_usd or 0) if e.status != "reserved" else e.reserved_micro_usd
         for e in entries
@@ -103,7 +103,7 @@ def test_app_page_lists_calls_and_exports_them(app: InProcess) -> None:
     grant = grant_of(app, "Exporter")
     app.logged_in()
     page = app.client.get(f"/grants/{grant.id}?range=all")
-    entries = app.run(app.store.metering.entries, grant_id=grant.id)
+    entries = app.run(app.store.ledger.entries, grant_id=grant.id)
     assert page.text.count('data-label="Model">up/gpt-4o-mini') == 2
     for e in entries:
         assert f"${format_usd(e.cost_micro_usd or 0).rstrip('0')}" in page.text or (

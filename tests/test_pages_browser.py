@@ -215,7 +215,7 @@ def _visit(context: Any, site: Site, name: str, path: str, width: str, scheme: s
 def _ledger_week(site: Site) -> int:
     async def go(store: Store) -> int:
         since = calendar_week(time.time(), "UTC").starts_at
-        entries = await store.metering.entries(grant_id=site.ids["writer"], limit=10_000)
+        entries = await store.ledger.entries(grant_id=site.ids["writer"], limit=10_000)
         return sum(
             (e.cost_micro_usd or 0) if e.status != "reserved" else e.reserved_micro_usd
             for e in entries

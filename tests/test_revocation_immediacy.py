@@ -431,7 +431,7 @@ async def test_a_stream_is_cut_within_a_second_of_a_revoke_in_the_serving_proces
         read, ended_at = await asyncio.wait_for(rest, 10)
         await resp.aclose()
         await asyncio.to_thread(assert_cut, read, ended_at, revoked_at, drip, closed_before)
-    entries = await kf.store.metering.entries(grant_id=minted["grant_id"])
+    entries = await kf.store.ledger.entries(grant_id=minted["grant_id"])
     streamed = [e for e in entries if e.streamed]
     assert len(streamed) == 1 and streamed[0].status != "reserved"
 

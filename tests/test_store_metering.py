@@ -97,7 +97,7 @@ async def test_concurrent_reservations_never_exceed_the_cap(store_url: str) -> N
         assert state.reserved_micro_usd == 0
         assert state.spent_micro_usd == admitted * actual <= cap
         assert admitted >= 25  # at least every worst case that fits was admitted
-        entries = await stores[0].metering.entries(grant_id=grant_id, limit=1000)
+        entries = await stores[0].ledger.entries(grant_id=grant_id, limit=1000)
         assert len(entries) == admitted
     finally:
         for s in stores:
@@ -163,7 +163,7 @@ async def test_dead_reservations_are_charged_once(store_url: str) -> None:
         )
         assert await store.metering.reconcile_dead(time.time() + 1) == 1
         assert await store.metering.reconcile_dead(time.time() + 1) == 0
-        entry = await store.metering.entry("dead")
+        entry = await store.ledger.entry("dead")
         assert entry is not None
         assert entry.status == "charged_reservation" and entry.needs_reconciliation
         state = await store.metering.window(grant_id, "month:2026-11")

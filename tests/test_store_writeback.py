@@ -83,7 +83,7 @@ async def test_racing_calls_never_exceed_the_cap_and_sqlite_agrees(tmp_path: Pat
         assert state.reserved_micro_usd == 0
         assert state.spent_micro_usd == admitted * actual <= cap
         assert admitted >= cap // worst
-        entries = await store.metering.entries(grant_id=grant_id, limit=1000)
+        entries = await store.ledger.entries(grant_id=grant_id, limit=1000)
         assert len(entries) == admitted
         assert {e.status for e in entries} == {"settled"}
         assert sum(e.cost_micro_usd or 0 for e in entries) == admitted * actual
@@ -112,7 +112,7 @@ async def test_a_crash_before_the_batch_is_written_loses_nothing(tmp_path: Path)
 
     again = await Store.open(url(tmp_path), serving=True)
     try:
-        rows = {e.id: e for e in await again.metering.entries(grant_id=grant_id)}
+        rows = {e.id: e for e in await again.ledger.entries(grant_id=grant_id)}
         assert set(rows) == {"c0", "c1", "c2"}
         assert (rows["c0"].status, rows["c0"].cost_micro_usd) == ("settled", 250)
         assert rows["c1"].status == rows["c2"].status == "reserved"
@@ -121,7 +121,7 @@ async def test_a_crash_before_the_batch_is_written_loses_nothing(tmp_path: Path)
         assert await again.metering.reconcile_dead(started_before=time.time()) == 2
         state = await again.metering.window(grant_id, KEY)
         assert (state.spent_micro_usd, state.reserved_micro_usd) == (2_250, 0)
-        rows = {e.id: e for e in await again.metering.entries(grant_id=grant_id)}
+        rows = {e.id: e for e in await again.ledger.entries(grant_id=grant_id)}
         assert rows["c1"].needs_reconciliation and rows["c1"].cost_micro_usd == 1_000
     finally:
         await again.close()
@@ -287,7 +287,7 @@ async def test_a_row_settled_elsewhere_is_not_settled_twice(tmp_path: Path) -> N
         await store.metering.settle("d1", Settlement("settled", 300, "upstream"))
         state = await store.metering.window(ids[2], KEY)
         assert (state.spent_micro_usd, state.reserved_micro_usd) == (1_000, 0)
-        [row] = await store.metering.entries(grant_id=ids[2])
+        [row] = await store.ledger.entries(grant_id=ids[2])
         assert (row.status, row.cost_micro_usd) == ("charged_reservation", 1_000)
     finally:
         await cli.close()
@@ -319,7 +319,7 @@ async def test_a_held_write_lock_delays_the_batch_but_never_a_call(tmp_path: Pat
         assert not wb.pending
         state = await store.metering.window(ids[2], KEY)
         assert (state.spent_micro_usd, state.reserved_micro_usd) == (600 * 5, 0)
-        assert len(await store.metering.entries(grant_id=ids[2], limit=1000)) == 600
+        assert len(await store.ledger.entries(grant_id=ids[2], limit=1000)) == 600
     finally:
         await store.close()
 

@@ -39,7 +39,7 @@ from keyfob.gateway.relay import MeteredStream, StreamRelay
 from keyfob.gateway.streams import OpenAIPassThrough, OpenAIWatcher
 from keyfob.money import format_usd
 from keyfob.pricing.prices import Price
-from keyfob.store.metering_types import Settlement
+from keyfob.metering.types import Settlement
 
 #: The call's worst case, charged whole when its usage is unknown.
 RESERVED = 1_000_000

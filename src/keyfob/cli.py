@@ -76,7 +76,7 @@ def serve(
     except UnsafeSettings as exc:
         raise fail(str(exc)) from None
     from keyfob.store import prepare_sqlite_file
-    from keyfob.store.sqlite_writeback import owner_running
+    from keyfob.store.metering.writeback import owner_running
 
     db_file = prepare_sqlite_file(settings.effective_database_url)
     if db_file is not None and owner_running(db_file):
@@ -647,7 +647,7 @@ def usage(
 
     from keyfob.allowance.usage import FIELDS, parse_groups, summarize, to_csv
     from keyfob.money import usd_summary
-    from keyfob.store.metering import usage_rows
+    from keyfob.store.metering.reads import usage_rows
 
     output = "json" if as_json else output
     if output not in ("table", "json", "csv"):

@@ -35,7 +35,14 @@ class Keyfob:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = await Store.open(settings.effective_database_url, serving=serving)
         vault = Vault.load(settings.data_dir, settings.master_key)
-        allowance = AllowanceService(store, signing_key=vault.derive(b"keyfob-webhooks"))
+        instance_id = None
+        if serving and settings.mode == "hosted":
+            from keyfob.instances import new_instance_id
+
+            instance_id = settings.instance_id or new_instance_id()
+        allowance = AllowanceService(
+            store, signing_key=vault.derive(b"keyfob-webhooks"), instance_id=instance_id
+        )
         return cls(settings, store, vault, allowance, ProviderRegistry.load())
 
     async def close(self) -> None:

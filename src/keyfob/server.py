@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from keyfob.context import Keyfob
 from keyfob.cors import Cors, request_origin
 from keyfob.guard import Guard
+from keyfob.instances import Heartbeat
 from keyfob.settings import Settings
 from keyfob.vault import write_secret_file
 
@@ -205,13 +206,17 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         kf = await Keyfob.open(settings, serving=True)
+        heartbeat: Heartbeat | None = None
         # A personal server is the only process on its database: any reservation still
         # open from before this start belongs to a dead process (see allowance docs).
         if settings.mode == "personal":
             charged = await kf.store.metering.reconcile_dead(started_before=time.time())
         else:
-            horizon = settings.upstream_read_timeout_s * 2 + 60
-            charged = await kf.store.metering.reconcile_dead(time.time() - horizon)
+            # many processes share the ledger: each releases its own earlier life's and
+            # its silent peers' reservations (keyfob/instances.py)
+            assert kf.allowance.instance_id is not None
+            heartbeat = Heartbeat(kf.store, kf.allowance.instance_id)
+            charged = await heartbeat.start()
         if charged:
             log.warning("charged %d unsettled reservations from a previous run", charged)
         from keyfob.accounts.sessions import SessionRules, forget_stale
@@ -248,6 +253,8 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
 
             await overrun.drain()  # the notices of calls that ended go out first
             await kf.allowance.notifier.drain()
+            if heartbeat is not None:
+                await heartbeat.stop()
             await kf.close()
 
     secure = settings.issuer.startswith("https://")

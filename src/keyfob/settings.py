@@ -74,6 +74,10 @@ class Settings:
     openrouter_auth_url: str = "https://openrouter.ai"
     openrouter_api_url: str = "https://openrouter.ai/api/v1"
     log_level: str = "info"
+    #: This serving process's id on its reservations (hosted mode): stable across
+    #: restarts (a systemd unit, a stateful set) so a restart releases its own dead
+    #: reservations at once; by default unique to each start (peers release them).
+    instance_id: str | None = None
     #: Proxies whose ``X-Forwarded-For``/``-Proto`` are believed (addresses or CIDRs).
     #: Hosted mode only; personal mode trusts no proxy, so no header can fake an address.
     trusted_proxies: tuple[str, ...] = ()
@@ -136,6 +140,7 @@ class Settings:
             allowed_hosts=_env_list("KEYFOB_ALLOWED_HOSTS"),
             setup_token=env.get("KEYFOB_SETUP_TOKEN") or None,
             session_idle_s=_env_int("KEYFOB_SESSION_IDLE", base.session_idle_s),
+            instance_id=env.get("KEYFOB_INSTANCE_ID") or None,
         )
 
     def check_safe(self) -> None:

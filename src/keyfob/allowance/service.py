@@ -11,28 +11,28 @@ once, ``wait`` holds the call until a limit frees enough (or its wait budget run
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from keyfob.allowance.policy import Policy, PolicyError
+from keyfob.allowance.plan import Plan, current_window, plan_for, policy_of
+from keyfob.allowance.policy import Policy
 from keyfob.allowance.webhooks import Notifier
-from keyfob.allowance.windows import Window, calendar_month, window_for
-from keyfob.store import Store, sqlite_hot
-from keyfob.store.metering import (
+from keyfob.allowance.windows import Window, calendar_month
+from keyfob.metering import rules
+from keyfob.metering.types import (
+    CounterState,
     CredentialRevoked,
     GrantChanged,
-    RateLimits,
+    Limit,
     Refused,
-    RollingLimit,
+    Reserved,
+    ReserveRequest,
     Settlement,
-    WindowLimit,
-    rolling_used,
+    WindowState,
 )
-from keyfob.store.metering_types import Reserved, ReserveRequest
-from keyfob.store.records import Grant, WindowState
-from keyfob.store.sqlite_writeback import NOT_HERE, NotHere
+from keyfob.store import Store
+from keyfob.store.records import Grant
 from keyfob.tokens import new_sortable_id
 
 __all__ = [
@@ -49,120 +49,6 @@ WAIT_POLL_S = 1.0
 #: How many times a reservation reads an edited grant again before giving up (each
 #: edit between two reads costs one; a person does not edit this fast).
 GRANT_RELOADS = 5
-
-
-#: Parsed policies by what they are parsed from; a grant edit changes the key, so an
-#: entry never goes stale. Bounded: cleared when full (one parse per grant refills it).
-_POLICIES: dict[tuple[str | None, str, int], Policy] = {}
-_POLICIES_MAX = 4096
-
-
-def policy_of(grant: Grant) -> Policy:
-    """The grant's policy, parsed once per distinct stored policy.
-
-    Why a cache: parsing the JSON and building the frozen dataclasses cost more than the
-    whole reservation's SQL on the hot path, and the inputs (``policy_json``, ``window``,
-    ``cap_micro_usd``) are the complete key: ``Policy`` is immutable."""
-    key = (grant.policy_json, grant.window, grant.cap_micro_usd)
-    found = _POLICIES.get(key)
-    if found is None:
-        found = _parse_policy(grant)
-        if len(_POLICIES) >= _POLICIES_MAX:
-            _POLICIES.clear()
-        _POLICIES[key] = found
-    return found
-
-
-#: The current calendar window per (period, time zone), valid until it resets.
-_WINDOWS: dict[tuple[str, str], Window] = {}
-
-
-def current_window(period: str, now: float, tz_name: str) -> Window:
-    """``window_for`` memoised while ``now`` stays inside the cached window.
-
-    Why: zoneinfo conversions and ``strftime`` cost ~20-40 us per call, twice per
-    reservation, and the answer only changes when the window resets. A window is a pure
-    function of (period, zone, instant), and any instant in [starts_at, resets_at) gives
-    the same window, so the cached one is exact (DST included: the bounds are instants)."""
-    key = (period, tz_name)
-    w = _WINDOWS.get(key)
-    if w is None or not (w.starts_at <= now < w.resets_at):
-        w = window_for(period, now, tz_name)
-        if len(_WINDOWS) >= _POLICIES_MAX:
-            _WINDOWS.clear()
-        _WINDOWS[key] = w
-    return w
-
-
-def _parse_policy(grant: Grant) -> Policy:
-    if grant.policy_json:
-        try:
-            return Policy.from_json(grant.policy_json)
-        except PolicyError:
-            pass  # a stored policy that no longer parses falls back to the plain cap
-    if grant.window in ("day", "week", "month"):
-        from keyfob.allowance.policy import SpendLimit
-
-        return Policy(limits=(SpendLimit(grant.window, grant.cap_micro_usd),))
-    return Policy.monthly(grant.cap_micro_usd)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What a policy asks of one call to one model, valid until ``valid_until``."""
-
-    windows: list[WindowLimit]
-    rolling: list[RollingLimit]
-    rates: RateLimits | None
-    by_key: dict[str, Window]
-    month: Window
-    valid_from: float
-    valid_until: float
-
-
-#: Plans by (what the policy is parsed from, model, zone): rebuilt when the first of
-#: their windows resets; a grant edit changes the key.
-_PLANS: dict[tuple[str | None, str, int, str, str], _Plan] = {}
-
-
-def _plan(grant: Grant, policy: Policy, model: str, now: float) -> _Plan:
-    """The limits one call must fit, memoised while every calendar window holds.
-
-    Why: building the limit lists (one window lookup per limit, the dataclasses) cost
-    ~10 us per call and changes only when a window resets or the policy changes (a new
-    stored policy, so a new key). The lists are never mutated by the callers."""
-    tz_name = grant.timezone
-    key = (grant.policy_json, grant.window, grant.cap_micro_usd, model, tz_name)
-    found = _PLANS.get(key)
-    if found is not None and found.valid_from <= now < found.valid_until:
-        return found
-    windows: list[WindowLimit] = []
-    rolling: list[RollingLimit] = []
-    by_key: dict[str, Window] = {}
-    for lim in policy.limits:
-        if lim.model is not None and lim.model != model:
-            continue
-        if lim.period == "rolling":
-            assert lim.seconds is not None
-            rolling.append(RollingLimit(lim.seconds, lim.cap_micro_usd, lim.model, lim.label))
-            continue
-        w = current_window(lim.period, now, tz_name)
-        wkey = w.key if lim.model is None else f"model:{lim.model}:{w.key}"
-        by_key[wkey] = w
-        windows.append(
-            WindowLimit(wkey, lim.cap_micro_usd, lim.label, w.resets_at, w.starts_at, lim.model)
-        )
-    rates = None
-    if policy.requests_per_minute is not None or policy.tokens_per_minute is not None:
-        rates = RateLimits(policy.requests_per_minute, policy.tokens_per_minute)
-    month = current_window("month", now, tz_name)
-    valid_from = max([month.starts_at, *(w.starts_at for w in by_key.values())])
-    valid_until = min([month.resets_at, *(w.resets_at for w in by_key.values())])
-    found = _Plan(windows, rolling, rates, by_key, month, valid_from, valid_until)
-    if len(_PLANS) >= _POLICIES_MAX:
-        _PLANS.clear()
-    _PLANS[key] = found
-    return found
 
 
 class AllowanceExhausted(Exception):
@@ -206,6 +92,8 @@ class Reservation:
     waited_s: float = 0.0
     #: The bearer token the call was made with (a revoked one cuts its streams).
     token_hash: str = ""
+    #: The limits it was reserved under (to read a settlement's counters as limits).
+    limits: tuple[Limit, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,9 +111,13 @@ class LimitState:
 
 
 class AllowanceService:
-    def __init__(self, store: Store, signing_key: bytes = b"") -> None:
+    def __init__(
+        self, store: Store, signing_key: bytes = b"", instance_id: str | None = None
+    ) -> None:
         self.store = store
         self.notifier = Notifier(store, signing_key)
+        #: This serving process, written on its reservations (the reaper's key).
+        self.instance_id = instance_id
 
     def current_window(self, grant: Grant, now: float | None = None) -> Window:
         now = time.time() if now is None else now
@@ -236,46 +128,32 @@ class AllowanceService:
         )
 
     async def limits(self, grant: Grant, now: float | None = None) -> list[LimitState]:
-        """The state of every grant-wide and per-model limit, tightest first."""
+        """The state of every grant-wide and per-model spending limit, tightest first,
+        as the next reservation will see it."""
         now = time.time() if now is None else now
-        policy = policy_of(grant)
-        out: list[LimitState] = []
-        for lim in policy.limits:
-            if lim.period == "rolling":
-                assert lim.seconds is not None
-                used, oldest = await rolling_used(
-                    self.store.engine, grant.id, lim.seconds, lim.model, now
-                )
-                out.append(
-                    LimitState(
-                        lim.label,
-                        f"rolling:{lim.seconds}",
-                        lim.cap_micro_usd,
-                        used,
-                        0,
-                        (oldest + lim.seconds) if oldest else None,
-                    )
-                )
-                continue
-            w = window_for(lim.period, now, grant.timezone)
-            key = w.key if lim.model is None else f"model:{lim.model}:{w.key}"
-            st = await self.store.metering.window_now(
-                grant.id,
-                WindowLimit(key, lim.cap_micro_usd, lim.label, w.resets_at, w.starts_at, lim.model),
-                grant.updated_at,
+        limits = [lim for lim in spending_limits(grant, now) if lim.kind in ("window", "rolling")]
+        states = await self.store.ledger.states(limits, grant.updated_at)
+        out = [
+            LimitState(
+                lim.label,
+                lim.key,
+                lim.cap,
+                st.spent_micro_usd,
+                st.reserved_micro_usd,
+                lim.resets_at if lim.kind == "window" else await self._rolling_frees(lim, grant),
             )
-            out.append(
-                LimitState(
-                    lim.label,
-                    key,
-                    lim.cap_micro_usd,
-                    st.spent_micro_usd,
-                    st.reserved_micro_usd,
-                    w.resets_at,
-                )
-            )
+            for lim, st in zip(limits, states, strict=True)
+        ]
         out.sort(key=lambda s: s.left_micro_usd)
         return out
+
+    async def _rolling_frees(self, lim: Limit, grant: Grant) -> float | None:
+        """When the oldest spend still inside a rolling window leaves it (None: none)."""
+        for c in lim.counters:
+            spent, reserved = await self.store.ledger.counter(c.scope, c.key)
+            if (spent or reserved) and c.starts_at is not None:
+                return c.starts_at + lim.bucket_s + lim.span_s
+        return None
 
     async def remaining(self, grant: Grant) -> tuple[Window, WindowState]:
         """The tightest grant-wide limit, as (window, state), for pages and headers."""
@@ -369,6 +247,7 @@ class AllowanceService:
                     reservation.grant_id,
                     waited,
                     token_hash,
+                    reservation.limits,
                 )
             return reservation
 
@@ -403,151 +282,110 @@ class AllowanceService:
             raise AllowanceExhausted(
                 w, WindowState("per_call_ceiling", ceiling, 0, 0), amount, label="per-call ceiling"
             )
-        plan = _plan(grant, policy, model, now)
-        windows, rolling, rates, by_key = plan.windows, plan.rolling, plan.rates, plan.by_key
-        month = plan.month
-        entry_id = new_sortable_id()
-        result: Reserved | Refused | NotHere = NOT_HERE
-        hot = self.store.hot
-        wb = hot.writeback if hot is not None else None
-        if wb is not None and not rolling and rates is None and not policy.use_wallet:
-            # the serving process's in-memory decision, without the repository's layer
-            # of keyword arguments (what ``MeteringRepo.reserve`` would do first)
-            result = wb.reserve(
-                ReserveRequest(
-                    entry_id,
-                    token_hash,
-                    grant.id,
-                    grant.user_id,
-                    grant.client_id,
-                    provider_id,
-                    model,
-                    endpoint,
-                    streamed,
-                    amount,
-                    now,
-                    windows,
-                    tokens_reserved=tokens_bound,
-                    downgraded_from=downgraded_from,
-                    basis=grant.updated_at,
-                )
-            )
-        if isinstance(result, NotHere):
-            result = await self._reserve_in_store(
-                entry_id,
-                grant,
-                policy,
-                plan,
-                token_hash,
-                provider_id,
-                model,
-                endpoint,
-                streamed,
-                amount,
-                tokens_bound,
-                downgraded_from,
-                now,
-            )
-        if isinstance(result, Refused):
-            st = result.window
-            retry_at = result.retry_at
-            if st.window_key == "wallet":
-                wallet = await self.store.wallets.get(grant.user_id)
-                retry_at = month.resets_at if wallet.monthly_refill_micro_usd else None
-            w = by_key.get(st.window_key) or Window(st.window_key, now, retry_at or now)
-            raise AllowanceExhausted(w, st, amount, label=result.label, retry_at=retry_at)
-        tightest = min(result.windows, key=lambda s: s.left_micro_usd, default=None)
-        if tightest is None:  # a policy with no spending limit: report the wallet or nothing
-            tightest = WindowState("unlimited", 0, 0, 0)
-        w = by_key.get(tightest.window_key) or Window(tightest.window_key, now, now)
-        return Reservation(
-            entry_id, amount, w, tightest.left_micro_usd, grant.id, token_hash=token_hash
+        plan = plan_for(grant, policy, model, now)
+        req = ReserveRequest(
+            new_sortable_id(),
+            token_hash,
+            grant.id,
+            grant.user_id,
+            grant.client_id,
+            provider_id,
+            model,
+            endpoint,
+            streamed,
+            amount,
+            now,
+            plan.limits,
+            tokens_bound,
+            plan.refill,
+            downgraded_from,
+            grant.updated_at,
+            self.instance_id,
         )
+        result = await self.store.metering.reserve(req)
+        if isinstance(result, Refused):
+            raise await self._exhausted(grant, plan, result, amount, now)
+        return self._reservation(req, plan, result, grant, token_hash, now)
 
-    async def _reserve_in_store(
-        self,
-        entry_id: str,
-        grant: Grant,
-        policy: Policy,
-        plan: _Plan,
-        token_hash: str,
-        provider_id: str | None,
-        model: str,
-        endpoint: str,
-        streamed: bool,
-        amount: int,
-        tokens_bound: int | None,
-        downgraded_from: str | None,
-        now: float,
-    ) -> Reserved | Refused:
-        """The store's reservation: one transaction (PostgreSQL; SQLite outside the
-        serving process, or for policies the in-memory path leaves to SQL)."""
-        return await self.store.metering.reserve(
-            entry_id=entry_id,
+    async def _exhausted(
+        self, grant: Grant, plan: Plan, refused: Refused, amount: int, now: float
+    ) -> AllowanceExhausted:
+        st = refused.window
+        retry_at = refused.retry_at
+        if st.window_key == "wallet":
+            wallet = await self.store.wallets.get(grant.user_id)
+            retry_at = plan.month.resets_at if wallet.monthly_refill_micro_usd else None
+        w = plan.by_key.get(st.window_key) or Window(st.window_key, now, retry_at or now)
+        return AllowanceExhausted(w, st, amount, label=refused.label, retry_at=retry_at)
+
+    @staticmethod
+    def _reservation(
+        req: ReserveRequest, plan: Plan, result: Reserved, grant: Grant, token_hash: str, now: float
+    ) -> Reservation:
+        tightest: WindowState | None = None
+        for lim, state in zip(plan.limits, result.windows, strict=True):
+            if lim.kind != "rate" and (
+                tightest is None or state.left_micro_usd < tightest.left_micro_usd
+            ):
+                tightest = state
+        if tightest is None:  # a policy with no spending limit: nothing to report
+            tightest = WindowState("unlimited", 0, 0, 0)
+        w = plan.by_key.get(tightest.window_key) or Window(tightest.window_key, now, now)
+        return Reservation(
+            req.entry_id,
+            req.amount_micro_usd,
+            w,
+            tightest.left_micro_usd,
+            grant.id,
             token_hash=token_hash,
-            grant_id=grant.id,
-            user_id=grant.user_id,
-            client_id=grant.client_id,
-            provider_id=provider_id,
-            model=model,
-            endpoint=endpoint,
-            streamed=streamed,
-            amount_micro_usd=amount,
-            windows=plan.windows,
-            rolling=plan.rolling,
-            rates=plan.rates,
-            tokens_reserved=tokens_bound,
-            wallet_user_id=grant.user_id if policy.use_wallet else None,
-            wallet_refill_key=plan.month.key,
-            downgraded_from=downgraded_from,
-            now=now,
-            basis=grant.updated_at,
+            limits=plan.limits,
         )
 
     def settle_now(self, reservation: Reservation, settlement: Settlement) -> int | None:
-        """``settle`` without suspending, when the store can (SQLite's inline path and
-        the write lock free); None when it cannot and ``settle`` must be awaited.
-
-        Why: a settlement that completes in one synchronous step cannot be interrupted
-        by a client's disconnect, so the gateway needs no task and shield around it."""
-        hot = self.store.hot
-        if hot is None:
+        """``settle`` without suspending, when the backend can (None: ``settle`` must be
+        awaited). Why: a settlement that completes in one synchronous step cannot be
+        interrupted by a client's disconnect, so the gateway needs no task and shield."""
+        moved = self.store.metering.settle_now(reservation.entry_id, settlement, time.time())
+        if moved is None:
             return None
-        wb = hot.writeback
-        if wb is not None:
-            decided = wb.settle(reservation.entry_id, settlement, time.time())
-            if decided is not None:
-                return self._left_after(reservation, decided)
-            if not wb.flush():  # the transactional path must see the whole batch
-                return None
-        states = hot.try_now(
-            functools.partial(
-                sqlite_hot.settle_tx,
-                entry_id=reservation.entry_id,
-                s=settlement,
-                now=time.time(),
-            ),
-            metering=True,
-        )
-        if isinstance(states, sqlite_hot.Busy):
-            return None
-        return self._left_after(reservation, states)
-
-    def _left_after(self, reservation: Reservation, states: tuple[WindowState, ...]) -> int:
-        if not states:
-            return reservation.left_micro_usd
-        if reservation.grant_id:
-            self.notifier.settled(reservation.grant_id, states)
-        return min(s.left_micro_usd for s in states)
+        return self._left_after(reservation, moved)
 
     async def settle(self, reservation: Reservation, settlement: Settlement) -> int:
         """Settle and return what is left in the tightest limit afterwards (micro-USD)."""
-        states = await self.store.metering.settle(reservation.entry_id, settlement)
+        moved = await self.store.metering.settle(reservation.entry_id, settlement)
+        return self._left_after(reservation, moved)
+
+    def _left_after(self, reservation: Reservation, moved: tuple[CounterState, ...]) -> int:
+        """What is left in the tightest single-counter limit (calendar windows, the
+        wallet) after the settlement moved its counters; the thresholds it crossed are
+        announced."""
+        if not moved:
+            return reservation.left_micro_usd
+        by_counter = {(m.scope, m.key): m for m in moved}
+        states = []
+        for lim in reservation.limits:
+            if lim.kind not in ("window", "wallet"):
+                continue
+            c = lim.counters[-1]
+            m = by_counter.get((c.scope, c.key))
+            if m is not None:
+                states.append(rules.state_of(lim, m.spent, m.reserved))
         if not states:
             return reservation.left_micro_usd
         if reservation.grant_id:
-            self.notifier.settled(reservation.grant_id, states)
+            self.notifier.settled(reservation.grant_id, tuple(states))
         return min(s.left_micro_usd for s in states)
+
+
+def spending_limits(grant: Grant, now: float) -> list[Limit]:
+    """Every limit of the grant's policy, per-model ones for every model they name."""
+    policy = policy_of(grant)
+    models = sorted({lim.model for lim in policy.limits if lim.model is not None})
+    seen: dict[str, Limit] = {}
+    for model in ["", *models]:
+        for lim in plan_for(grant, policy, model, now).limits:
+            seen.setdefault(lim.key + "|" + lim.label, lim)
+    return list(seen.values())
 
 
 @dataclass(frozen=True)
@@ -583,9 +421,13 @@ async def dry_run(
     ceiling = policy.per_call_ceiling_micro_usd
     if ceiling is not None and amount_micro_usd > ceiling:
         return Verdict(False, "per-call ceiling", None, tuple(states))
-    for s in states:
-        if amount_micro_usd > s.left_micro_usd:
-            return Verdict(False, s.label, s.resets_at, tuple(states))
+    plan = plan_for(grant, policy, model, now)
+    limits = [lim for lim in plan.limits if lim.kind != "wallet"]
+    values = await service.store.ledger.values(limits, grant.updated_at)
+    for lim, vals in zip(limits, values, strict=True):
+        need = rules.hold_of(rules.measure_of(lim.counters[-1].key), amount_micro_usd, tokens_bound)
+        if sum(a + b for a, b in vals) + need > lim.cap:
+            return Verdict(False, lim.label, rules.retry_at(lim, vals, need), tuple(states))
     if policy.use_wallet:
         wallet = await service.store.wallets.get(grant.user_id)
         refill_due = (
@@ -599,17 +441,4 @@ async def dry_run(
         )
         if amount_micro_usd > available:
             return Verdict(False, "wallet", None, tuple(states))
-    if policy.requests_per_minute is not None or policy.tokens_per_minute is not None:
-        from keyfob.store.metering import recent_activity
-
-        calls, tokens_used, oldest = await recent_activity(service.store.engine, grant.id, now)
-        retry = (oldest + 60) if oldest is not None else None
-        if policy.requests_per_minute is not None and calls + 1 > policy.requests_per_minute:
-            return Verdict(False, "requests per minute", retry, tuple(states))
-        if (
-            policy.tokens_per_minute is not None
-            and tokens_bound is not None
-            and tokens_used + tokens_bound > policy.tokens_per_minute
-        ):
-            return Verdict(False, "tokens per minute", retry, tuple(states))
     return Verdict(True, None, None, tuple(states))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from keyfob.money import format_usd
-from keyfob.store.metering import mark_webhook, webhook_delivered
+from keyfob.store.metering.reads import mark_webhook, webhook_delivered
 from keyfob.store.records import WindowState
 
 if TYPE_CHECKING:

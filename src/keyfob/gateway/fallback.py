@@ -40,10 +40,10 @@ from keyfob.gateway.models import Resolved, resolve
 from keyfob.gateway.output import Ask, limit_plan
 from keyfob.gateway.state import GatewayState
 from keyfob.gateway.surface import Plan, Surface
+from keyfob.metering.types import Settlement
 from keyfob.pricing.bounds import fixed_uses
 from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import ProviderAdapter, UpstreamError
-from keyfob.store.metering_types import Settlement
 from keyfob.store.records import Grant
 
 if TYPE_CHECKING:

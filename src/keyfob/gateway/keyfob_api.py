@@ -35,7 +35,7 @@ from keyfob.limits import BodyTooLarge, read_limited
 from keyfob.money import format_usd
 from keyfob.pricing.bounds import chat_input, chat_output_bound
 from keyfob.pricing.usage import TokenUsage
-from keyfob.store.metering import typical_output_tokens, usage_rows
+from keyfob.store.metering.reads import typical_output_tokens, usage_rows
 
 
 def _limit_json(s: LimitState) -> dict[str, Any]:

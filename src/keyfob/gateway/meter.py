@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from keyfob.allowance.service import Reservation
 from keyfob.context import Keyfob
+from keyfob.metering.types import SettledStatus, Settlement
 from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
-from keyfob.store.metering_types import Settlement
 
 if TYPE_CHECKING:
     from keyfob.gateway.metered import Quote
@@ -108,7 +108,12 @@ class Meter:
         return await asyncio.shield(self._task)
 
     def from_usage(
-        self, usage: TokenUsage, *, status: str, source: str, upstream_status: int | None
+        self,
+        usage: TokenUsage,
+        *,
+        status: SettledStatus,
+        source: str,
+        upstream_status: int | None,
     ) -> Settlement:
         """A settlement for known (or estimated) usage, at its real cost.
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from keyfob.store.metering_types import Settlement
+from keyfob.metering.types import Settlement
 
 if TYPE_CHECKING:
     from keyfob.gateway.meter import Meter

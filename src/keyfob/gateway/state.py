@@ -28,7 +28,7 @@ from keyfob.pricing.prices import Price, UnknownPrice, price_for
 from keyfob.providers import ProviderAdapter
 from keyfob.providers.linking import decrypt_key
 from keyfob.store import sqlite_hot
-from keyfob.store.metering import live_tokens
+from keyfob.store.metering.reads import live_tokens
 from keyfob.store.records import Grant, Provider, Token
 from keyfob.terms import check_credential, clean_credential
 from keyfob.vault import VaultError

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from keyfob.metering.backend import MeteringBackend
 from keyfob.store.accounts import ProvidersRepo, UsersRepo
 from keyfob.store.apps import ClientsRepo, CodesRepo, DeviceCodesRepo, GrantsRepo, TokensRepo
 from keyfob.store.engine import create_engine
-from keyfob.store.metering import MeteringRepo
+from keyfob.store.instances import InstancesRepo
+from keyfob.store.metering.reads import LedgerReads
+from keyfob.store.metering.sqlite_tx import SqliteMetering
 from keyfob.store.migrate import upgrade
 from keyfob.store.overruns import OverrunsRepo
 from keyfob.store.reports import RefusalsRepo
@@ -46,17 +49,23 @@ class Store:
     grants: GrantsRepo
     codes: CodesRepo
     tokens: TokensRepo
-    metering: MeteringRepo
+    #: Reserve and settle (the one backend chosen when the store opened).
+    metering: MeteringBackend
+    #: What pages, exports and APIs read of the ledger and the counters.
+    ledger: LedgerReads
     wallets: WalletsRepo
     devices: DeviceCodesRepo
     refusals: RefusalsRepo
     sessions: SessionsRepo
     overruns: OverrunsRepo
+    instances: InstancesRepo
 
     hot: SqliteHotPath | None = None
 
     @classmethod
-    def from_engine(cls, engine: AsyncEngine, hot: SqliteHotPath | None = None) -> Store:
+    def from_engine(
+        cls, engine: AsyncEngine, metering: MeteringBackend, hot: SqliteHotPath | None = None
+    ) -> Store:
         return cls(
             engine,
             UsersRepo(engine),
@@ -65,39 +74,72 @@ class Store:
             GrantsRepo(engine),
             CodesRepo(engine),
             TokensRepo(engine),
-            MeteringRepo(engine, hot),
+            metering,
+            LedgerReads(engine),
             WalletsRepo(engine),
             DeviceCodesRepo(engine),
             RefusalsRepo(engine, hot),
             SessionsRepo(engine),
             OverrunsRepo(engine, hot),
+            InstancesRepo(engine),
             hot,
         )
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True, serving: bool = False) -> Store:
-        """Connect (creating the SQLite file's folder) and apply migrations.
+    async def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        serving: bool = False,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        statement_cache_size: int = 100,
+    ) -> Store:
+        """Connect (creating the SQLite file's folder), apply migrations, and choose the
+        metering backend once.
 
         ``serving``: this process is the server of a SQLite database, so it meters in
-        memory with a journal (``sqlite_writeback``); raises ``JournalBusy`` when another
-        server already does. Every other opener (the CLI, scripts) stays transactional."""
+        memory with a journal (``store.metering.writeback``); raises ``JournalBusy`` when
+        another server already does. Every other SQLite opener (the CLI, scripts) meters
+        with one transaction per call. PostgreSQL meters with one function call per call
+        on a pool of its own (``pool_min``/``pool_max`` connections)."""
         path = prepare_sqlite_file(url)
         engine = create_engine(url)
         if migrate:
             await upgrade(engine)
-        hot = SqliteHotPath(path) if path is not None else None
-        if hot is not None:
-            if serving:
-                try:
-                    hot.own()
-                except BaseException:
-                    await hot.close()
-                    await engine.dispose()
-                    raise
-            hot.start()
-        return cls.from_engine(engine, hot)
+        if path is None:
+            from keyfob.store.metering.postgres import PostgresMetering
+
+            try:
+                pg = await PostgresMetering.open(
+                    url,
+                    min_size=pool_min,
+                    max_size=pool_max,
+                    statement_cache_size=statement_cache_size,
+                )
+            except BaseException:
+                await engine.dispose()
+                raise
+            return cls.from_engine(engine, pg)
+        hot = SqliteHotPath(path)
+        metering: MeteringBackend = SqliteMetering(hot)
+        if serving:
+            from keyfob.store.metering.writeback import WriteBack, WriteBackMetering
+
+            try:
+                wb = WriteBack(hot.inline, path)
+            except BaseException:
+                await hot.close()
+                await engine.dispose()
+                raise
+            hot.writeback = wb
+            metering = WriteBackMetering(wb, SqliteMetering(hot))
+        hot.start()
+        return cls.from_engine(engine, metering, hot)
 
     async def close(self) -> None:
+        await self.metering.close()
         if self.hot is not None:
             await self.hot.close()
         await self.engine.dispose()

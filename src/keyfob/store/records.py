@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from keyfob.metering.types import WindowState as WindowState
+
 
 def _models(raw: str) -> tuple[str, ...]:
     return tuple(json.loads(raw or "[]"))
@@ -258,21 +260,6 @@ class Token:
             m["used_at"],
             m["revoked_at"],
         )
-
-
-#: Not frozen, for speed: a frozen dataclass sets each field through
-#: ``object.__setattr__`` (measured 4-6x slower to build), and this one is built
-#: on every gateway call. Treat it as immutable all the same.
-@dataclass(slots=True)
-class WindowState:
-    window_key: str
-    cap_micro_usd: int
-    spent_micro_usd: int
-    reserved_micro_usd: int
-
-    @property
-    def left_micro_usd(self) -> int:
-        return max(0, self.cap_micro_usd - self.spent_micro_usd - self.reserved_micro_usd)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyfob.allowance.windows import zone
 from keyfob.store import schema as t
+from keyfob.store.metering.writeback import sync_reads
 from keyfob.store.records import LedgerEntry, Refusal
 from keyfob.store.sqlite_hot import SqliteHotPath
-from keyfob.store.sqlite_writeback import sync_reads
 from keyfob.tokens import new_id
 
 BUCKET_S = 900

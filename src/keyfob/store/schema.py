@@ -194,20 +194,24 @@ device_codes = Table(
 )
 Index("ix_tokens_grant", tokens.c.grant_id)
 
-allowance_windows = Table(
-    "allowance_windows",
+#: Every limit's counters (metering/): ``scope`` is a grant id, or ``wallet:<user id>`` for
+#: the person's wallet; ``key`` names the period or bucket ("month:2026-12",
+#: "roll:18000:1953", "rpm:98765", "wallet"). Caps live in the policy, not here.
+counters = Table(
+    "counters",
     metadata,
-    Column("grant_id", String(32), ForeignKey("grants.id"), primary_key=True),
-    #: e.g. "month:2026-11" (calendar month in the grant's time zone).
-    Column("window_key", String(64), primary_key=True),
-    Column("cap_micro_usd", BigInteger, nullable=False),
-    Column("spent_micro_usd", BigInteger, nullable=False, server_default="0"),
-    Column("reserved_micro_usd", BigInteger, nullable=False, server_default="0"),
+    Column("scope", String(64), primary_key=True),
+    Column("key", String(512), primary_key=True),
+    Column("spent", BigInteger, nullable=False, server_default="0"),
+    Column("reserved", BigInteger, nullable=False, server_default="0"),
     #: The grant's ``updated_at`` this counter was computed from the ledger for: a grant
     #: edit (cap, window kind, time zone, per-model caps) makes every counter of the grant
     #: be computed again from the ledger before its next reservation.
     Column("seeded_for", Float, nullable=True),
+    #: Time buckets: when the bucket has left every window it belongs to (then deleted).
+    Column("expires_at", Float, nullable=True),
 )
+Index("ix_counters_expires", counters.c.expires_at)
 
 ledger = Table(
     "ledger",
@@ -231,6 +235,8 @@ ledger = Table(
     #: upstream | estimated | reservation | none
     Column("usage_source", String(16), nullable=True),
     Column("needs_reconciliation", Boolean, nullable=False, server_default="0"),
+    #: The counters this call holds (JSON list of keys: each key's prefix says what it
+    #: counts, ``metering.rules.measure_of``; ``wallet`` is the person's wallet).
     Column("window_keys_json", Text, nullable=False),
     Column("upstream_status", Integer, nullable=True),
     Column("error", Text, nullable=True),
@@ -242,6 +248,8 @@ ledger = Table(
     Column("from_wallet", Boolean, nullable=False, server_default="0"),
     #: The model the app asked for, when the policy served a fallback instead.
     Column("downgraded_from", String(255), nullable=True),
+    #: The serving process that reserved it (its dead reservations are released by id).
+    Column("instance_id", String(64), nullable=True),
 )
 Index("ix_ledger_grant_created", ledger.c.grant_id, ledger.c.created_at)
 #: Open reservations only (migration 0005): the start-up reconciliation's query.
@@ -252,12 +260,27 @@ Index(
     postgresql_where=text("status = 'reserved'"),
 )
 
+#: Serving processes (hosted mode): a heartbeat each, so a dead one's reservations are
+#: released by the others (``keyfob.instances``).
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
+Index(
+    "ix_ledger_reserved_instance",
+    ledger.c.instance_id,
+    sqlite_where=text("status = 'reserved'"),
+    postgresql_where=text("status = 'reserved'"),
+)
+
 wallets = Table(
     "wallets",
     metadata,
     Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
-    Column("balance_micro_usd", BigInteger, nullable=False, server_default="0"),
-    Column("reserved_micro_usd", BigInteger, nullable=False, server_default="0"),
+    # the balance and holds are the ``wallet`` counter of scope ``wallet:<user id>``
     #: Each calendar month (person's zone) the balance is topped up *to* this amount.
     Column("monthly_refill_micro_usd", BigInteger, nullable=True),
     Column("refilled_for", String(16), nullable=True),

@@ -1,0 +1,276 @@
+"""Metering on PostgreSQL: one function call per reservation and one per settlement
+(``postgres.sql``), through asyncpg directly with prepared statements.
+
+Why not SQLAlchemy here: the hosted benchmark measured 4-8 ms of CPU per call and about
+13 round trips through SQLAlchemy (statement compilation, a ping per pool checkout,
+one statement per counter). The decisions are made by ``metering.rules`` in Python and
+applied by the functions in one round trip each; only a counter that must be computed
+from the ledger (after a grant edit, or a window added mid-period) takes a transaction
+of several statements, once per counter and grant version.
+
+Correctness: a limit of one counter holds with a conditional upsert (``spent + reserved
++ amount <= cap``), atomic in any number of processes; a limit summing several counters
+(rolling windows, rates) takes the grant's row lock first, which serialises the
+reservations of that grant. Counters are always locked in (scope, key) order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from keyfob.metering import rules
+from keyfob.metering.types import (
+    Counter,
+    CounterState,
+    CredentialRevoked,
+    GrantChanged,
+    Refused,
+    Reserved,
+    ReserveRequest,
+    Settlement,
+)
+from keyfob.store.metering.sqlite_tx import dead_settlement, keys_json, keys_of
+
+_RESERVE = (
+    "SELECT outcome, refused, seeds, spent, reserved FROM keyfob_reserve("  # noqa: S608 (constants)
+    + ", ".join(f"${i}" for i in range(1, 25))
+    + ")"
+)
+_SETTLE = (
+    "SELECT scope, key, spent, reserved FROM keyfob_settle("  # noqa: S608 (constants)
+    + ", ".join(f"${i}" for i in range(1, 13))
+    + ")"
+)
+#: A reservation decided again after counters were computed from the ledger: each
+#: computation answers for one grant version, so this only loops if the grant is edited
+#: again meanwhile (which then raises ``GrantChanged``).
+MAX_SEED_ROUNDS = 4
+
+
+def dollar(sql: str) -> str:
+    """``?`` placeholders (shared with SQLite) as asyncpg's ``$1, $2, ...``."""
+    parts = sql.split("?")
+    return "".join(p + (f"${i + 1}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+
+
+def plain_url(url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+asyncpg://``) as asyncpg's DSN."""
+    scheme, _, rest = url.partition("://")
+    return "postgresql://" + rest if scheme.startswith("postgres") else url
+
+
+class PostgresMetering:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(
+        cls, url: str, *, min_size: int = 1, max_size: int = 10, statement_cache_size: int = 100
+    ) -> PostgresMetering:
+        """A pool of its own. ``statement_cache_size=0`` for PgBouncer in transaction
+        pooling (server-side prepared statements do not survive a pooled transaction)."""
+        pool = await asyncpg.create_pool(
+            plain_url(url),
+            min_size=min_size,
+            max_size=max_size,
+            statement_cache_size=statement_cache_size,
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # -- reserve -------------------------------------------------------------------------
+
+    async def reserve(self, req: ReserveRequest) -> Reserved | Refused:
+        for _ in range(MAX_SEED_ROUNDS):
+            row = await self.pool.fetchrow(_RESERVE, *self._arguments(req))
+            assert row is not None
+            outcome = row["outcome"]
+            if outcome == 0:
+                return Reserved(
+                    req.entry_id,
+                    tuple(
+                        rules.state_of(lim, spent, reserved)
+                        for lim, spent, reserved in zip(
+                            req.limits, row["spent"], row["reserved"], strict=True
+                        )
+                    ),
+                )
+            if outcome == 1:
+                raise CredentialRevoked
+            if outcome == 2:
+                raise GrantChanged
+            if outcome == 4:
+                lim = req.limits[row["refused"] - 1]
+                need = rules.hold_of(
+                    rules.measure_of(lim.counters[-1].key),
+                    req.amount_micro_usd,
+                    req.tokens_reserved,
+                )
+                values = list(zip(row["spent"], row["reserved"], strict=True))
+                return rules.refusal(lim, values, need, req.now)
+            counters = [c for lim in req.limits for c in lim.counters]
+            await self.seed([counters[i - 1] for i in row["seeds"]], req.basis)
+        raise GrantChanged
+
+    @staticmethod
+    def _arguments(req: ReserveRequest) -> list[Any]:
+        scopes, keys, starts, expires, limit_of = [], [], [], [], []
+        caps, needs, single = [], [], []
+        for j, lim in enumerate(req.limits, start=1):
+            for c in lim.counters:
+                scopes.append(c.scope)
+                keys.append(c.key)
+                starts.append(c.starts_at)
+                expires.append(c.expires_at)
+                limit_of.append(j)
+            caps.append(lim.cap)
+            needs.append(
+                rules.hold_of(
+                    rules.measure_of(lim.counters[-1].key),
+                    req.amount_micro_usd,
+                    req.tokens_reserved,
+                )
+            )
+            single.append(len(lim.counters) == 1)
+        return [
+            req.entry_id,
+            req.token_hash,
+            req.grant_id,
+            req.user_id,
+            req.client_id,
+            req.provider_id,
+            req.model,
+            req.endpoint,
+            req.streamed,
+            req.amount_micro_usd,
+            req.tokens_reserved,
+            req.now,
+            req.basis,
+            req.downgraded_from,
+            req.instance_id,
+            scopes,
+            keys,
+            starts,
+            expires,
+            limit_of,
+            caps,
+            needs,
+            single,
+            req.refill.period_key if req.refill is not None else None,
+        ]
+
+    async def seed(self, counters: Sequence[Counter], basis: float | None) -> None:
+        """Compute counters from the ledger (``rules.seed_sql``), each under its row lock:
+        a reservation holding it waits, and the open rows of its period are locked
+        before they are summed, so a settlement in progress finishes first (and is then
+        summed as settled) and one that starts later reads the key added to its row."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            for c in sorted(counters, key=lambda c: (c.scope, c.key)):
+                await conn.execute(
+                    "INSERT INTO counters (scope, key, spent, reserved, expires_at) "
+                    "VALUES ($1, $2, 0, 0, $3) ON CONFLICT DO NOTHING",
+                    c.scope,
+                    c.key,
+                    c.expires_at,
+                )
+                await conn.execute(
+                    "SELECT 1 FROM counters WHERE scope = $1 AND key = $2 FOR UPDATE",
+                    c.scope,
+                    c.key,
+                )
+                where, args = rules.period_where(c)
+                open_rows = await conn.fetch(
+                    dollar(
+                        f"SELECT id, window_keys_json FROM ledger WHERE {where} "  # noqa: S608 (constants)
+                        "AND status = 'reserved' ORDER BY id FOR UPDATE"
+                    ),
+                    *args,
+                )
+                sql, args = rules.seed_sql(c)
+                sums = await conn.fetchrow(dollar(sql), *args)
+                assert sums is not None
+                for r in open_rows:
+                    more = rules.tagged(keys_of(r["window_keys_json"]), c.key)
+                    if more is not None:
+                        await conn.execute(
+                            "UPDATE ledger SET window_keys_json = $1 WHERE id = $2",
+                            keys_json(more),
+                            r["id"],
+                        )
+                await conn.execute(
+                    "UPDATE counters SET spent = $3, reserved = $4, seeded_for = $5 "
+                    "WHERE scope = $1 AND key = $2",
+                    c.scope,
+                    c.key,
+                    int(sums[0]),
+                    int(sums[1]),
+                    basis,
+                )
+
+    # -- settle --------------------------------------------------------------------------
+
+    def settle_now(
+        self, entry_id: str, s: Settlement, now: float
+    ) -> tuple[CounterState, ...] | None:
+        return None  # a round trip always suspends
+
+    async def settle(
+        self, entry_id: str, s: Settlement, now: float | None = None
+    ) -> tuple[CounterState, ...]:
+        now = time.time() if now is None else now
+        rows = await self.pool.fetch(
+            _SETTLE,
+            entry_id,
+            s.status,
+            s.cost_micro_usd,
+            s.usage_source,
+            s.input_tokens,
+            s.output_tokens,
+            s.cached_input_tokens,
+            s.reasoning_tokens,
+            s.needs_reconciliation,
+            s.upstream_status,
+            s.error,
+            now,
+        )
+        return tuple(CounterState(r[0], r[1], int(r[2]), int(r[3])) for r in rows)
+
+    async def reconcile_dead(
+        self, *, started_before: float | None = None, instance_ids: Sequence[str] = ()
+    ) -> int:
+        """Charge the reservations of dead processes in full, flagged
+        (``sqlite_tx.dead_settlement``): those of the named instances, and any opened
+        before ``started_before``."""
+        conds: list[str] = []
+        args: list[Any] = []
+        if started_before is not None:
+            args.append(started_before)
+            conds.append(f"created_at < ${len(args)}")
+        if instance_ids:
+            args.append(list(instance_ids))
+            conds.append(f"instance_id = ANY(${len(args)})")
+        if not conds:
+            return 0
+        rows = await self.pool.fetch(
+            "SELECT id, reserved_micro_usd FROM ledger WHERE status = 'reserved' AND ("  # noqa: S608 (constants)
+            + " OR ".join(conds)
+            + ")",
+            *args,
+        )
+        now = time.time()
+        for r in rows:
+            await self.settle(r["id"], dead_settlement(int(r["reserved_micro_usd"])), now)
+        return len(rows)
+
+    async def collect(self, now: float) -> int:
+        """Delete time buckets that have left every window (nothing held on them)."""
+        done = await self.pool.execute(
+            "DELETE FROM counters WHERE expires_at < $1 AND reserved = 0", now
+        )
+        return int(done.split()[-1])

@@ -1,0 +1,215 @@
+-- Keyfob's metering on PostgreSQL: one function call per reservation and per settlement.
+--
+-- These functions apply decisions made by keyfob/metering/rules.py to the counters
+-- table; they hold no policy of their own. The Python side passes, for one call, the
+-- counters of every limit (limits laid end to end: p_limit_of says which limit each
+-- counter belongs to, the last counter of a limit is the one held), each limit's cap and
+-- what the call holds on it. The shared backend tests hold this file to rules.py.
+--
+-- Outcomes of keyfob_reserve: 0 reserved, 1 token or grant not live, 2 grant edited since
+-- the caller planned (basis), 3 counters to compute from the ledger first (p_seeds lists
+-- them, 1-based), 4 refused (the limit's 1-based index and its counters' values).
+
+-- What a counter counts, from its key: the SQL twin of rules.measure_of.
+CREATE OR REPLACE FUNCTION keyfob_measure(p_key text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN left(p_key, 4) = 'rpm:' THEN 'calls'
+              WHEN left(p_key, 4) = 'tpm:' THEN 'tokens'
+              ELSE 'usd' END
+$$;
+
+CREATE OR REPLACE FUNCTION keyfob_reserve(
+  p_entry_id text, p_token_hash text, p_grant_id text, p_user_id text, p_client_id text,
+  p_provider_id text, p_model text, p_endpoint text, p_streamed boolean,
+  p_amount bigint, p_tokens integer, p_now double precision, p_basis double precision,
+  p_downgraded_from text, p_instance_id text,
+  p_scopes text[], p_keys text[], p_starts double precision[], p_expires double precision[],
+  p_limit_of integer[], p_caps bigint[], p_needs bigint[], p_single boolean[],
+  p_refill_key text,
+  OUT outcome integer, OUT refused integer, OUT seeds integer[],
+  OUT spent bigint[], OUT reserved bigint[]
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  n integer := coalesce(array_length(p_keys, 1), 0);
+  m integer := coalesce(array_length(p_caps, 1), 0);
+  v_updated double precision;
+  v_found boolean;
+  c_spent bigint[] := array_fill(0::bigint, ARRAY[greatest(n, 1)]);
+  c_res bigint[] := array_fill(0::bigint, ARRAY[greatest(n, 1)]);
+  l_spent bigint[] := array_fill(0::bigint, ARRAY[greatest(m, 1)]);
+  l_res bigint[] := array_fill(0::bigint, ARRAY[greatest(m, 1)]);
+  held_key text[] := '{}';
+  held_order integer[];
+  row_spent bigint; row_res bigint; row_seeded double precision;
+  v_refill bigint; v_old bigint;
+  i integer; j integer; k integer;
+  lock_grant boolean := false;
+BEGIN
+  seeds := '{}';
+  FOR j IN 1..m LOOP
+    IF NOT p_single[j] THEN lock_grant := true; END IF;
+  END LOOP;
+  -- the token and its grant must be live; a limit summing several counters takes the
+  -- grant's row lock, which serialises the reservations of one grant (its sum is exact)
+  IF lock_grant THEN
+    SELECT g.updated_at INTO v_updated FROM tokens t JOIN grants g ON g.id = t.grant_id
+     WHERE t.token_hash = p_token_hash AND t.revoked_at IS NULL AND t.expires_at > p_now
+       AND g.id = p_grant_id AND g.revoked_at IS NULL
+       FOR NO KEY UPDATE OF g;
+  ELSE
+    SELECT g.updated_at INTO v_updated FROM tokens t JOIN grants g ON g.id = t.grant_id
+     WHERE t.token_hash = p_token_hash AND t.revoked_at IS NULL AND t.expires_at > p_now
+       AND g.id = p_grant_id AND g.revoked_at IS NULL;
+  END IF;
+  IF NOT FOUND THEN outcome := 1; RETURN; END IF;
+  IF p_basis IS NOT NULL AND v_updated IS DISTINCT FROM p_basis THEN outcome := 2; RETURN; END IF;
+
+  -- the wallet's monthly refill, once per calendar month (tops the balance up *to* it)
+  IF p_refill_key IS NOT NULL THEN
+    UPDATE wallets SET refilled_for = p_refill_key
+     WHERE user_id = p_user_id AND monthly_refill_micro_usd IS NOT NULL
+       AND refilled_for IS DISTINCT FROM p_refill_key
+    RETURNING monthly_refill_micro_usd INTO v_refill;
+    IF FOUND THEN
+      INSERT INTO counters (scope, key, spent, reserved)
+        VALUES ('wallet:' || p_user_id, 'wallet', 0, 0) ON CONFLICT DO NOTHING;
+      SELECT c.spent INTO v_old FROM counters c
+       WHERE c.scope = 'wallet:' || p_user_id AND c.key = 'wallet' FOR UPDATE;
+      UPDATE counters c SET spent = least(v_old, -v_refill)
+       WHERE c.scope = 'wallet:' || p_user_id AND c.key = 'wallet';
+      INSERT INTO wallet_transactions
+        (id, user_id, kind, amount_micro_usd, balance_after_micro_usd, ledger_id, note, created_at)
+        VALUES (md5(p_entry_id || ':refill'), p_user_id, 'refill',
+                greatest(-v_old, v_refill) + v_old, greatest(-v_old, v_refill), NULL,
+                'monthly refill ' || p_refill_key, p_now);
+    END IF;
+  END IF;
+
+  -- read every counter; a stale one (rules.usable_as_stored / zero_when_missing) must be
+  -- computed from the ledger first
+  FOR i IN 1..n LOOP
+    SELECT c.spent, c.reserved, c.seeded_for INTO row_spent, row_res, row_seeded
+      FROM counters c WHERE c.scope = p_scopes[i] AND c.key = p_keys[i];
+    v_found := FOUND;
+    IF v_found THEN
+      IF p_basis IS NULL OR p_starts[i] IS NULL OR row_seeded = p_basis THEN
+        c_spent[i] := row_spent; c_res[i] := row_res;
+      ELSE
+        seeds := seeds || i;
+      END IF;
+    ELSIF NOT (p_basis IS NULL OR p_starts[i] IS NULL OR p_starts[i] >= p_basis) THEN
+      seeds := seeds || i;
+    END IF;
+  END LOOP;
+  IF array_length(seeds, 1) IS NOT NULL THEN outcome := 3; RETURN; END IF;
+
+  -- every limit must fit (rules.decide); the first that does not is named
+  FOR i IN 1..n LOOP
+    j := p_limit_of[i];
+    l_spent[j] := l_spent[j] + c_spent[i];
+    l_res[j] := l_res[j] + c_res[i];
+  END LOOP;
+  FOR j IN 1..m LOOP
+    IF l_spent[j] + l_res[j] + p_needs[j] > p_caps[j] THEN
+      outcome := 4; refused := j;
+      spent := ARRAY(SELECT c_spent[x] FROM generate_subscripts(p_keys, 1) x WHERE p_limit_of[x] = j ORDER BY x);
+      reserved := ARRAY(SELECT c_res[x] FROM generate_subscripts(p_keys, 1) x WHERE p_limit_of[x] = j ORDER BY x);
+      RETURN;
+    END IF;
+  END LOOP;
+
+  -- hold the last counter of each limit, in (scope, key) order (the order every writer
+  -- locks counters in, so two calls never wait on each other in a cycle); a limit of one
+  -- counter holds only if it still fits, which makes it exact without the grant's lock
+  held_order := ARRAY(
+    SELECT x FROM generate_subscripts(p_keys, 1) x
+     WHERE x = n OR p_limit_of[x + 1] <> p_limit_of[x]
+     ORDER BY p_scopes[x], p_keys[x]);
+  FOREACH i IN ARRAY held_order LOOP
+    j := p_limit_of[i];
+    INSERT INTO counters AS c (scope, key, spent, reserved, seeded_for, expires_at)
+      VALUES (p_scopes[i], p_keys[i], 0, p_needs[j], p_basis, p_expires[i])
+      ON CONFLICT (scope, key) DO UPDATE SET reserved = c.reserved + excluded.reserved
+      WHERE NOT p_single[j] OR c.spent + c.reserved + excluded.reserved <= p_caps[j]
+      RETURNING c.spent, c.reserved INTO row_spent, row_res;
+    IF NOT FOUND THEN
+      -- a concurrent call took the room between the read and the hold: undo the holds
+      -- made so far (nothing was committed) and report the limit as it is now
+      FOREACH k IN ARRAY held_order LOOP
+        EXIT WHEN k = i;
+        UPDATE counters c SET reserved = c.reserved - p_needs[p_limit_of[k]]
+         WHERE c.scope = p_scopes[k] AND c.key = p_keys[k];
+      END LOOP;
+      SELECT c.spent, c.reserved INTO row_spent, row_res FROM counters c
+       WHERE c.scope = p_scopes[i] AND c.key = p_keys[i];
+      outcome := 4; refused := j;
+      spent := ARRAY[row_spent]; reserved := ARRAY[row_res];
+      RETURN;
+    END IF;
+    l_spent[j] := l_spent[j] - c_spent[i] + row_spent;
+    l_res[j] := l_res[j] - c_res[i] + row_res;
+  END LOOP;
+
+  held_key := ARRAY(
+    SELECT p_keys[x] FROM generate_subscripts(p_keys, 1) x
+     WHERE x = n OR p_limit_of[x + 1] <> p_limit_of[x] ORDER BY x);
+  INSERT INTO ledger (id, grant_id, user_id, client_id, provider_id, model, endpoint,
+                      streamed, status, reserved_micro_usd, window_keys_json,
+                      needs_reconciliation, created_at, tokens_reserved, from_wallet,
+                      downgraded_from, instance_id)
+    VALUES (p_entry_id, p_grant_id, p_user_id, p_client_id, p_provider_id, p_model,
+            p_endpoint, p_streamed, 'reserved', p_amount, to_json(held_key)::text, false,
+            p_now, p_tokens, 'wallet' = ANY(held_key), p_downgraded_from, p_instance_id);
+  outcome := 0;
+  spent := l_spent[1:m];
+  reserved := l_res[1:m];
+END
+$$;
+
+-- Settle one call: the ledger row leaves ``reserved`` (only once: a settled row is left
+-- alone) and every counter it lists moves (reserved -= held, spent += actual, by the
+-- counter's measure: rules.settle_moves). A wallet charge writes its history row.
+CREATE OR REPLACE FUNCTION keyfob_settle(
+  p_entry_id text, p_status text, p_cost bigint, p_usage_source text,
+  p_input integer, p_output integer, p_cached integer, p_reasoning integer,
+  p_recon boolean, p_upstream_status integer, p_error text, p_now double precision,
+  OUT scope text, OUT key text, OUT spent bigint, OUT reserved bigint
+) RETURNS SETOF record LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_grant text; v_user text; v_reserved bigint; v_tokens integer; v_keys text;
+  v_scope text; v_key text; v_measure text; v_held bigint; v_actual bigint;
+BEGIN
+  UPDATE ledger SET status = p_status, cost_micro_usd = p_cost, usage_source = p_usage_source,
+         input_tokens = p_input, output_tokens = p_output, cached_input_tokens = p_cached,
+         reasoning_tokens = p_reasoning, needs_reconciliation = p_recon,
+         upstream_status = p_upstream_status, error = p_error, settled_at = p_now
+   WHERE id = p_entry_id AND status = 'reserved'
+  RETURNING grant_id, user_id, reserved_micro_usd, tokens_reserved, window_keys_json
+       INTO v_grant, v_user, v_reserved, v_tokens, v_keys;
+  IF NOT FOUND THEN RETURN; END IF;
+  FOR v_scope, v_key IN
+    SELECT CASE WHEN k = 'wallet' THEN 'wallet:' || v_user ELSE v_grant END AS s, k
+      FROM json_array_elements_text(v_keys::json) AS k ORDER BY 1, 2
+  LOOP
+    v_measure := keyfob_measure(v_key);
+    IF v_measure = 'usd' THEN v_held := v_reserved; v_actual := p_cost;
+    ELSIF v_measure = 'calls' THEN v_held := 1; v_actual := 1;
+    ELSE v_held := coalesce(v_tokens, 0); v_actual := coalesce(p_input, 0) + coalesce(p_output, 0);
+    END IF;
+    UPDATE counters c SET reserved = c.reserved - v_held, spent = c.spent + v_actual
+     WHERE c.scope = v_scope AND c.key = v_key
+    RETURNING c.scope, c.key, c.spent, c.reserved INTO scope, key, spent, reserved;
+    IF FOUND THEN
+      IF v_key = 'wallet' AND p_cost <> 0 THEN
+        INSERT INTO wallet_transactions
+          (id, user_id, kind, amount_micro_usd, balance_after_micro_usd, ledger_id, note, created_at)
+          VALUES (md5(p_entry_id || ':charge'), v_user, 'charge', -p_cost, -spent, p_entry_id,
+                  NULL, p_now);
+      END IF;
+      RETURN NEXT;
+    END IF;
+  END LOOP;
+END
+$$;
