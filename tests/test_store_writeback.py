@@ -1,4 +1,4 @@
-"""The serving process's write-back metering (``store/sqlite_writeback.py``), attacked:
+"""The serving process's write-back metering (``store/metering/writeback.py``), attacked:
 races on one cap, a crash between decision and batch, a second server on the same file,
 revocations and writes from other connections (the CLI), and the journal's secrecy."""
 
@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from keyfob.allowance.plan import bucket_width, buckets
+from keyfob.metering.types import CredentialRevoked, Limit, Refused, Reserved, Settlement
 from keyfob.store import Store
-from keyfob.store.metering import CredentialRevoked, Refused, Reserved, Settlement, WindowLimit
-from keyfob.store.metering_types import RollingLimit
-from keyfob.store.sqlite_writeback import JOURNAL_SUFFIX, JournalBusy
-from tests.test_store_metering import seed
+from keyfob.store.metering.sqlite_tx import SqliteMetering
+from keyfob.store.metering.writeback import JOURNAL_SUFFIX, JournalBusy
+from tests.backends import request, seed, window_limit
 
 KEY = "month:2026-11"
 
@@ -31,7 +33,7 @@ def die(store: Store) -> None:
     of the process's memory (its write-back leaves this thread's registry)."""
     import threading
 
-    from keyfob.store import sqlite_writeback
+    from keyfob.store.metering import writeback as sqlite_writeback
 
     wb = store.hot.writeback if store.hot else None
     assert wb is not None
@@ -40,22 +42,8 @@ def die(store: Store) -> None:
     os.close(wb.fd)
     sqlite_writeback._OWNERS[threading.get_ident()].remove(wb)
     store.hot.writeback = None  # type: ignore[union-attr]
-
-
-def reserve_kwargs(ids: tuple[str, str, str, str], amount: int, cap: int) -> dict[str, object]:
-    user_id, client_id, grant_id, token = ids
-    return dict(
-        token_hash=token,
-        grant_id=grant_id,
-        user_id=user_id,
-        client_id=client_id,
-        provider_id=None,
-        model="m",
-        endpoint="chat",
-        streamed=False,
-        amount_micro_usd=amount,
-        windows=[WindowLimit(KEY, cap)],
-    )
+    assert store.hot is not None
+    store.metering = SqliteMetering(store.hot)  # what is left can only close
 
 
 async def test_racing_calls_never_exceed_the_cap_and_sqlite_agrees(tmp_path: Path) -> None:
@@ -70,7 +58,9 @@ async def test_racing_calls_never_exceed_the_cap_and_sqlite_agrees(tmp_path: Pat
 
         async def call(i: int) -> bool:
             await asyncio.sleep((i % 7) * 0.001)
-            r = await store.metering.reserve(entry_id=f"e{i}", **reserve_kwargs(ids, worst, cap))
+            r = await store.metering.reserve(
+                request(ids, f"e{i}", worst, (window_limit(ids[2], KEY, cap),))
+            )
             if isinstance(r, Refused):
                 return False
             assert isinstance(r, Reserved)
@@ -79,9 +69,9 @@ async def test_racing_calls_never_exceed_the_cap_and_sqlite_agrees(tmp_path: Pat
             return True
 
         admitted = sum(await asyncio.gather(*(call(i) for i in range(300))))
-        state = await store.metering.window(grant_id, KEY)  # a reader: writes the batch first
-        assert state.reserved_micro_usd == 0
-        assert state.spent_micro_usd == admitted * actual <= cap
+        state = await store.ledger.counter(grant_id, KEY)  # a reader: writes the batch first
+        assert state[1] == 0
+        assert state[0] == admitted * actual <= cap
         assert admitted >= cap // worst
         entries = await store.ledger.entries(grant_id=grant_id, limit=1000)
         assert len(entries) == admitted
@@ -100,7 +90,9 @@ async def test_a_crash_before_the_batch_is_written_loses_nothing(tmp_path: Path)
     ids = await seed(store, cap)
     grant_id = ids[2]
     for i in range(3):
-        got = await store.metering.reserve(entry_id=f"c{i}", **reserve_kwargs(ids, 1_000, cap))
+        got = await store.metering.reserve(
+            request(ids, f"c{i}", 1_000, (window_limit(ids[2], KEY, cap),))
+        )
         assert isinstance(got, Reserved)
     await store.metering.settle("c0", Settlement("settled", 250, "upstream", 10, 20))
     wb = store.hot.writeback if store.hot else None
@@ -116,11 +108,11 @@ async def test_a_crash_before_the_batch_is_written_loses_nothing(tmp_path: Path)
         assert set(rows) == {"c0", "c1", "c2"}
         assert (rows["c0"].status, rows["c0"].cost_micro_usd) == ("settled", 250)
         assert rows["c1"].status == rows["c2"].status == "reserved"
-        state = await again.metering.window(grant_id, KEY)
-        assert (state.spent_micro_usd, state.reserved_micro_usd) == (250, 2_000)
+        state = await again.ledger.counter(grant_id, KEY)
+        assert state == (250, 2_000)
         assert await again.metering.reconcile_dead(started_before=time.time()) == 2
-        state = await again.metering.window(grant_id, KEY)
-        assert (state.spent_micro_usd, state.reserved_micro_usd) == (2_250, 0)
+        state = await again.ledger.counter(grant_id, KEY)
+        assert state == (2_250, 0)
         rows = {e.id: e for e in await again.ledger.entries(grant_id=grant_id)}
         assert rows["c1"].needs_reconciliation and rows["c1"].cost_micro_usd == 1_000
     finally:
@@ -134,10 +126,10 @@ async def test_replay_twice_changes_nothing(tmp_path: Path) -> None:
     cap = 10_000
     store = await Store.open(url(tmp_path), serving=True)
     ids = await seed(store, cap)
-    await store.metering.reserve(entry_id="a", **reserve_kwargs(ids, 1_000, cap))
+    await store.metering.reserve(request(ids, "a", 1_000, (window_limit(ids[2], KEY, cap),)))
     await store.metering.settle("a", Settlement("settled", 300, "upstream"))
-    await store.metering.reserve(entry_id="b", **reserve_kwargs(ids, 1_000, cap))
-    await store.metering.window(ids[2], KEY)  # writes the batch; the journal keeps it
+    await store.metering.reserve(request(ids, "b", 1_000, (window_limit(ids[2], KEY, cap),)))
+    await store.ledger.counter(ids[2], KEY)  # writes the batch; the journal keeps it
     wb = store.hot.writeback if store.hot else None
     assert wb is not None
     assert os.path.getsize(wb.path) > 0
@@ -146,9 +138,9 @@ async def test_replay_twice_changes_nothing(tmp_path: Path) -> None:
     await store.close()
     for _ in range(2):
         again = await Store.open(url(tmp_path), serving=True)
-        state = await again.metering.window(ids[2], KEY)
+        state = await again.ledger.counter(ids[2], KEY)
         await again.close()
-        assert (state.spent_micro_usd, state.reserved_micro_usd) == (400, 0)
+        assert state == (400, 0)
 
 
 async def test_a_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None:
@@ -180,11 +172,12 @@ async def test_revocation_by_another_process_refuses_the_next_call(tmp_path: Pat
     try:
         ids = await seed(store, cap)
         assert isinstance(
-            await store.metering.reserve(entry_id="x1", **reserve_kwargs(ids, 10, cap)), Reserved
+            await store.metering.reserve(request(ids, "x1", 10, (window_limit(ids[2], KEY, cap),))),
+            Reserved,
         )
         await cli.grants.revoke(ids[2])
         with pytest.raises(CredentialRevoked):
-            await store.metering.reserve(entry_id="x2", **reserve_kwargs(ids, 10, cap))
+            await store.metering.reserve(request(ids, "x2", 10, (window_limit(ids[2], KEY, cap),)))
     finally:
         await cli.close()
         await store.close()
@@ -199,14 +192,20 @@ async def test_changes_from_other_connections_are_counted(tmp_path: Path) -> Non
     try:
         ids = await seed(store, cap)
         assert isinstance(
-            await store.metering.reserve(entry_id="m1", **reserve_kwargs(ids, 2_000, cap)),
+            await store.metering.reserve(
+                request(ids, "m1", 2_000, (window_limit(ids[2], KEY, cap),))
+            ),
             Reserved,
         )
-        await store.metering.window(ids[2], KEY)  # batch written
-        other = await cli.metering.reserve(entry_id="o1", **reserve_kwargs(ids, 2_000, cap))
+        await store.ledger.counter(ids[2], KEY)  # batch written
+        other = await cli.metering.reserve(
+            request(ids, "o1", 2_000, (window_limit(ids[2], KEY, cap),))
+        )
         assert isinstance(other, Reserved)
         # 2,000 + 2,000 held: a third 2,000 does not fit
-        third = await store.metering.reserve(entry_id="m2", **reserve_kwargs(ids, 2_000, cap))
+        third = await store.metering.reserve(
+            request(ids, "m2", 2_000, (window_limit(ids[2], KEY, cap),))
+        )
         assert isinstance(third, Refused)
         assert third.window.reserved_micro_usd == 4_000
     finally:
@@ -214,29 +213,48 @@ async def test_changes_from_other_connections_are_counted(tmp_path: Path) -> Non
         await store.close()
 
 
-async def test_policies_kept_transactional_see_the_batch(tmp_path: Path) -> None:
-    """A rolling limit is summed from ledger rows: the batch is written before that
-    transaction, so calls decided in memory count against it."""
+async def test_counters_computed_from_the_ledger_see_the_batch(tmp_path: Path) -> None:
+    """A limit added mid-period is computed from the ledger (rows of its period) before
+    it holds anything: the batch is written first, so the calls decided in memory and
+    not yet in SQLite count against it, and the calls still in flight settle into it."""
     cap = 100_000
     store = await Store.open(url(tmp_path), serving=True)
     try:
         ids = await seed(store, cap)
+        month = (window_limit(ids[2], KEY, cap),)
         for i in range(3):
-            got = await store.metering.reserve(entry_id=f"f{i}", **reserve_kwargs(ids, 1_000, cap))
+            got = await store.metering.reserve(request(ids, f"f{i}", 1_000, month))
             assert isinstance(got, Reserved)
-        kwargs = reserve_kwargs(ids, 1_000, cap)
+        now = time.time()
+        span = 3600
+        rolling = Limit(
+            f"rolling:{span}",
+            "rolling 1h",
+            3_500,
+            buckets(ids[2], f"roll:{span}:", span, now, None),
+            "rolling",
+            span_s=span,
+            bucket_s=bucket_width(span),
+        )
+        basis = now + 1  # a grant version newer than every bucket: each is computed
+        async with store.engine.begin() as conn:  # the grant edited (as the CLI does)
+            await conn.execute(
+                text("UPDATE grants SET updated_at = :b WHERE id = :g"), {"b": basis, "g": ids[2]}
+            )
         got = await store.metering.reserve(
-            entry_id="r1", rolling=[RollingLimit(3600, 3_500)], **kwargs
+            request(ids, "r1", 1_000, (*month, rolling), now=now, basis=basis)
         )
         assert isinstance(got, Refused)  # 3,000 held in memory + 1,000 > 3,500
         await store.metering.settle("f0", Settlement("settled", 0, "upstream"))
         got = await store.metering.reserve(
-            entry_id="r2", rolling=[RollingLimit(3600, 3_500)], **kwargs
+            request(ids, "r2", 1_000, (*month, rolling), now=now, basis=basis)
         )
         assert isinstance(got, Reserved)
         await store.metering.settle("r2", Settlement("settled", 500, "upstream"))
-        state = await store.metering.window(ids[2], KEY)
-        assert (state.spent_micro_usd, state.reserved_micro_usd) == (500, 2_000)
+        assert await store.ledger.counter(ids[2], KEY) == (500, 2_000)
+        values = await store.ledger.values([rolling], basis)
+        assert sum(v[0] for v in values[0]) == 500  # f0 settled at 0, r2 at 500
+        assert sum(v[1] for v in values[0]) == 2_000  # f1 and f2 still in flight
     finally:
         await store.close()
 
@@ -246,7 +264,7 @@ def test_keyfob_serve_refuses_a_second_server_with_a_clear_message(tmp_path: Pat
     import subprocess
     import sys
 
-    from keyfob.store.sqlite_writeback import WriteBack
+    from keyfob.store.metering.writeback import WriteBack
 
     db = tmp_path / "keyfob.db"
     import sqlite3
@@ -278,15 +296,17 @@ async def test_a_row_settled_elsewhere_is_not_settled_twice(tmp_path: Path) -> N
     cli = await Store.open(url(tmp_path))
     try:
         ids = await seed(store, cap)
-        got = await store.metering.reserve(entry_id="d1", **reserve_kwargs(ids, 1_000, cap))
+        got = await store.metering.reserve(
+            request(ids, "d1", 1_000, (window_limit(ids[2], KEY, cap),))
+        )
         assert isinstance(got, Reserved)
-        await store.metering.window(ids[2], KEY)  # the reservation is in SQLite now
+        await store.ledger.counter(ids[2], KEY)  # the reservation is in SQLite now
         await cli.metering.settle(
             "d1", Settlement("charged_reservation", 1_000, "reservation", needs_reconciliation=True)
         )
         await store.metering.settle("d1", Settlement("settled", 300, "upstream"))
-        state = await store.metering.window(ids[2], KEY)
-        assert (state.spent_micro_usd, state.reserved_micro_usd) == (1_000, 0)
+        state = await store.ledger.counter(ids[2], KEY)
+        assert state == (1_000, 0)
         [row] = await store.ledger.entries(grant_id=ids[2])
         assert (row.status, row.cost_micro_usd) == ("charged_reservation", 1_000)
     finally:
@@ -307,7 +327,9 @@ async def test_a_held_write_lock_delays_the_batch_but_never_a_call(tmp_path: Pat
         blocker.execute("BEGIN IMMEDIATE")
         try:
             for i in range(600):  # above FLUSH_MAX_OPS reservations + settlements
-                got = await store.metering.reserve(entry_id=f"b{i}", **reserve_kwargs(ids, 10, cap))
+                got = await store.metering.reserve(
+                    request(ids, f"b{i}", 10, (window_limit(ids[2], KEY, cap),))
+                )
                 assert isinstance(got, Reserved)
                 await store.metering.settle(f"b{i}", Settlement("settled", 5, "upstream"))
             wb = store.hot.writeback if store.hot else None
@@ -317,8 +339,8 @@ async def test_a_held_write_lock_delays_the_batch_but_never_a_call(tmp_path: Pat
             blocker.close()
         await asyncio.sleep(0.2)  # the retry timer writes the batch
         assert not wb.pending
-        state = await store.metering.window(ids[2], KEY)
-        assert (state.spent_micro_usd, state.reserved_micro_usd) == (600 * 5, 0)
+        state = await store.ledger.counter(ids[2], KEY)
+        assert state == (600 * 5, 0)
         assert len(await store.ledger.entries(grant_id=ids[2], limit=1000)) == 600
     finally:
         await store.close()
@@ -329,13 +351,13 @@ async def test_readers_write_only_their_own_threads_batch(tmp_path: Path) -> Non
     thread's loop (tests run several apps) must never be touched from here."""
     import threading
 
-    from keyfob.store.sqlite_writeback import sync_reads
+    from keyfob.store.metering.writeback import sync_reads
 
     cap = 10_000
     store = await Store.open(url(tmp_path), serving=True)
     try:
         ids = await seed(store, cap)
-        await store.metering.reserve(entry_id="t1", **reserve_kwargs(ids, 10, cap))
+        await store.metering.reserve(request(ids, "t1", 10, (window_limit(ids[2], KEY, cap),)))
         wb = store.hot.writeback if store.hot else None
         assert wb is not None and wb.pending
         other = threading.Thread(target=sync_reads)

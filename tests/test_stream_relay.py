@@ -37,9 +37,9 @@ from keyfob.gateway.headers import STREAM_COST_COMMENT
 from keyfob.gateway.meter import Meter
 from keyfob.gateway.relay import MeteredStream, StreamRelay
 from keyfob.gateway.streams import OpenAIPassThrough, OpenAIWatcher
+from keyfob.metering.types import Settlement
 from keyfob.money import format_usd
 from keyfob.pricing.prices import Price
-from keyfob.metering.types import Settlement
 
 #: The call's worst case, charged whole when its usage is unknown.
 RESERVED = 1_000_000

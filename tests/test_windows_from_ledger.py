@@ -23,8 +23,8 @@ import pytest
 
 from keyfob.allowance.policy import Policy, SpendLimit
 from keyfob.allowance.service import AllowanceExhausted, AllowanceService, Reservation
-from keyfob.store import Store
 from keyfob.metering.types import Settlement
+from keyfob.store import Store
 from keyfob.store.records import Grant, Token
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"

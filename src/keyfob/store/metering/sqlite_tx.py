@@ -297,14 +297,27 @@ def settle_tx(
     return tuple(states)
 
 
-def open_entries(conn: sqlite3.Connection, started_before: float | None) -> list[tuple[str, int]]:
-    sql = "SELECT id, reserved_micro_usd FROM ledger WHERE status = 'reserved'"
-    if started_before is None:
-        return [(str(r[0]), int(r[1])) for r in conn.execute(sql).fetchall()]
-    return [
-        (str(r[0]), int(r[1]))
-        for r in conn.execute(sql + " AND created_at < ?", (started_before,)).fetchall()
-    ]
+def open_entries(
+    conn: sqlite3.Connection, started_before: float | None, instance_ids: Sequence[str] = ()
+) -> list[tuple[str, int]]:
+    """Open reservations made before ``started_before`` or by the named instances."""
+    conds: list[str] = []
+    args: list[object] = []
+    if started_before is not None:
+        conds.append("created_at < ?")
+        args.append(started_before)
+    if instance_ids:
+        conds.append(f"instance_id IN ({', '.join('?' * len(instance_ids))})")
+        args.extend(instance_ids)
+    if not conds:
+        return []
+    rows = conn.execute(
+        "SELECT id, reserved_micro_usd FROM ledger WHERE status = 'reserved' AND ("  # noqa: S608 (constants)
+        + " OR ".join(conds)
+        + ")",
+        args,
+    ).fetchall()
+    return [(str(r[0]), int(r[1])) for r in rows]
 
 
 def dead_settlement(reserved_micro_usd: int) -> Settlement:
@@ -319,8 +332,10 @@ def dead_settlement(reserved_micro_usd: int) -> Settlement:
     )
 
 
-def reconcile_tx(conn: sqlite3.Connection, started_before: float | None) -> int:
-    rows = open_entries(conn, started_before)
+def reconcile_tx(
+    conn: sqlite3.Connection, started_before: float | None, instance_ids: Sequence[str] = ()
+) -> int:
+    rows = open_entries(conn, started_before, instance_ids)
     now = time.time()
     for entry_id, reserved in rows:
         settle_tx(conn, entry_id, dead_settlement(reserved), now)
@@ -364,10 +379,14 @@ class SqliteMetering:
     async def reconcile_dead(
         self, *, started_before: float | None = None, instance_ids: Sequence[str] = ()
     ) -> int:
-        """Charge the reservations of dead processes (``dead_settlement``). On SQLite one
-        server owns the database, so ``instance_ids`` changes nothing: every open
-        reservation from before ``started_before`` is dead."""
-        return await self.hot.run(functools.partial(reconcile_tx, started_before=started_before))
+        """Charge the reservations of dead processes (``dead_settlement``): those opened
+        before ``started_before`` (a personal server's start: it owned the database, so
+        every earlier one is dead) or by the named instances."""
+        return await self.hot.run(
+            functools.partial(
+                reconcile_tx, started_before=started_before, instance_ids=tuple(instance_ids)
+            )
+        )
 
     async def collect(self, now: float) -> int:
         return await self.hot.run(functools.partial(collect_expired, now=now), metering=True)

@@ -613,7 +613,9 @@ class WriteBackMetering:
         self, *, started_before: float | None = None, instance_ids: Sequence[str] = ()
     ) -> int:
         await self.wb.flush_wait()
-        return await self.tx.reconcile_dead(started_before=started_before)
+        return await self.tx.reconcile_dead(
+            started_before=started_before, instance_ids=instance_ids
+        )
 
     async def collect(self, now: float) -> int:
         await self.wb.flush_wait()
