@@ -19,15 +19,17 @@ from __future__ import annotations
 import math
 import time
 
+from keyfob.allowance.plan import RATE_SPAN_S, bucket_width
 from keyfob.allowance.service import AllowanceExhausted
 from keyfob.gateway.errors import GatewayError
 from keyfob.gateway.headers import iso_utc, keyfob_headers
 from keyfob.money import format_usd
 
-#: The longest wait worth telling a client to sleep through. Both official SDKs honour a
+#: The longest wait worth telling a client to sleep through: a rate limit's, which may be
+#: a minute and one time bucket (``allowance/plan.py``). Both official SDKs honour a
 #: ``Retry-After`` this long (the OpenAI SDK ignores ones above 120 s and backs off by
 #: itself), and a person watching an app would rather be told than kept waiting longer.
-RETRY_SOON_S = 60
+RETRY_SOON_S = RATE_SPAN_S + bucket_width(RATE_SPAN_S)
 #: Calls in flight hold their worst case; most settle below it within seconds.
 IN_FLIGHT_RETRY_S = 2
 

@@ -178,10 +178,10 @@ def retry_at(lim: Limit, values: Sequence[tuple[int, int]], need: int) -> float 
 
     A calendar window frees at its reset. A run of buckets frees one bucket at a time as
     each falls out of the span, oldest first: the answer is when enough of them have."""
+    if lim.kind == "window":
+        return lim.resets_at  # when it resets (even if this call is larger than its cap)
     if lim.kind == "wallet" or need > lim.cap:
         return None
-    if lim.kind == "window":
-        return lim.resets_at
     left = sum(v[0] + v[1] for v in values)
     for c, (spent, reserved) in zip(lim.counters, values, strict=True):
         left -= spent + reserved

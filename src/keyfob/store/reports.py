@@ -2,7 +2,7 @@
 (stacked by app or model), one app's calls page by page, last use, refused calls.
 
 Nothing here writes money. Every query first flushes this thread's pending write-back
-batch (``sync_reads``), so a page shows every call that has ended. Days are the person's
+batch (``synced``), so a page shows every call that has ended. Days are the person's
 own calendar days: the ledger is summed in SQL per 15-minute bucket (every real UTC
 offset is a whole number of quarter hours) and the buckets are folded into local days in
 Python, so a 90-day chart reads a few thousand rows whatever the number of calls.
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyfob.allowance.windows import zone
 from keyfob.store import schema as t
-from keyfob.store.metering.writeback import sync_reads
+from keyfob.store.metering.writeback import synced
 from keyfob.store.records import LedgerEntry, Refusal
 from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.tokens import new_id
@@ -55,7 +55,7 @@ async def spend_by_grant(
 ) -> dict[str, int]:
     """Micro-USD charged per grant between ``since`` and ``until`` (in-flight calls at
     their hold, as the allowance counts them)."""
-    sync_reads()
+    await synced()
     L = t.ledger.c
     cond = [L.user_id == user_id, L.created_at >= since]
     if until is not None:
@@ -68,7 +68,7 @@ async def spend_by_grant(
 
 async def last_used(engine: AsyncEngine, user_id: str) -> dict[str, float]:
     """When each of the person's grants last made a call."""
-    sync_reads()
+    await synced()
     L = t.ledger.c
     q = select(L.grant_id, func.max(L.created_at)).where(L.user_id == user_id)
     async with engine.connect() as conn:
@@ -118,7 +118,7 @@ async def daily_spend(
 ) -> DailySeries:
     """Spend per local day from ``first_day`` to ``last_day`` (inclusive), by ``app``
     (the app's name, one series per grant) or ``model``."""
-    sync_reads()
+    await synced()
     tz = zone(timezone)
     since = datetime(first_day.year, first_day.month, first_day.day, tzinfo=tz).timestamp()
     end = datetime.fromordinal(last_day.toordinal() + 1).replace(tzinfo=tz).timestamp()
@@ -167,7 +167,7 @@ async def grant_calls(
     limit: int = 50,
 ) -> list[LedgerEntry]:
     """One app's calls, newest first; ``before`` (created_at, id) pages on (keyset)."""
-    sync_reads()
+    await synced()
     L = t.ledger.c
     cond = [L.grant_id == grant_id]
     if since is not None:
@@ -187,7 +187,7 @@ async def grant_totals(
     engine: AsyncEngine, grant_id: str, since: float | None = None, until: float | None = None
 ) -> dict[str, int]:
     """Calls, tokens and micro-USD of one grant over a span (for the app page)."""
-    sync_reads()
+    await synced()
     L = t.ledger.c
     cond = [L.grant_id == grant_id]
     if since is not None:

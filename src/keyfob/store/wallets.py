@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyfob.metering.types import WALLET_KEY, wallet_scope
 from keyfob.store import schema as t
-from keyfob.store.metering.writeback import sync_reads
+from keyfob.store.metering.writeback import synced
 from keyfob.store.records import Wallet, WalletTransaction
 from keyfob.tokens import new_id
 
@@ -37,7 +37,7 @@ class WalletsRepo:
         )
 
     async def get(self, user_id: str) -> Wallet:
-        sync_reads()
+        await synced()
         c = t.counters.c
         async with self.engine.connect() as conn:
             row = (

@@ -2,7 +2,7 @@
 PostgreSQL: pages, exports, the allowance API, the revocation watch, webhooks.
 
 Not the hot path (reserve and settle are the backends'). Every read first writes this
-thread's pending write-back batch (``sync_reads``), so a reader in the serving process
+thread's pending write-back batch (``synced``), so a reader in the serving process
 sees every call that has ended.
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keyfob.metering import rules
 from keyfob.metering.types import Limit, WindowState
 from keyfob.store import schema as t
-from keyfob.store.metering.writeback import sync_reads
+from keyfob.store.metering.writeback import synced
 from keyfob.store.records import LedgerEntry
 
 
@@ -42,7 +42,7 @@ class LedgerReads:
         """(spent, reserved) of each counter of each limit as the next reservation will
         see it: as stored when current, else what the ledger holds for its period (what
         it will be computed to; nothing is written here)."""
-        sync_reads()
+        await synced()
         out: list[list[tuple[int, int]]] = []
         c_ = t.counters.c
         async with self.engine.connect() as conn:
@@ -74,7 +74,7 @@ class LedgerReads:
 
     async def counter(self, scope: str, key: str) -> tuple[int, int]:
         """(spent, reserved) of one stored counter ((0, 0) when it has no row)."""
-        sync_reads()
+        await synced()
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -86,7 +86,7 @@ class LedgerReads:
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def entry(self, entry_id: str) -> LedgerEntry | None:
-        sync_reads()
+        await synced()
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(t.ledger).where(t.ledger.c.id == entry_id))).first()
         return LedgerEntry.of(row) if row else None
@@ -94,7 +94,7 @@ class LedgerReads:
     async def entries(
         self, *, user_id: str | None = None, grant_id: str | None = None, limit: int = 1000
     ) -> list[LedgerEntry]:
-        sync_reads()
+        await synced()
         q = select(t.ledger)
         if user_id:
             q = q.where(t.ledger.c.user_id == user_id)
@@ -108,7 +108,7 @@ class LedgerReads:
         self, user_id: str, since: float | None = None
     ) -> list[dict[str, Any]]:
         """Spend per app and model: calls, tokens and micro-USD (settled and pending)."""
-        sync_reads()
+        await synced()
         L = t.ledger.c
         cond = [L.user_id == user_id]
         if since is not None:
@@ -191,7 +191,7 @@ async def usage_rows(
     until: float | None = None,
 ) -> list[dict[str, Any]]:
     """Ledger rows (joined with the app's name) for usage reports, oldest first."""
-    sync_reads()
+    await synced()
     L = t.ledger.c
     cond = [L.user_id == user_id]
     if grant_id is not None:
@@ -232,7 +232,7 @@ async def typical_output_tokens(
     engine: AsyncEngine, grant_id: str, model: str, sample: int = 50
 ) -> int | None:
     """The mean output tokens of the grant's recent settled calls to ``model``."""
-    sync_reads()
+    await synced()
     L = t.ledger.c
     recent = (
         select(L.output_tokens)

@@ -631,13 +631,25 @@ _OWNERS: dict[int, list[WriteBack]] = {}
 
 
 def sync_reads() -> None:
-    """Write the pending batch before a read on another connection (usage pages, the
-    allowance API, exports), so a reader in this process sees every call that ended.
+    """Write the pending batch before a read on another connection, best effort: with
+    the write lock taken (a checkpoint, the CLI) the read may be a few milliseconds old.
+    For synchronous callers; readers that can wait use ``synced``.
 
     Only the write-backs of the calling thread: a reader runs on its server's event loop,
-    and a write-back must never be touched from another thread. Best effort: with the
-    write lock taken the read is at most a few milliseconds old."""
+    and a write-back must never be touched from another thread."""
     for owner in _OWNERS.get(threading.get_ident(), ()):
         if owner.pending:
             with contextlib.suppress(sqlite3.Error):
                 owner.flush()
+
+
+async def synced() -> None:
+    """Write the pending batch before a read on another connection (usage pages, the
+    allowance API, exports, wallet reads), waiting for the write lock if a checkpoint or
+    the CLI holds it, so a reader in this process sees every call that ended."""
+    for owner in list(_OWNERS.get(threading.get_ident(), ())):
+        if owner.pending:
+            try:
+                await owner.flush_wait(timeout_s=5.0)
+            except sqlite3.Error as exc:  # still in the journal; the read is a little old
+                log.warning("reading before the metering batch was written: %s", exc)

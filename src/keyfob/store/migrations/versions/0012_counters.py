@@ -91,6 +91,7 @@ def install_functions() -> None:
     # asyncpg's simple query protocol runs the whole file (several statements, with
     # ``:`` and ``$`` inside function bodies that a bound statement would misread)
     raw = op.get_bind().connection.driver_connection
+    assert raw is not None
     await_only(raw.execute(sql))
 
 
