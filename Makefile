@@ -14,7 +14,7 @@ test-llama:  ## the real-model tests (builds llama-cpp-python the first time)
 	PYTHON=$(PYTHON) bash scripts/llama.sh
 
 test-js:  ## the JavaScript client's node:test suite (also run by `make test`)
-	cd clients/js && node --test test/
+	cd clients/js && { [ -f node_modules/@anthropic-ai/sdk/package.json ] || npm ci --no-audit --no-fund --silent; } && node --test test/
 
 lint:
 	$(PYTHON) -m ruff check src tests bench examples clients
