@@ -20,7 +20,10 @@ import pytest
 from tests.chromium import missing
 
 JS = Path(__file__).resolve().parent.parent / "clients" / "js"
-NEEDED = (JS / "node_modules" / "@anthropic-ai" / "sdk" / "package.json",)
+NEEDED = (
+    JS / "node_modules" / "@anthropic-ai" / "sdk" / "package.json",
+    JS / "node_modules" / ".bin" / "tsc",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,14 @@ def test_node_test_suite_passes(node: str) -> None:
     # the SDK tests ran (they skip themselves only when the SDK is not installed)
     assert "# skipped 0" in result.stdout, result.stdout[-2000:]
     assert re.search(r"^ok \d+ - messages\.create through anthropicOptions", result.stdout, re.M)
+
+
+def test_types_check_with_tsc(node: str) -> None:
+    tsc = JS / "node_modules" / ".bin" / "tsc"
+    result = subprocess.run(
+        [str(tsc), "-p", "tsconfig.json"], cwd=JS, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
 def test_package_is_ready_to_publish() -> None:
