@@ -217,6 +217,64 @@ def test_lifting_an_end_gives_live_tokens_their_own_life_back(
     assert bad.returncode != 0 and "duration" in bad.stderr
 
 
+def test_an_end_asked_on_the_device_flow_holds_end_to_end(
+    server: KeyfobServer, fakellm: FakeLLM
+) -> None:
+    """A CLI on the device flow (the Python helper) asks for access that ends in ten
+    minutes; the person sees the ask pre-selected on the device consent page and allows
+    it; the tokens live no longer than that; when the end comes, the CLI is refused."""
+    from keyfob_client import DeviceCode, Keyfob, KeyfobError, MemoryCache
+
+    link(server.data_dir, "fake", fakellm.base_url)
+    client_id, _ = register(server, [REDIRECT], name="Short CLI")
+    shown: dict[str, str] = {}
+
+    def person_allows(code: DeviceCode) -> None:
+        with logged_in_browser(server) as browser:
+            form = browser.get(server.url + "/device", timeout=10)
+            page = browser.post(
+                server.url + "/device",
+                data={"csrf_token": hidden(form.text, "csrf_token"), "user_code": code.user_code},
+                timeout=10,
+            )
+            assert page.status_code == 200, page.text[:2000]
+            shown["page"] = page.text
+            done = browser.post(
+                server.url + "/device/consent",
+                data={
+                    "csrf_token": hidden(page.text, "csrf_token"),
+                    "request_id": hidden(page.text, "request_id"),
+                    "action": "approve",
+                    "cap_usd": "1",
+                    "window": "month",
+                    "models": checkboxes(page.text, "models"),
+                    "expires_in": _selected(page.text, "expires_in"),  # as pre-selected
+                },
+                timeout=10,
+            )
+            assert done.status_code == 200 and "Device connected" in done.text, done.text[:2000]
+
+    before = time.time()
+    with Keyfob(server.url, client_id, cache=MemoryCache()) as app:
+        tokens = app.sign_in(on_code=person_allows, suggest={"expires_in": "600"})
+        assert "The app asks for access that ends" in shown["page"]
+        assert _selected(shown["page"], "expires_in") == "600"
+        grant = _grant(server)
+        assert grant.expires_at is not None
+        assert before + 600 <= grant.expires_at <= time.time() + 600
+        assert tokens.expires_at <= grant.expires_at + 1  # the token ends with the grant
+        with app.openai(max_retries=0) as c:
+            c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+            _set_expiry(server, time.time() + 1.5)
+            time.sleep(1.7)
+            # the 401 makes the helper refresh, and the refresh token ended with the grant
+            with pytest.raises(KeyfobError) as refused:
+                c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+        assert refused.value.code == "invalid_grant" and "expired or revoked" in str(refused.value)
+        with pytest.raises(KeyfobError, match=r"not signed in|sign in again"):
+            app.access_token()  # signed out: the CLI must run the device flow again
+
+
 # --- keyfob dev-token ---------------------------------------------------------------------
 
 
