@@ -8,11 +8,14 @@ gateway, Keyfob's own API, refresh, introspection.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import re
 import secrets
 import time
 import types
 from html import unescape
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -324,3 +327,35 @@ async def test_dev_token_refused_in_hosted_mode() -> None:
     kf: Any = types.SimpleNamespace(settings=Settings(mode="hosted"))
     with pytest.raises(DevTokenRefused, match="hosted"):
         await mint_dev_token(kf, app_ref="x")
+
+
+def test_dev_token_is_refused_by_the_cli_in_hosted_mode(data_dir: Path) -> None:
+    """``keyfob dev-token`` on a hosted server (PostgreSQL, a master key from the
+    environment) with an owner: refused in words, nothing printed, no app registered."""
+    import asyncpg
+
+    name = f"keyfob_devtoken_{secrets.token_hex(6)}"
+
+    async def database(sql: str) -> None:
+        admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+        try:
+            await admin.execute(sql)
+        finally:
+            await admin.close()
+
+    asyncio.run(database(f'CREATE DATABASE "{name}"'))
+    try:
+        hosted = {
+            "KEYFOB_MODE": "hosted",
+            "KEYFOB_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+            "KEYFOB_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        }
+        cli(data_dir, "init", "--username", "owner", KEYFOB_PASSWORD="a long password", **hosted)
+        refused = cli(data_dir, "dev-token", "My tool", check=False, **hosted)
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert "dev tokens are for a personal server" in " ".join(refused.stderr.split())
+        assert "kfat_" not in refused.stderr
+        listed = cli(data_dir, "apps", "list", **hosted).stdout
+        assert "My tool" not in listed
+    finally:
+        asyncio.run(database(f'DROP DATABASE "{name}" WITH (FORCE)'))
