@@ -13,8 +13,8 @@ test:  ## the whole default suite (what the README and CI run)
 test-llama:  ## the real-model tests (builds llama-cpp-python the first time)
 	PYTHON=$(PYTHON) bash scripts/llama.sh
 
-test-js:  ## the JavaScript client's node:test suite (also run by `make test`)
-	cd clients/js && node --test test/
+test-js:  ## the JavaScript client's node:test suite and types check (also run by `make test`)
+	cd clients/js && { [ -e node_modules/.bin/tsc ] || npm ci --no-audit --no-fund --silent; } && node --test test/ && node_modules/.bin/tsc -p tsconfig.json
 
 lint:
 	$(PYTHON) -m ruff check src tests bench examples clients

@@ -3,12 +3,15 @@
 Playwright never downloads a browser here: it launches ``/usr/bin/chromium`` (installed by
 ``scripts/browser.sh``) with the flags a closed network needs. Tests that need a browser
 use :func:`browser` (skipped with a clear reason when Chromium is missing) and
-:func:`axe_violations` for accessibility (serious and critical violations only).
+:func:`axe_violations` for accessibility (serious and critical violations only). Under
+``CI=true`` a missing Chromium or axe-core fails the test instead: CI installs both
+(``scripts/browser.sh``), so a skip there would hide that the proof never ran.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,11 +34,18 @@ CHROMIUM_ARGS = [
 ]
 
 
+def missing(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI, where the browser tests must run."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI must run the browser tests", pytrace=False)
+    pytest.skip(reason)
+
+
 @contextmanager
 def browser() -> Iterator[Any]:
     """A headless Chromium for one test module (use it from a module-scoped fixture)."""
     if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (make browser)")
+        missing("Debian's chromium is not installed (make browser)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -51,7 +61,7 @@ def axe_violations(
 ) -> list[dict[str, Any]]:
     """Run axe-core in ``page`` and return the violations of the given impacts."""
     if not AXE_JS.exists():
-        pytest.skip("axe-core is not installed (make browser)")
+        missing("axe-core is not installed (make browser)")
     if not page.evaluate("() => typeof window.axe === 'object'"):
         # Evaluated through the DevTools protocol rather than added as a <script>: a page
         # with a strict CSP (Keyfob's own: default-src 'none') refuses inline scripts,

@@ -4,7 +4,8 @@ Each provider gets its own path prefix, and the prefix's name says how it behave
 ``down*`` answers 503, ``busy*`` 429, ``slow*`` sends nothing for ``SLOW_S``, anything
 else answers like an OpenAI chat-completions server (``n`` choices, ``logprobs`` when
 asked, usage, SSE when streamed). ``/or/...`` is a fake openrouter.ai: the PKCE key
-exchange (``POST /or/api/v1/auth/keys``) and a model list. Every request is recorded.
+exchange (``POST /or/api/v1/auth/keys``) and a model list. ``/keyed/v1/models`` lists
+models for one key only (401 for any other). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ from aiohttp import web
 
 SLOW_S = 1.0
 OPENROUTER_KEY = "sk-or-v1-" + "c" * 40
+#: The one key ``/keyed/...`` accepts, and the models it lists.
+KEYED_KEY = "sk-keyed-" + "d" * 32
+KEYED_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "o3-mini",
+    "text-embedding-3-small",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+)
 
 
 @dataclass
@@ -112,6 +124,13 @@ class FakeUpstream:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "openai/gpt-4o-mini"}]})
 
+    async def _keyed_models(self, request: web.Request) -> web.Response:
+        """``/keyed/v1/models``: a provider that checks its key (401 for any other)."""
+        self.seen.append(Seen("keyed", request.path, dict(request.headers), None))
+        if request.headers.get("Authorization") != f"Bearer {KEYED_KEY}":
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        return web.json_response({"object": "list", "data": [{"id": m} for m in KEYED_MODELS]})
+
     async def _keys(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.seen.append(Seen("or", request.path, dict(request.headers), body))
@@ -126,6 +145,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/or/api/v1/auth/keys", self._keys)
         app.router.add_get("/or/api/v1/models", self._models)
+        app.router.add_get("/keyed/v1/models", self._keyed_models)
         app.router.add_post("/{name}/v1/chat/completions", self._chat)
         app.router.add_post("/{name}/api/v1/chat/completions", self._chat)
         app.router.add_post("/{name}/v1beta/openai/chat/completions", self._chat)

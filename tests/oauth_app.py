@@ -254,12 +254,22 @@ class InProcess:
 class LiveServer:
     """The app under uvicorn in a thread, on a free 127.0.0.1 port."""
 
-    def __init__(self, data_dir: Path, models: tuple[str, ...] = ("m1", "m2"), **settings: Any):
+    def __init__(
+        self,
+        data_dir: Path,
+        models: tuple[str, ...] = ("m1", "m2"),
+        *,
+        owner: bool = True,
+        **settings: Any,
+    ):
         self.port = free_port()
         self.data_dir = data_dir
         self.settings = Settings(data_dir=data_dir, port=self.port, **settings)
         self.url = self.settings.issuer
         self._models = models
+        self._owner = owner  # False: a first run, the setup page still open
+        #: The Starlette app being served (set on enter), for tests that add a route.
+        self.app: Any = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -275,9 +285,11 @@ class LiveServer:
 
     def __enter__(self) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.in_store(lambda store: seed_owner_and_provider(store, self._models))
+        if self._owner:
+            self.in_store(lambda store: seed_owner_and_provider(store, self._models))
+        self.app = create_app(self.settings)
         config = uvicorn.Config(
-            create_app(self.settings),
+            self.app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",

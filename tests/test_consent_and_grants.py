@@ -4,6 +4,7 @@ in process. Policy fields other than cap, window and models survive both."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,50 @@ def test_edit_page_refusals(kf: InProcess) -> None:
     assert kf.client.get("/grants/nope/edit").status_code == 404
     grant = kf.run(kf.store.grants.get, grant_id)
     assert grant is not None and policy_of(grant) == rich_policy()
+
+
+def test_the_summary_describes_the_form_and_each_period_says_when_it_resets(
+    kf: InProcess,
+) -> None:
+    """Without JavaScript the summary cannot follow the form: it says it describes the
+    form as filled in, and the person's choice (here: another period, cap and model) is
+    what the grant gets."""
+    cid, _ = kf.register([WEB], name="Story Writer")
+    _, challenge = pkce()
+    browser = kf.logged_in()
+    page = browser.consent_page(kf.authorize_url(cid, WEB, challenge, keyfob_window="month"))
+    assert (
+        "Story Writer may spend up to $5.00 per month on this model, as filled in below; "
+        "what you choose there is what applies" in page.text
+    )
+    for value, words in (
+        ("day", "day (resets every midnight)"),
+        ("week", "week (resets Monday at midnight)"),
+        ("month", "month (resets on the 1st at midnight)"),
+    ):
+        assert re.search(
+            rf'<option value="{value}"( selected)?>{re.escape(words)}</option>', page.text
+        )
+    assert "current period you choose" in page.text and "calendar month" not in page.text
+    answer = browser.decide(page, cap_usd="1.25", window="day", models=["fake/m2", "fake/m3"])
+    assert answer.status_code == 303
+    grant = kf.run(kf.store.grants.active_for, kf.owner.id, cid)
+    assert grant is not None and sorted(grant.models) == ["fake/m2", "fake/m3"]
+    assert policy_of(grant).limits == (SpendLimit("day", 1_250_000),)
+
+
+def test_an_empty_model_list_is_refused_by_its_field(kf: InProcess) -> None:
+    cid, _ = kf.register([WEB], name="Picky")
+    _, challenge = pkce()
+    browser = kf.logged_in()
+    page = browser.consent_page(kf.authorize_url(cid, WEB, challenge))
+    refused = browser.decide(page, models=[])
+    assert refused.status_code == 400
+    assert '<fieldset aria-describedby="models-error">' in refused.text
+    error = re.search(r'<p class="field-error" id="models-error">([^<]+)</p>', refused.text)
+    assert error is not None and "model" in error.group(1).lower()
+    assert 'id="cap-error"' not in refused.text
+    assert kf.run(kf.store.grants.active_for, kf.owner.id, cid) is None  # nothing granted
+    # the form is shown again with the request still valid: choosing a model now works
+    again = browser.decide(refused, models=["fake/m1"])
+    assert again.status_code == 303 and "code=" in again.headers["location"]

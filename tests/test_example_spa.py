@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.chromium import browser, screenshot
+from tests.chromium import browser, missing, screenshot
 from tests.conftest import OWNER, OWNER_PASSWORD
 from tests.support import FakeLLM, KeyfobServer, cli, free_port, ledger_rows, wait_http
 
@@ -61,7 +61,7 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture
 def app(server: KeyfobServer, fakellm: FakeLLM) -> Iterator[dict[str, Any]]:
     if not (EXAMPLE / "node_modules" / "openai" / "index.mjs").exists():
-        pytest.skip("the example's openai SDK is not installed (make browser)")
+        missing("the example's openai SDK is not installed (make browser)")
     cli(
         server.data_dir,
         "providers",

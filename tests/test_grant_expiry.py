@@ -8,11 +8,14 @@ gateway, Keyfob's own API, refresh, introspection.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import re
 import secrets
 import time
 import types
 from html import unescape
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -217,6 +220,64 @@ def test_lifting_an_end_gives_live_tokens_their_own_life_back(
     assert bad.returncode != 0 and "duration" in bad.stderr
 
 
+def test_an_end_asked_on_the_device_flow_holds_end_to_end(
+    server: KeyfobServer, fakellm: FakeLLM
+) -> None:
+    """A CLI on the device flow (the Python helper) asks for access that ends in ten
+    minutes; the person sees the ask pre-selected on the device consent page and allows
+    it; the tokens live no longer than that; when the end comes, the CLI is refused."""
+    from keyfob_client import DeviceCode, Keyfob, KeyfobError, MemoryCache
+
+    link(server.data_dir, "fake", fakellm.base_url)
+    client_id, _ = register(server, [REDIRECT], name="Short CLI")
+    shown: dict[str, str] = {}
+
+    def person_allows(code: DeviceCode) -> None:
+        with logged_in_browser(server) as browser:
+            form = browser.get(server.url + "/device", timeout=10)
+            page = browser.post(
+                server.url + "/device",
+                data={"csrf_token": hidden(form.text, "csrf_token"), "user_code": code.user_code},
+                timeout=10,
+            )
+            assert page.status_code == 200, page.text[:2000]
+            shown["page"] = page.text
+            done = browser.post(
+                server.url + "/device/consent",
+                data={
+                    "csrf_token": hidden(page.text, "csrf_token"),
+                    "request_id": hidden(page.text, "request_id"),
+                    "action": "approve",
+                    "cap_usd": "1",
+                    "window": "month",
+                    "models": checkboxes(page.text, "models"),
+                    "expires_in": _selected(page.text, "expires_in"),  # as pre-selected
+                },
+                timeout=10,
+            )
+            assert done.status_code == 200 and "Device connected" in done.text, done.text[:2000]
+
+    before = time.time()
+    with Keyfob(server.url, client_id, cache=MemoryCache()) as app:
+        tokens = app.sign_in(on_code=person_allows, suggest={"expires_in": "600"})
+        assert "The app asks for access that ends" in shown["page"]
+        assert _selected(shown["page"], "expires_in") == "600"
+        grant = _grant(server)
+        assert grant.expires_at is not None
+        assert before + 600 <= grant.expires_at <= time.time() + 600
+        assert tokens.expires_at <= grant.expires_at + 1  # the token ends with the grant
+        with app.openai(max_retries=0) as c:
+            c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+            _set_expiry(server, time.time() + 1.5)
+            time.sleep(1.7)
+            # the 401 makes the helper refresh, and the refresh token ended with the grant
+            with pytest.raises(KeyfobError) as refused:
+                c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+        assert refused.value.code == "invalid_grant" and "expired or revoked" in str(refused.value)
+        with pytest.raises(KeyfobError, match=r"not signed in|sign in again"):
+            app.access_token()  # signed out: the CLI must run the device flow again
+
+
 # --- keyfob dev-token ---------------------------------------------------------------------
 
 
@@ -266,3 +327,35 @@ async def test_dev_token_refused_in_hosted_mode() -> None:
     kf: Any = types.SimpleNamespace(settings=Settings(mode="hosted"))
     with pytest.raises(DevTokenRefused, match="hosted"):
         await mint_dev_token(kf, app_ref="x")
+
+
+def test_dev_token_is_refused_by_the_cli_in_hosted_mode(data_dir: Path) -> None:
+    """``keyfob dev-token`` on a hosted server (PostgreSQL, a master key from the
+    environment) with an owner: refused in words, nothing printed, no app registered."""
+    import asyncpg
+
+    name = f"keyfob_devtoken_{secrets.token_hex(6)}"
+
+    async def database(sql: str) -> None:
+        admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+        try:
+            await admin.execute(sql)
+        finally:
+            await admin.close()
+
+    asyncio.run(database(f'CREATE DATABASE "{name}"'))
+    try:
+        hosted = {
+            "KEYFOB_MODE": "hosted",
+            "KEYFOB_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+            "KEYFOB_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        }
+        cli(data_dir, "init", "--username", "owner", KEYFOB_PASSWORD="a long password", **hosted)
+        refused = cli(data_dir, "dev-token", "My tool", check=False, **hosted)
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert "dev tokens are for a personal server" in " ".join(refused.stderr.split())
+        assert "kfat_" not in refused.stderr
+        listed = cli(data_dir, "apps", "list", **hosted).stdout
+        assert "My tool" not in listed
+    finally:
+        asyncio.run(database(f'DROP DATABASE "{name}" WITH (FORCE)'))

@@ -1,6 +1,8 @@
 """Every page of the dashboard in Debian's Chromium (issue 14's proof), at 1280 px and at
 390 px (a phone), light and dark: no horizontal overflow, no console errors, no serious or
 critical axe-core violations; screenshots in tests/screenshots/ for a person to look at.
+The pages only reached by doing something (an app registered, a device connected), the
+first-run setup page and the server-error page are walked too.
 And the question the dashboard exists for: what did app X cost me this week, answered
 from the overview in one click, equal to the ledger.
 
@@ -16,14 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import openai
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from keyfob.allowance.windows import calendar_week
 from keyfob.money import usd_summary
 from keyfob.oauth import rfc7636
 from keyfob.store import Store
-from tests.chromium import axe_violations, browser, screenshot
+from tests.chromium import axe_violations, browser, missing, screenshot
 from tests.conftest import OWNER, OWNER_PASSWORD
 from tests.fake_upstream import FakeUpstream
 from tests.oauth_app import LiveServer
@@ -31,6 +37,8 @@ from tests.support import grant_token
 
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
 MODEL = "up/gpt-4o-mini"
+SETUP_TOKEN = "s" * 32
+BOOM = "/_test/boom"
 
 
 class Site:
@@ -109,8 +117,22 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             await store.grants.revoke(s.ids["gone"])
 
         server.in_store(revoke)
+
+        async def boom(request: Request) -> Response:
+            raise RuntimeError("a bug, for the server-error page")
+
+        # the one way to see the 500 page as served: a route that fails, added for the test
+        server.app.router.routes.insert(0, Route(BOOM, boom))
         yield s
     up.close()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A Keyfob with no owner yet: the only one whose setup page is open."""
+    data = tmp_path_factory.mktemp("first-run") / "data"
+    with LiveServer(data, owner=False, setup_token=SETUP_TOKEN) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -175,40 +197,89 @@ def _check(page: Any, name: str, errors: list[str]) -> None:
     assert not errors, f"{name}: console errors {errors}"
 
 
-#: Overflow depends on the width only and contrast on the theme only, so the dark theme is
-#: walked once (at desktop width), which keeps the module's run short.
-@pytest.mark.parametrize(
-    ("width", "scheme"), [("desktop", "light"), ("phone", "light"), ("desktop", "dark")]
-)
+#: Every page at both widths in both themes: overflow depends on the width, contrast on
+#: the theme, and a phone's narrow layout (stacked tables, wrapped header) has colours of
+#: its own.
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", ["desktop", "phone"])
 def test_every_page_fits_is_accessible_and_quiet(
-    site: Site, chrome: Any, width: str, scheme: str
+    site: Site, first_run: LiveServer, chrome: Any, width: str, scheme: str
 ) -> None:
     w, h = WIDTHS[width]
     context = chrome.new_context(viewport={"width": w, "height": h}, color_scheme=scheme)
+    walk = Walk(width, scheme)
     try:
-        pages = {"login": "/login"}
-        for name, path in pages.items():  # logged out first
-            _visit(context, site, name, path, width, scheme)
+        # logged out first: login, and the first-run setup of a Keyfob with no owner
+        walk.visit(context, site.url, "login", "/login")
+        walk.visit(context, first_run.url, "setup", f"/setup?token={SETUP_TOKEN}")
         _login(context, site.url)
         for name, path in _pages(site).items():
-            _visit(context, site, name, path, width, scheme)
+            walk.visit(context, site.url, name, path, 404 if name == "not-found" else 200)
+        walk.visit(context, site.url, "server-error", BOOM, 500)
+        _register_app(context, site, walk)
+        _connect_device(context, site, walk)
     finally:
         context.close()
 
 
-def _visit(context: Any, site: Site, name: str, path: str, width: str, scheme: str) -> None:
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    response = page.goto(site.url + path)
-    assert response is not None
-    expected = 404 if name == "not-found" else 200
-    assert response.status == expected, (name, response.status)
-    if name == "not-found":
-        errors[:] = [e for e in errors if "404" not in e]  # the page's own status
-    screenshot(page, f"{name}-{width}-{scheme}")
-    _check(page, f"{name} at {width} ({scheme})", errors)
+class Walk:
+    """One width and theme: open pages, check each, keep a screenshot of each."""
+
+    def __init__(self, width: str, scheme: str) -> None:
+        self.width, self.scheme = width, scheme
+
+    def open(self, context: Any) -> tuple[Any, list[str]]:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        return page, errors
+
+    def visit(self, context: Any, base: str, name: str, path: str, status: int = 200) -> None:
+        page, errors = self.open(context)
+        response = page.goto(base + path)
+        assert response is not None
+        assert response.status == status, (name, response.status)
+        if status != 200:  # the browser logs the page's own status as a failed load
+            errors[:] = [e for e in errors if str(status) not in e]
+        self.check(page, name, errors)
+        page.close()
+
+    def check(self, page: Any, name: str, errors: list[str]) -> None:
+        screenshot(page, f"{name}-{self.width}-{self.scheme}")
+        _check(page, f"{name} at {self.width} ({self.scheme})", errors)
+
+
+def _register_app(context: Any, site: Site, walk: Walk) -> None:
+    """The page a new app's credentials are shown on (once), reached as a person does."""
+    page, errors = walk.open(context)
+    page.goto(site.url + "/apps/new")
+    page.fill("#name", f"Walked app {walk.width} {walk.scheme}")
+    page.fill("#redirect_uris", "https://walked.example/cb")
+    page.check("#type-confidential")
+    page.click("form[action='/apps/new'] button[type=submit]")  # not the menu's Log out
+    page.wait_for_load_state()
+    assert "kfcs_" in page.content(), "the client secret is shown once"
+    walk.check(page, "app-created", errors)
+    page.close()
+
+
+def _connect_device(context: Any, site: Site, walk: Walk) -> None:
+    """A device's code typed in, its consent page, and the page that says it is done."""
+    codes = httpx.post(
+        site.url + "/oauth/device_authorization",
+        data={"client_id": site.ids["writer_client"]},
+        timeout=10,
+    )
+    assert codes.status_code == 200, codes.text
+    page, errors = walk.open(context)
+    page.goto(site.url + "/device?" + urlencode({"user_code": codes.json()["user_code"]}))
+    page.click("form[action='/device'] button[type=submit]")
+    page.wait_for_selector("button[value=approve]")
+    walk.check(page, "device-consent", errors)
+    page.click("button[value=approve]")
+    page.wait_for_selector("h1:has-text('Device connected')")
+    walk.check(page, "device-done", errors)
     page.close()
 
 
@@ -263,3 +334,12 @@ def test_refused_call_and_revoked_app_show_on_the_overview(site: Site, chrome: A
         assert "Old App" in page.locator("section", has_text="Revoked apps").inner_text()
     finally:
         context.close()
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser tests"):
+        missing("Debian's chromium is not installed (make browser)")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        missing("Debian's chromium is not installed (make browser)")

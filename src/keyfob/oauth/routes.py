@@ -53,6 +53,7 @@ from keyfob.oauth.consent import (
 from keyfob.oauth.errors import OAuthError
 from keyfob.oauth.grants import token_ttls_s
 from keyfob.oauth.rfc6749 import AuthorizationRequest
+from keyfob.oauth.sign_in_words import sign_in_words
 from keyfob.store.apps import UNCHANGED, Unchanged
 from keyfob.store.records import Grant, User
 from keyfob.web.consent_view import DEFAULT_CAP_USD, cheapest, model_choices, summary
@@ -324,15 +325,8 @@ def _authorize_error(request: Request, exc: OAuthError, status: int) -> Response
     if exc.redirect_uri is None:
         # Never sent back to an address Keyfob cannot trust (RFC 9700): the person is told
         # what to do here; the technical reason is kept for the app's developer.
-        return error_page(
-            request,
-            400,
-            "This sign-in link does not work",
-            "The app that sent you here is not set up correctly with this Keyfob, so "
-            "Keyfob will not send you back to it.",
-            next_step="Go back to the app and try signing in again. If it keeps happening, "
-            "tell the app's developer: " + (exc.description or exc.error) + ".",
-        )
+        words = sign_in_words(exc, kf_of(request).settings.issuer)
+        return error_page(request, 400, words.title, words.message, next_step=words.next_step)
     return redirect(rfc6749.error_redirect(exc, kf_of(request).settings.issuer), status)
 
 

@@ -65,10 +65,16 @@ def cheapest(choices: list[ModelChoice]) -> list[str]:
 
 
 def summary(app_name: str, cap_micro_usd: int | None, window: str, models: int) -> str:
-    """ "Story Writer may spend up to $5.00 per month on these 2 models; ..."."""
+    """ "Story Writer may spend up to $5.00 per month on these 2 models, as filled in
+    below; ...".
+
+    The page works without JavaScript (and its CSP allows none), so this line cannot
+    follow the form as the person edits it: it says that it describes the form as filled
+    in, and that what they choose there is what applies. Each period's option says when
+    it resets, so the choice itself needs no summary."""
     what = f"these {models} models" if models != 1 else "this model"
     cap = f"up to {usd_summary(cap_micro_usd)}" if cap_micro_usd is not None else "what you set"
     return (
-        f"{app_name} may spend {cap} per {window} on {what}; "
-        "you can change or revoke this at any time."
+        f"{app_name} may spend {cap} per {window} on {what}, as filled in below; "
+        "what you choose there is what applies, and you can change or revoke it at any time."
     )

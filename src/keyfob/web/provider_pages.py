@@ -1,5 +1,6 @@
 """A person's providers: the list with every model's price, linking one (tested first),
-editing the address, key and models, price overrides, and removing one (confirmed).
+editing the address, key and models (tested again when the address or key changes, with
+a "save anyway" choice when the test fails), price overrides, and removing one (confirmed).
 
 Keys are never rendered, not even back into the form they were typed in. A model with no
 known price is flagged where the person can fix it: a call to it would be refused.
@@ -16,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from keyfob.money import parse_usd, usd_input
 from keyfob.pricing.prices import Price, UnknownPrice, price_for
-from keyfob.providers.connection import try_connection, unpriced_models
+from keyfob.providers.connection import ConnectionResult, try_connection, unpriced_models
 from keyfob.providers.linking import LinkRefused, link_provider, normalise_base_url
 from keyfob.store import reports
 from keyfob.store.records import Provider, User
@@ -251,6 +252,8 @@ async def provider_page(request: Request) -> Response:
     base_url = provider.base_url
     models_text = ", ".join(provider.models)
     status = 200
+    offer_anyway = untested = api_key_typed = False
+    tested: ConnectionResult | None = None
     if request.method == "POST":
         try:
             form = await read_form(request, kf.settings.max_form_bytes)
@@ -260,6 +263,7 @@ async def provider_page(request: Request) -> Response:
             )
         base_url, models_text = form.get("base_url").strip(), form.get("models")
         api_key = form.get("api_key").strip() or None
+        api_key_typed = api_key is not None
         models = _split_models(models_text)
         url = provider.base_url
         try:
@@ -272,6 +276,17 @@ async def provider_page(request: Request) -> Response:
             verdict = check_credential(provider.kind, api_key)
             if not verdict.allowed:
                 errors["api_key"] = verdict.explanation
+        removing = api_key is None and form.get("remove_key") == "1"
+        if not errors and (url != provider.base_url or api_key is not None or removing):
+            if form.get("save_anyway") == "1":
+                untested = True
+            else:
+                result = await _try_edit(request, provider, url, api_key, removing)
+                if not result.ok:
+                    errors[result.field or "base_url"] = result.problem
+                    offer_anyway = True
+                else:
+                    tested = result
         if not errors:
             if url != provider.base_url:
                 await kf.store.providers.set_base_url(provider.id, url)
@@ -281,7 +296,16 @@ async def provider_page(request: Request) -> Response:
             elif form.get("remove_key") == "1":
                 await kf.store.providers.set_credential(provider.id, None)
             await kf.store.providers.set_models(provider.id, models)
-            flash(request, f"Saved {provider.name}.")
+            if tested is not None:
+                flash(request, f"Saved {provider.name}; it {answered(tested.models)}")
+            elif untested:
+                flash(
+                    request,
+                    f"Saved {provider.name} without a connection test; use “Test the "
+                    "connection” when it is reachable.",
+                )
+            else:
+                flash(request, f"Saved {provider.name}.")
             refreshed = await kf.store.providers.get(provider.id)
             if refreshed is not None:
                 await _flag_unpriced(request, refreshed)
@@ -298,8 +322,39 @@ async def provider_page(request: Request) -> Response:
         models=models_text,
         prices=await model_prices(request, provider),
         errors=errors,
+        offer_anyway=offer_anyway,
+        retype_key=offer_anyway and api_key_typed,
         error="Nothing was saved; see the notes by the fields." if errors else None,
     )
+
+
+async def _try_edit(
+    request: Request, provider: Provider, url: str, api_key: str | None, removing: bool
+) -> ConnectionResult:
+    """The connection test of an edit: the new address with the new key (or the stored
+    one when no new key was typed, or none when it is being deleted)."""
+    from keyfob.providers.linking import decrypt_key
+
+    kf = kf_of(request)
+    if api_key is None and not removing:
+        api_key = await decrypt_key(kf, provider)
+    return await try_connection(
+        kf, kind=provider.kind, base_url=url, api_key=api_key, is_local=provider.is_local
+    )
+
+
+def answered(models: list[str], shown: int = 5) -> str:
+    """What a passed connection test found, in words: the models, or how many plus the
+    first few ("answered and lists 12 models, among them a, b, c, d and e.")."""
+    n = len(models)
+    if n == 0:
+        return "answered, but lists no models; type the model names yourself."
+    if n == 1:
+        return f"answered and lists 1 model: {models[0]}."
+    if n <= shown:
+        return f"answered and lists {n} models: {', '.join(models[:-1])} and {models[-1]}."
+    first = models[:shown]
+    return f"answered and lists {n} models, among them {', '.join(first[:-1])} and {first[-1]}."
 
 
 async def _flag_unpriced(request: Request, provider: Provider) -> None:
@@ -334,11 +389,15 @@ async def test_provider(request: Request) -> Response:
         is_local=provider.is_local,
     )
     if result.ok:
-        flash(
-            request,
-            f"{provider.name} answered and lists {len(result.models)} "
-            f"model{'' if len(result.models) == 1 else 's'}.",
-        )
+        flash(request, f"{provider.name} {answered(result.models)}")
+        missing = [m for m in provider.models if result.models and m not in result.models]
+        if missing:
+            flash(
+                request,
+                f"It does not list {', '.join(missing[:5])}; check the spelling of the "
+                "models below.",
+                "error",
+            )
     else:
         flash(request, f"Connection test failed: {result.problem}.", "error")
     return redirect(f"/providers/{provider.id}")
