@@ -18,6 +18,7 @@ from keyfob.store.engine import create_engine
 from keyfob.store.metering import MeteringRepo
 from keyfob.store.migrate import upgrade
 from keyfob.store.overruns import OverrunsRepo
+from keyfob.store.people import PeopleRepo
 from keyfob.store.reports import RefusalsRepo
 from keyfob.store.sessions import SessionsRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
@@ -52,6 +53,7 @@ class Store:
     refusals: RefusalsRepo
     sessions: SessionsRepo
     overruns: OverrunsRepo
+    people: PeopleRepo
 
     hot: SqliteHotPath | None = None
 
@@ -71,6 +73,7 @@ class Store:
             RefusalsRepo(engine, hot),
             SessionsRepo(engine),
             OverrunsRepo(engine, hot),
+            PeopleRepo(engine),
             hot,
         )
 
