@@ -159,7 +159,7 @@ async def _owner(kf: Any) -> Any:
 async def _apps_of(kf: Any, app_ref: str) -> list[Any]:
     """The person's own apps (registered or granted) named or with client_id ``app_ref``."""
     owner = await _owner(kf)
-    mine = await kf.store.clients.visible_to(owner.id, unowned=owner.is_admin)
+    mine = await kf.store.clients.visible_to(owner.id)
     return [c for c in mine if app_ref in (c.id, c.name)]
 
 
@@ -583,7 +583,7 @@ def apps_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
         owner = await _owner(kf)
         grants = {g.client_id: g for g in await kf.store.grants.list(owner.id)}
         rows = []
-        for c in await kf.store.clients.visible_to(owner.id, unowned=owner.is_admin):
+        for c in await kf.store.clients.visible_to(owner.id):
             g = grants.get(c.id)
             rows.append((c, g, await kf.allowance.limits(g) if g is not None else []))
         return rows

@@ -74,7 +74,7 @@ async def mint_dev_token(
     if not chosen:
         raise DevTokenRefused("link a provider first (`keyfob providers add`)")
     # the person's own apps only: another person's apps are theirs alone
-    mine = await store.clients.visible_to(owner.id, unowned=owner.is_admin)
+    mine = await store.clients.visible_to(owner.id)
     found = [c for c in mine if app_ref in (c.id, c.name)]
     if len(found) > 1:
         raise DevTokenRefused(f"several apps are named {app_ref!r}; use the client_id")

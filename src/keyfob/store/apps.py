@@ -103,15 +103,13 @@ class ClientsRepo:
             rows = (await conn.execute(select(t.clients).order_by(t.clients.c.created_at))).all()
         return [Client.of(r) for r in rows]
 
-    async def visible_to(self, user_id: str, *, unowned: bool = False) -> builtins.list[Client]:
-        """The apps a person may see: those they registered, those they ever granted,
-        and (``unowned``, for admins) the apps that registered themselves. Another
-        person's registered apps are theirs alone."""
+    async def visible_to(self, user_id: str) -> builtins.list[Client]:
+        """The apps a person sees: those they registered and those they ever allowed.
+        Another person's apps are theirs alone, and so is an app that registered itself
+        (listing it would tell who uses what); admins see every app on the admin page."""
         c = t.clients.c
         granted = select(t.grants.c.client_id).where(t.grants.c.user_id == user_id)
         seen = (c.registered_by == user_id) | c.id.in_(granted)
-        if unowned:
-            seen = seen | c.registered_by.is_(None)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(t.clients).where(seen).order_by(c.created_at))).all()
         return [Client.of(r) for r in rows]

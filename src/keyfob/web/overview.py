@@ -147,7 +147,7 @@ async def dashboard(request: Request) -> Response:
         refusals=refusals,
         overruns=overruns,
         has_providers=bool(providers),
-        clients=await kf.store.clients.visible_to(user.id, unowned=user.is_admin),
+        clients=await kf.store.clients.visible_to(user.id),
         tz=user.timezone,
     )
 
