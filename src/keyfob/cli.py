@@ -150,10 +150,17 @@ async def _open(data_dir: Path | None, database_url: str | None) -> Any:
 
 
 async def _owner(kf: Any) -> Any:
-    owner = await kf.store.users.owner()
-    if owner is None:
-        raise fail("no owner yet: run `keyfob init` first")
-    return owner
+    """The person the command acts for: ``--user NAME`` (cli_users.py), else the owner."""
+    from keyfob.cli_users import person
+
+    return await person(kf)
+
+
+async def _apps_of(kf: Any, app_ref: str) -> list[Any]:
+    """The person's own apps (registered or granted) named or with client_id ``app_ref``."""
+    owner = await _owner(kf)
+    mine = await kf.store.clients.visible_to(owner.id)
+    return [c for c in mine if app_ref in (c.id, c.name)]
 
 
 def _with_kf(
@@ -548,7 +555,11 @@ def apps_add(
 
     async def body(kf: Any) -> tuple[Any, str | None]:
         return await register_app(
-            kf.store, name=name, redirect_uris=list(redirect_uris), public=not confidential
+            kf.store,
+            name=name,
+            redirect_uris=list(redirect_uris),
+            public=not confidential,
+            registered_by=await _owner(kf),
         )
 
     try:
@@ -572,7 +583,7 @@ def apps_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
         owner = await _owner(kf)
         grants = {g.client_id: g for g in await kf.store.grants.list(owner.id)}
         rows = []
-        for c in await kf.store.clients.list():
+        for c in await kf.store.clients.visible_to(owner.id):
             g = grants.get(c.id)
             rows.append((c, g, await kf.allowance.limits(g) if g is not None else []))
         return rows
@@ -613,7 +624,7 @@ def apps_revoke(
 
     async def body(kf: Any) -> int:
         owner = await _owner(kf)
-        clients = [c for c in await kf.store.clients.list() if app_ref in (c.id, c.name)]
+        clients = await _apps_of(kf, app_ref)
         if not clients:
             raise fail(f"no app {app_ref!r}")
         ended = 0
@@ -710,7 +721,7 @@ app.add_typer(wallet_app, name="wallet")
 
 async def _grant_of(kf: Any, app_ref: str) -> Any:
     owner = await _owner(kf)
-    for c in await kf.store.clients.list():
+    for c in await _apps_of(kf, app_ref):
         if app_ref in (c.id, c.name):
             grant = await kf.store.grants.active_for(owner.id, c.id)
             if grant is not None:
@@ -979,5 +990,7 @@ def main() -> None:
     app()
 
 
-# `keyfob apps expire` and `keyfob dev-token` (registered on import)
-from keyfob import cli_grants  # noqa: E402
+# `keyfob apps expire` and `keyfob dev-token`, then `keyfob users ...` and `--user NAME`
+# on the commands that act for a person (cli_users.py; after cli_grants, whose commands
+# get the option too). Registered on import.
+from keyfob import cli_grants, cli_users  # noqa: E402, F401

@@ -10,7 +10,18 @@ from typing import Annotated, Any
 
 import typer
 
-from keyfob.cli import DatabaseUrl, DataDir, _grant_of, _with_kf, app, apps_app, console, err, fail
+from keyfob.cli import (
+    DatabaseUrl,
+    DataDir,
+    _grant_of,
+    _owner,
+    _with_kf,
+    app,
+    apps_app,
+    console,
+    err,
+    fail,
+)
 
 _DURATION = re.compile(r"^(\d{1,9})([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -135,6 +146,7 @@ def dev_token(
             ttl_s=ttl_s,
             models=models,
             replace=replace,
+            user=await _owner(kf),
         )
         return made, kf.settings.issuer
 

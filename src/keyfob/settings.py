@@ -15,6 +15,9 @@ from typing import Literal
 import platformdirs
 
 Mode = Literal["personal", "hosted"]
+#: Who may create an account: ``closed`` (an admin adds people), ``invite`` (whoever
+#: holds an invite code), ``open`` (anyone). Hosted mode only; personal mode is closed.
+SIGNUP_MODES = ("closed", "invite", "open")
 
 
 class UnsafeSettings(ValueError):
@@ -95,6 +98,8 @@ class Settings:
     #: logins beyond this wait, and beyond ``login_queue_max`` waiting are refused (503).
     concurrent_password_hashes: int = 1
     login_queue_max: int = 16
+    #: Signup mode (``KEYFOB_SIGNUP``): one of ``SIGNUP_MODES``.
+    signup: str = "closed"
 
     @property
     def issuer(self) -> str:
@@ -141,6 +146,7 @@ class Settings:
             setup_token=env.get("KEYFOB_SETUP_TOKEN") or None,
             session_idle_s=_env_int("KEYFOB_SESSION_IDLE", base.session_idle_s),
             instance_id=env.get("KEYFOB_INSTANCE_ID") or None,
+            signup=env.get("KEYFOB_SIGNUP", "").strip().lower() or base.signup,
         )
 
     def check_safe(self) -> None:
@@ -155,6 +161,15 @@ class Settings:
         from keyfob.guard import parse_networks
 
         parse_networks(self.trusted_proxies)  # raises UnsafeSettings on a bad entry
+        if self.signup not in SIGNUP_MODES:
+            raise UnsafeSettings(
+                f"KEYFOB_SIGNUP is one of {', '.join(SIGNUP_MODES)}, not {self.signup!r}"
+            )
+        if self.mode == "personal" and self.signup != "closed":
+            raise UnsafeSettings(
+                "signup is for hosted mode; a personal Keyfob has one owner, who may add "
+                "people with `keyfob users add`"
+            )
         if self.setup_token is not None and len(self.setup_token) < 16:
             raise UnsafeSettings("KEYFOB_SETUP_TOKEN needs at least 16 characters")
         if self.mode == "personal" and not loopback:

@@ -20,6 +20,8 @@ class Kind(StrEnum):
     CODE = "kfac"
     CLIENT_SECRET = "kfcs"  # noqa: S105 - a prefix, not a secret
     DEVICE = "kfdc"
+    INVITE = "kfiv"
+    PASSWORD_LINK = "kfpw"  # noqa: S105 - a prefix, not a secret
 
 
 def new_token(kind: Kind) -> str:

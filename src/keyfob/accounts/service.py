@@ -43,13 +43,19 @@ async def create_owner(
         raise AccountError(f"unknown time zone {timezone!r}")
     check_strength(password)
     password_hash = await _run(limiter, hash_password, password)
-    return await store.users.create(username, password_hash, timezone=timezone, is_owner=True)
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return await store.users.create(username, password_hash, timezone=timezone, is_owner=True)
+    except IntegrityError:  # two first runs at once, or the name is taken
+        raise AccountError("this Keyfob already has an owner, or the name is taken") from None
 
 
 async def authenticate(
     store: Store, username: str, password: str, limiter: HashLimiter | None = None
 ) -> User | None:
-    """The user when the password matches. An unknown name costs a hash too (timing)."""
+    """The user when the password matches (a disabled person too: the caller says so, to
+    whoever knows the password only). An unknown name costs a hash too (timing)."""
     user = await store.users.by_username(username) if USERNAME.match(username) else None
     if user is None:
         await _run(limiter, verify_password, DUMMY_HASH, password)

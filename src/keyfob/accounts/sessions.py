@@ -53,9 +53,13 @@ async def resolve(
     if now - found.last_seen_at > rules.idle_s or now - found.created_at > rules.max_s:
         await store.sessions.delete(id_hash)
         return None
+    user = await store.users.get(found.user_id)
+    if user is None or not user.active:  # disabling ends sessions; this is the backstop
+        await store.sessions.delete(id_hash)
+        return None
     if now - found.last_seen_at > TOUCH_EVERY_S:
         await store.sessions.touch(id_hash, now)
-    return await store.users.get(found.user_id)
+    return user
 
 
 async def end(store: Store, session_id: str) -> None:

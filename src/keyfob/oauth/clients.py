@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keyfob.oauth import rfc8252
 from keyfob.store import Store
-from keyfob.store.records import Client
+from keyfob.store.records import Client, User
 from keyfob.tokens import Kind, hash_token, new_token
 
 MAX_NAME = 128
@@ -46,12 +46,19 @@ def check_redirect_uris(redirect_uris: list[str]) -> list[str]:
 
 
 async def register_app(
-    store: Store, *, name: str, redirect_uris: list[str], public: bool
+    store: Store,
+    *,
+    name: str,
+    redirect_uris: list[str],
+    public: bool,
+    registered_by: User | None = None,
 ) -> tuple[Client, str | None]:
     """Register an app. Returns the client and, for a confidential app, its secret (once).
 
     Public apps (native, CLI, single-page) cannot keep a secret and rely on PKCE alone;
     confidential apps (server-side web apps) also authenticate at the token endpoint.
+    Any person may register apps (``registered_by``); an admin's are verified at once,
+    a member's once an admin marks them (consent shows which).
     """
     clean_name = check_name(name)
     uris = check_redirect_uris(redirect_uris)
@@ -61,5 +68,7 @@ async def register_app(
         redirect_uris=uris,
         is_public=public,
         secret_hash=hash_token(secret) if secret else None,
+        registered_by=registered_by.id if registered_by else None,
+        verified=registered_by is not None and registered_by.is_admin,
     )
     return client, secret

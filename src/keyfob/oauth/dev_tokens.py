@@ -17,7 +17,7 @@ from keyfob.allowance.policy import Policy, SpendLimit
 from keyfob.context import Keyfob
 from keyfob.oauth.clients import register_app
 from keyfob.oauth.grants import ACCESS, token_ttls_s
-from keyfob.store.records import Client, Grant, Token
+from keyfob.store.records import Client, Grant, Token, User
 from keyfob.tokens import Kind, hash_token, new_id, new_token
 
 DEFAULT_CAP_MICRO_USD = 1_000_000
@@ -50,6 +50,7 @@ async def mint_dev_token(
     ttl_s: int = DEFAULT_TTL_S,
     models: list[str] | None = None,
     replace: bool = False,
+    user: User | None = None,
 ) -> DevToken:
     """An access token for the app named (or with client_id) ``app_ref``, registering a
     public app of that name when there is none."""
@@ -62,7 +63,7 @@ async def mint_dev_token(
     if cap_micro_usd <= 0:
         raise DevTokenRefused("a dev token needs a cap above zero")
     store = kf.store
-    owner = await store.users.owner()
+    owner = user if user is not None else await store.users.owner()
     if owner is None:
         raise DevTokenRefused("no owner yet: run `keyfob init` first")
     linked = [f"{p.name}/{m}" for p in await store.providers.list(owner.id) for m in p.models]
@@ -72,7 +73,9 @@ async def mint_dev_token(
         raise DevTokenRefused(f"not a linked model: {', '.join(unknown)}")
     if not chosen:
         raise DevTokenRefused("link a provider first (`keyfob providers add`)")
-    found = [c for c in await store.clients.list() if app_ref in (c.id, c.name)]
+    # the person's own apps only: another person's apps are theirs alone
+    mine = await store.clients.visible_to(owner.id)
+    found = [c for c in mine if app_ref in (c.id, c.name)]
     if len(found) > 1:
         raise DevTokenRefused(f"several apps are named {app_ref!r}; use the client_id")
     created = not found
@@ -80,7 +83,7 @@ async def mint_dev_token(
         client = found[0]
     else:
         client, _secret = await register_app(
-            store, name=app_ref, redirect_uris=[DEV_REDIRECT_URI], public=True
+            store, name=app_ref, redirect_uris=[DEV_REDIRECT_URI], public=True, registered_by=owner
         )
     now = time.time()
     existing = await store.grants.active_for(owner.id, client.id)

@@ -197,6 +197,7 @@ async def _consent(
         ends_choices.insert(0, (KEEP_EXPIRY, f"keep: ends {ends}"))
         if suggestion.expires_in_s is None:
             expiry = KEEP_EXPIRY
+    client = await kf.store.clients.get(ask.client_id)
     return page(
         request,
         "consent.html",
@@ -205,6 +206,10 @@ async def _consent(
         hide_nav=True,
         app_name=ask.client_name,
         client_kind=ask.client_kind,
+        # An admin vouched for the app (or registered it); who registered it is shown only
+        # to that person ("you"): another person's apps are theirs alone.
+        verified=client is not None and client.verified,
+        registered_by_you=client is not None and client.registered_by == user.id,
         client_host=urlsplit(ask.client_id).netloc
         if ask.client_kind == "metadata_document"
         else None,

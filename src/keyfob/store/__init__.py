@@ -21,6 +21,7 @@ from keyfob.store.metering.reads import LedgerReads
 from keyfob.store.metering.sqlite_tx import SqliteMetering
 from keyfob.store.migrate import upgrade
 from keyfob.store.overruns import OverrunsRepo
+from keyfob.store.people import PeopleRepo
 from keyfob.store.reports import RefusalsRepo
 from keyfob.store.sessions import SessionsRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
@@ -59,6 +60,7 @@ class Store:
     sessions: SessionsRepo
     overruns: OverrunsRepo
     instances: InstancesRepo
+    people: PeopleRepo
 
     hot: SqliteHotPath | None = None
 
@@ -82,6 +84,7 @@ class Store:
             SessionsRepo(engine),
             OverrunsRepo(engine, hot),
             InstancesRepo(engine),
+            PeopleRepo(engine),
             hot,
         )
 

@@ -20,8 +20,16 @@ class UsersRepo:
         self.engine = engine
 
     async def create(
-        self, username: str, password_hash: str, *, timezone: str = "UTC", is_owner: bool = False
+        self,
+        username: str,
+        password_hash: str,
+        *,
+        timezone: str = "UTC",
+        is_owner: bool = False,
+        role: str | None = None,
     ) -> User:
+        """A new person; the owner is always an admin. Raises ``IntegrityError`` when the
+        username is taken or a second owner is attempted (one-owner index)."""
         values = dict(
             id=new_id(),
             username=username,
@@ -29,10 +37,33 @@ class UsersRepo:
             timezone=timezone,
             is_owner=is_owner,
             created_at=time.time(),
+            role="admin" if is_owner else (role or "member"),
         )
         async with self.engine.begin() as conn:
             await conn.execute(insert(t.users).values(**values))
         return User(**values)  # type: ignore[arg-type]
+
+    async def list(self) -> builtins.list[User]:
+        """Everyone, oldest first (admin pages and ``keyfob users list``)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(t.users).order_by(t.users.c.created_at))).all()
+        return [User.of(r) for r in rows]
+
+    async def active_admins(self) -> int:
+        c = t.users.c
+        q = select(func.count()).where(c.role == "admin", c.disabled_at.is_(None))
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(q)).scalar_one())
+
+    async def set_role(self, user_id: str, role: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(t.users).where(t.users.c.id == user_id).values(role=role))
+
+    async def enable(self, user_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t.users).where(t.users.c.id == user_id).values(disabled_at=None)
+            )
 
     async def get(self, user_id: str) -> User | None:
         async with self.engine.connect() as conn:

@@ -69,16 +69,21 @@ class ClientsRepo:
         client_id: str | None = None,
         kind: str = "registered",
         metadata_json: str | None = None,
+        registered_by: str | None = None,
+        verified: bool = False,
     ) -> Client:
+        now = time.time()
         values = dict(
             id=client_id or f"kfapp_{new_id()[:20]}",
             name=name,
             redirect_uris_json=json.dumps(redirect_uris),
             is_public=is_public,
             secret_hash=secret_hash,
-            created_at=time.time(),
+            created_at=now,
             kind=kind,
             metadata_json=metadata_json,
+            registered_by=registered_by,
+            verified_at=now if verified else None,
         )
         async with self.engine.begin() as conn:
             await conn.execute(insert(t.clients).values(**values))
@@ -92,9 +97,32 @@ class ClientsRepo:
         return Client.of(row) if row else None
 
     async def list(self) -> list[Client]:
+        """Every app on this Keyfob: for admins' pages and internal lookups only; what a
+        person is shown comes from ``visible_to``."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(t.clients).order_by(t.clients.c.created_at))).all()
         return [Client.of(r) for r in rows]
+
+    async def visible_to(self, user_id: str) -> builtins.list[Client]:
+        """The apps a person sees: those they registered and those they ever allowed.
+        Another person's apps are theirs alone, and so is an app that registered itself
+        (listing it would tell who uses what); admins see every app on the admin page."""
+        c = t.clients.c
+        granted = select(t.grants.c.client_id).where(t.grants.c.user_id == user_id)
+        seen = (c.registered_by == user_id) | c.id.in_(granted)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(t.clients).where(seen).order_by(c.created_at))).all()
+        return [Client.of(r) for r in rows]
+
+    async def set_verified(self, client_id: str, verified: bool) -> bool:
+        """An admin vouches for (or withdraws from) an app's name; False: no such app."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(t.clients)
+                .where(t.clients.c.id == client_id)
+                .values(verified_at=time.time() if verified else None)
+            )
+        return bool(done.rowcount)
 
     async def save_document(
         self,
@@ -126,6 +154,9 @@ class ClientsRepo:
                     )
                 )
             elif row._mapping["kind"] == "metadata_document":
+                same = row._mapping["name"] == name and json.loads(
+                    row._mapping["redirect_uris_json"]
+                ) == list(redirect_uris)
                 await conn.execute(
                     update(t.clients)
                     .where(t.clients.c.id == client_id)
@@ -134,6 +165,8 @@ class ClientsRepo:
                         redirect_uris_json=json.dumps(redirect_uris),
                         metadata_json=metadata_json,
                         fetched_at=fetched_at,
+                        # an admin vouched for a name and redirect URIs, not for a URL
+                        verified_at=row._mapping["verified_at"] if same else None,
                     )
                 )
         client = await self.get(client_id)

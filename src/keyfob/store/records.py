@@ -23,6 +23,18 @@ class User:
     is_owner: bool
     created_at: float
     default_cap_micro_usd: int | None = None
+    #: admin | member
+    role: str = "member"
+    #: When an admin disabled the person (None: active).
+    disabled_at: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def active(self) -> bool:
+        return self.disabled_at is None
 
     @classmethod
     def of(cls, row: Any) -> User:
@@ -35,6 +47,8 @@ class User:
             bool(m["is_owner"]),
             m["created_at"],
             m["default_cap_micro_usd"],
+            m["role"],
+            m["disabled_at"],
         )
 
     def __repr__(self) -> str:  # keep the hash out of logs
@@ -112,6 +126,14 @@ class Client:
     kind: str = "registered"
     metadata_json: str | None = None
     fetched_at: float | None = None
+    #: Who registered it (None: it registered or describes itself).
+    registered_by: str | None = None
+    #: When an admin vouched for it (None: not verified).
+    verified_at: float | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.verified_at is not None
 
     @classmethod
     def of(cls, row: Any) -> Client:
@@ -126,6 +148,8 @@ class Client:
             m["kind"],
             m["metadata_json"],
             m["fetched_at"],
+            m["registered_by"],
+            m["verified_at"],
         )
 
     def __repr__(self) -> str:  # keep the secret's hash out of logs

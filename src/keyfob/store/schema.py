@@ -39,6 +39,18 @@ users = Table(
     #: Unused since sessions live in ``web_sessions`` (migration 0009), which also ends
     #: a single session at logout; kept so the column's migration stays reversible.
     Column("session_epoch", Integer, nullable=False, server_default="0"),
+    #: admin | member (migration 0018; the owner of a personal Keyfob is an admin).
+    Column("role", String(16), nullable=False, server_default="member"),
+    #: Set while an admin has disabled the person: no login, no session, no live grant.
+    Column("disabled_at", Float, nullable=True),
+)
+#: At most one owner (the first admin: the CLI's default person, the end of /setup).
+Index(
+    "uq_users_one_owner",
+    users.c.is_owner,
+    unique=True,
+    sqlite_where=text("is_owner = 1"),
+    postgresql_where=text("is_owner"),
 )
 
 providers = Table(
@@ -113,7 +125,14 @@ clients = Table(
     Column("metadata_json", Text, nullable=True),
     #: When a metadata document was last fetched.
     Column("fetched_at", Float, nullable=True),
+    #: The person who registered the app (web page or CLI); NULL for apps that registered
+    #: themselves (RFC 7591) or describe themselves (metadata documents).
+    Column("registered_by", String(32), nullable=True),
+    #: When an admin vouched for the app's name (consent shows it as verified); apps an
+    #: admin registers are verified from the start.
+    Column("verified_at", Float, nullable=True),
 )
+Index("ix_clients_registered_by", clients.c.registered_by)
 
 grants = Table(
     "grants",
@@ -369,3 +388,33 @@ limit_overruns = Table(
     Column("seen_at", Float, nullable=True),
 )
 Index("ix_limit_overruns_user", limit_overruns.c.user_id, limit_overruns.c.created_at)
+
+#: Invite codes (signup mode ``invite``): created by admins, stored as SHA-256, usable
+#: ``max_uses`` times until ``expires_at``.
+invites = Table(
+    "invites",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("code_hash", String(64), nullable=False, unique=True),
+    Column("created_by", String(32), nullable=True),
+    Column("note", String(200), nullable=True),
+    Column("max_uses", Integer, nullable=False, server_default="1"),
+    Column("uses", Integer, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+#: One-time password links an admin makes (a reset, or the first password of a person
+#: an admin added): only the SHA-256 of the code is kept, and a new link voids the older.
+password_resets = Table(
+    "password_resets",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("created_by", String(32), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)
+Index("ix_password_resets_user", password_resets.c.user_id)

@@ -49,8 +49,6 @@ async def link(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return login_redirect(request)
-    if not user.is_owner:
-        return error_page(request, 403, "Not allowed", "Only the owner links providers.", user)
     if request.method == "GET":
         return _form(request, user)
     try:
@@ -115,8 +113,6 @@ async def callback(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return login_redirect(request)
-    if not user.is_owner:
-        return error_page(request, 403, "Not allowed", "Only the owner links providers.", user)
     pending = request.session.pop(PENDING, None)  # used once, whatever happens next
     code = request.query_params.get("code", "")
     if (

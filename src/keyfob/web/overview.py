@@ -147,7 +147,7 @@ async def dashboard(request: Request) -> Response:
         refusals=refusals,
         overruns=overruns,
         has_providers=bool(providers),
-        clients=list(await kf.store.clients.list()) if user.is_owner else None,
+        clients=await kf.store.clients.visible_to(user.id),
         tz=user.timezone,
     )
 

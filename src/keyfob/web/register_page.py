@@ -1,5 +1,6 @@
-"""Registering an app (the owner's job): its name, redirect URIs and client type; a
-confidential app's secret is shown once."""
+"""Registering an app (any person's): its name, redirect URIs and client type; a
+confidential app's secret is shown once. An admin's app is verified at once; a member's
+shows as not verified on consent until an admin marks it (``admin_site.py``)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,6 @@ async def new_app(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return login_redirect(request)
-    if not user.is_owner:
-        return error_page(
-            request,
-            403,
-            "Only the owner registers apps",
-            "Apps are registered by the person who runs this Keyfob.",
-            user,
-            next_step="Ask them to register it, or let the app register itself.",
-        )
     if request.method == "GET":
         return page(
             request,
@@ -45,7 +37,11 @@ async def new_app(request: Request) -> Response:
     client_type = "confidential" if form.get("client_type") == "confidential" else "public"
     try:
         client, secret = await register_app(
-            kf.store, name=name, redirect_uris=uris.splitlines(), public=client_type == "public"
+            kf.store,
+            name=name,
+            redirect_uris=uris.splitlines(),
+            public=client_type == "public",
+            registered_by=user,
         )
     except InvalidClient as exc:
         field = "redirect_uris" if "redirect" in str(exc).lower() else "name"

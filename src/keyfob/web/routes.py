@@ -21,12 +21,15 @@ from keyfob.accounts.passwords import WeakPassword
 from keyfob.accounts.service import AccountError, authenticate, create_owner
 from keyfob.store.records import User
 from keyfob.web.account_pages import ROUTES as ACCOUNT_ROUTES
+from keyfob.web.admin_people import ROUTES as ADMIN_PEOPLE_ROUTES
+from keyfob.web.admin_site import ROUTES as ADMIN_SITE_ROUTES
 from keyfob.web.app_pages import ROUTES as APP_ROUTES
 from keyfob.web.errors import ROUTES as ERROR_ROUTES
 from keyfob.web.forms import FormError, read_form
 from keyfob.web.limits_page import ROUTES as LIMITS_ROUTES
 from keyfob.web.openrouter import ROUTES as OPENROUTER_ROUTES
 from keyfob.web.overview import dashboard, overruns_seen
+from keyfob.web.people_pages import ROUTES as PEOPLE_ROUTES
 from keyfob.web.provider_pages import ROUTES as PROVIDER_ROUTES
 from keyfob.web.ratelimit import LoginThrottle, login_throttle
 from keyfob.web.register_page import ROUTES as REGISTER_ROUTES
@@ -71,7 +74,9 @@ async def setup(request: Request) -> Response:
     owner. Why a token: the first visitor would otherwise win, and a web page reaching
     127.0.0.1 (DNS rebinding, a local proxy) is a visitor too."""
     kf = kf_of(request)
-    if await kf.store.users.owner() is not None:
+    # Closed for good once anyone runs this Keyfob (the owner, or an admin the CLI added
+    # on a hosted database: `keyfob users add NAME --admin`).
+    if await kf.store.users.owner() is not None or await kf.store.users.active_admins():
         return redirect("/login")
     if request.method == "GET" and "token" in request.query_params:
         if not _setup_token_ok(request, request.query_params["token"]):
@@ -124,7 +129,7 @@ async def login(request: Request) -> Response:
     if request.method == "GET":
         if await kf.store.users.owner() is None:
             return redirect("/setup")
-        return page(request, "login.html", next=next_url, username="", error=None)
+        return _login_page(request, next=next_url, username="", error=None)
     try:
         form = await read_form(request, kf.settings.max_form_bytes)
     except FormError as exc:
@@ -136,9 +141,8 @@ async def login(request: Request) -> Response:
     throttle = _throttle(request)
     wait = throttle.retry_after(username, address)
     if wait > 0:
-        response = page(
+        response = _login_page(
             request,
-            "login.html",
             429,
             next=next_url,
             username=username,
@@ -149,9 +153,8 @@ async def login(request: Request) -> Response:
     try:
         user = await authenticate(kf.store, username, password, hash_limiter(request))
     except HashingBusy:
-        response = page(
+        response = _login_page(
             request,
-            "login.html",
             503,
             next=next_url,
             username=username,
@@ -162,17 +165,27 @@ async def login(request: Request) -> Response:
     if user is None:
         throttle.failed(username, address)
         log.info("failed login for a username from %s", address)
-        return page(
-            request,
-            "login.html",
-            401,
-            next=next_url,
-            username=username,
-            error="Wrong username or password.",
+        return _login_page(
+            request, 401, next=next_url, username=username, error="Wrong username or password."
         )
     throttle.succeeded(username, address)
+    if not user.active:  # told only to whoever knows the password
+        return _login_page(
+            request,
+            403,
+            next=next_url,
+            username=username,
+            error="This account is disabled. Ask an admin of this Keyfob.",
+        )
     await sign_in(request, user)
     return redirect(next_url)
+
+
+def _login_page(request: Request, status: int = 200, **context: object) -> Response:
+    from keyfob.accounts.people import effective_signup
+
+    s = kf_of(request).settings
+    return page(request, "login.html", status, signup=effective_signup(s.mode, s.signup), **context)
 
 
 async def logout(request: Request) -> Response:
@@ -197,5 +210,8 @@ ROUTES: list[BaseRoute] = [
     *APP_ROUTES,
     *LIMITS_ROUTES,
     *ACCOUNT_ROUTES,
+    *PEOPLE_ROUTES,
+    *ADMIN_PEOPLE_ROUTES,
+    *ADMIN_SITE_ROUTES,
     *ERROR_ROUTES,
 ]
