@@ -362,7 +362,7 @@ def test_admin_sees_usage_per_person_never_their_keys(app: InProcess, up: FakeUp
     sign_in(app, OWNER, OWNER_PASSWORD)
     page = app.client.get("/admin/usage?range=all").text
     for name, user in people.items():
-        entries = app.run(app.store.metering.entries, user_id=user.id)
+        entries = app.run(app.store.ledger.entries, user_id=user.id)
         cost = sum(e.cost_micro_usd or 0 for e in entries)
         row = re.search(
             rf'<tr data-person="{name}">.*?data-label="Calls" class="num">(\d+)</td>.*?'
