@@ -53,7 +53,7 @@ def _limit_json(s: LimitState) -> dict[str, Any]:
 async def quote(request: Request) -> Response:
     kf: Keyfob = request.app.state.kf
     gw = GatewayState.of(request.app)
-    _hash, _token, grant = await authenticate(kf, gw.grants, request)
+    _hash, _token, grant = await authenticate(kf, gw.grants, request, fresh=True)
     try:
         raw = await read_limited(request, kf.settings.max_body_bytes)
     except BodyTooLarge as exc:
@@ -107,7 +107,7 @@ async def quote(request: Request) -> Response:
 async def allowance(request: Request) -> Response:
     kf: Keyfob = request.app.state.kf
     gw = GatewayState.of(request.app)
-    _hash, _token, grant = await authenticate(kf, gw.grants, request)
+    _hash, _token, grant = await authenticate(kf, gw.grants, request, fresh=True)
     limits = await kf.allowance.limits(grant)
     return JSONResponse(
         {
@@ -162,5 +162,5 @@ async def usage_report(
 async def usage(request: Request) -> Response:
     kf: Keyfob = request.app.state.kf
     gw = GatewayState.of(request.app)
-    _hash, _token, grant = await authenticate(kf, gw.grants, request)
+    _hash, _token, grant = await authenticate(kf, gw.grants, request, fresh=True)
     return await usage_report(kf, grant.user_id, grant.timezone, request.query_params, grant.id)
