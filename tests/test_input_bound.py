@@ -558,7 +558,8 @@ def _output_check(surface: Any, body: dict[str, Any], kind: str, honours: frozen
             assert 1024 <= thinking["budget_tokens"] < sent["max_tokens"], sent
 
 
-fits = st.none() | st.integers(1, 70_000)
+#: A fitted limit, or none; small fits often (around the 1,024-token thinking minimum).
+fits = st.none() | st.integers(1, 2_000) | st.integers(1, 70_000)
 
 
 @st.composite
@@ -586,10 +587,13 @@ def test_responses_output_the_upstream_writes_is_reserved(
 
 
 @FAST
-@given(messages_bodies(server_tools=False), kind_and_honours(), fits)
+@given(messages_bodies(server_tools=False), kind_and_honours(), fits, st.data())
 def test_messages_output_the_upstream_writes_is_reserved(
-    body: dict[str, Any], kh: tuple[str, frozenset[str]], fitted: int | None
+    body: dict[str, Any], kh: tuple[str, frozenset[str]], fitted: int | None, data: st.DataObject
 ) -> None:
+    if body["max_tokens"] > 1024 and data.draw(st.booleans()):  # extended thinking
+        budget = data.draw(st.integers(1024, body["max_tokens"] - 1))
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     _output_check(MESSAGES, body, kh[0], kh[1], fitted)
 
 
@@ -610,3 +614,19 @@ def test_a_generic_upstream_honouring_only_max_completion_tokens_is_the_document
                          adapter.wire, SETTINGS)  # fmt: skip
     sent = limit_plan(with_mct, adapter, OutputBound(500, app_set=True)).body
     assert upstream_writes("/chat/completions", sent, only_mct) == 500
+
+
+@FAST
+@given(st.integers(1025, 64_000), st.data())
+def test_a_fitted_anthropic_call_with_thinking_stays_valid(max_tokens: int, data: Any) -> None:
+    """Fitting lowers ``max_tokens``; the thinking budget must stay a valid one (at least
+    1,024 and below ``max_tokens``) or go, whatever the fit."""
+    budget = data.draw(st.integers(1024, max_tokens - 1))
+    fitted = data.draw(st.integers(1, max_tokens))
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "think"}],
+        "max_tokens": max_tokens,
+        "thinking": {"type": "enabled", "budget_tokens": budget},
+    }
+    _output_check(MESSAGES, body, "anthropic", _MT, fitted)

@@ -619,6 +619,15 @@ def test_dialects() -> None:
     thinking = {"max_tokens": 8000, "thinking": {"type": "enabled", "budget_tokens": 4000}}
     lowered = output_limit.anthropic("/messages", thinking, 3000)
     assert lowered["max_tokens"] == 3000 and lowered["thinking"]["budget_tokens"] == 2999
+    # a fit to 1,025 keeps the smallest budget; below it the budget cannot be valid (at
+    # least 1,024 and below max_tokens, else a 400), so thinking is dropped
+    assert output_limit.anthropic("/messages", thinking, 1025)["thinking"]["budget_tokens"] == 1024
+    for small in (1024, 600, 1):
+        dropped = output_limit.anthropic("/messages", thinking, small)
+        assert "thinking" not in dropped and dropped["max_tokens"] == small
+    kept = output_limit.anthropic("/messages", {**thinking, "max_tokens": 9000}, 5000)
+    assert kept["thinking"] == thinking["thinking"]  # a budget below the limit stays
+    assert thinking["thinking"]["budget_tokens"] == 4000  # never mutated
     assert body["max_tokens"] == 9  # never mutated
 
     class Plugin:
