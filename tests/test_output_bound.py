@@ -519,6 +519,82 @@ def test_whole_answer_past_the_bound_is_charged_its_real_cost(
     assert "ignored the output limit Keyfob sent it" in app.client.get("/providers").text
 
 
+@pytest.fixture
+def pg_app(tmp_path: Path, up: AdversarialUpstream) -> Iterator[InProcess]:
+    """The same gateway on PostgreSQL (the hosted metering path: one transaction per
+    reservation and settlement, no write-back)."""
+    import secrets
+
+    import asyncpg
+
+    name = f"keyfob_test_{secrets.token_hex(6)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    up.reset()
+    try:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        with InProcess(tmp_path / "data", models=(), database_url=url) as inproc:
+            assert inproc.store.engine.dialect.name == "postgresql" and inproc.store.hot is None
+            for kind in ("openai_compatible", "anthropic"):
+                link(inproc, kind, up.url(kind), models=["m"], kind=kind, api_key=_key(kind),
+                     price=PRICE)  # fmt: skip
+            yield inproc
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.parametrize("kind", ["openai_compatible", "anthropic"])
+def test_an_overrun_is_charged_its_real_cost_on_postgresql(
+    pg_app: InProcess, up: AdversarialUpstream, kind: str
+) -> None:
+    """On PostgreSQL too: a whole answer billed past its reservation is settled at its
+    real cost, the window holds it (the next call is refused), the overrun is recorded;
+    and a stream past its bound is cut and charged what was counted."""
+    _broken(up, kind, ignore_limits=True)
+    app = pg_app
+    token = mint(app, [f"{kind}/m"], cap_micro_usd=30_000)
+    body = {"model": f"{kind}/m", "messages": [{"role": "user", "content": "hi"}]}
+    [got] = calls(app, token, "chat", [{**body, "max_tokens": 100}])
+    assert got["ok"]
+    [call] = up.of(kind)
+    assert call.output_tokens == 6000
+    [row] = rows_of(app, 1)
+    assert row["cost_micro_usd"] == call.billed_micro_usd > row["reserved_micro_usd"]
+    assert "ignored the output limit" in row["error"]
+    # the allowance, read through its public API, holds the real bill
+    kf = app.app.state.kf
+    grant = app.run(kf.store.grants.get, row["grant_id"])
+    [month] = app.run(kf.allowance.limits, grant)
+    assert month.spent_micro_usd == call.billed_micro_usd and month.reserved_micro_usd == 0
+    [again] = calls(app, token, "chat", [{**body, "max_tokens": 5000}])
+    assert not again["ok"] and again["status"] == 429
+    assert len(up.of(kind)) == 1  # refused before the upstream
+    [seen] = app.run(kf.store.overruns.for_user, app.owner.id, unseen_only=True)
+    assert (seen.kind, seen.cost_micro_usd, seen.ledger_id) == (
+        "usage_reported",
+        call.billed_micro_usd,
+        row["id"],
+    )
+    # a stream past its bound, on a fresh grant: cut, charged at least its reservation
+    up.reset()
+    _broken(up, kind, ignore_limits=True, event_delay_s=0.01)
+    streaming = mint(app, [f"{kind}/m"], cap_micro_usd=30_000)
+    [got] = calls(app, streaming, "chat", [{**body, "max_tokens": 200, "stream": True}])
+    assert got["ok"] and got["end"] == "length"
+    [cut] = [r for r in rows_of(app, 2) if r["grant_id"] != row["grant_id"]]
+    assert cut["needs_reconciliation"] and "stream cut" in cut["error"]
+    assert cut["cost_micro_usd"] >= cut["reserved_micro_usd"] and cut["output_tokens"] > 200
+    [streamed_call] = up.of(kind)
+    assert streamed_call.output_tokens < 6000
+
+
 def test_policy_from_the_cli(app: InProcess) -> None:
     mint(app, ["anthropic/m"], client_name="Agent")
     shown = cli(
