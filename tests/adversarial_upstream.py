@@ -10,8 +10,10 @@ Each path prefix (``/{name}/...``) has a ``Behaviour`` (``configure``); by defau
   ignored, as DeepSeek, Mistral, older vLLM, Ollama and llama.cpp servers do); a behaviour
   may honour ``max_completion_tokens`` instead (api.openai.com) or nothing at all;
 - usage is reported exactly, or under- or over-reported on demand, or not at all;
-- inline images are billed by ``tests/provider_billing.py`` when it is there, server-side
-  tools (``web_search``) per use;
+- images are billed by their provider's formula (``tests/provider_billing.py``) from the
+  inline image's size, a URL image at the formula's worst size; files and PDF documents
+  fill the model's whole context window; server-side web searches are billed per use,
+  each Anthropic search another pass reading a context window;
 - every request header comes back as ``x-echo-<name>`` (a gateway must not relay them).
 
 Every output token is the word " tok" (one token in cl100k, so a gateway counting with
@@ -32,11 +34,16 @@ from typing import Any, Literal
 import tiktoken
 from aiohttp import web
 
+from tests import provider_billing
+
 WORD = " tok"
 #: Output tokens per streamed event (real upstreams send one; fewer events keep tests fast).
 TOKENS_PER_EVENT = 16
-#: What a web search costs per use, micro-USD ($10 per 1,000, as OpenAI and Anthropic).
+#: What a web search costs per use, micro-USD ($10 per 1,000: Anthropic, Responses).
 WEB_SEARCH_MICRO_USD = 10_000
+#: A chat search model's search (``web_search_options``): OpenAI's highest tier, $50 per
+#: 1,000 (search preview models, high search context).
+CHAT_SEARCH_MICRO_USD = 50_000
 
 Report = Literal["exact", "under", "over", "none"]
 
@@ -53,6 +60,11 @@ class Behaviour:
     report: Report = "exact"
     #: Seconds between streamed events (lets concurrent calls overlap).
     event_delay_s: float = 0.0
+    #: The model whose image formula bills images (``provider_billing.image_tokens``).
+    image_model: str = "gpt-4o-mini"
+    #: The model's context window: what a file or PDF document (and each search pass's
+    #: results) is billed as, the worst case.
+    context_window: int = 8_000
 
 
 @dataclass
@@ -64,6 +76,8 @@ class Call:
     input_tokens: int = 0
     output_tokens: int = 0
     tool_uses: int = 0
+    #: Per-use fees (web searches), micro-USD.
+    fees_micro_usd: int = 0
     billed_micro_usd: int = 0
     #: The limit the upstream obeyed (None: it wrote what it wanted).
     obeyed: int | None = None
@@ -130,9 +144,10 @@ class AdversarialUpstream:
     def _count(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text)) if text else 0
 
-    def _input_tokens(self, body: dict[str, Any], anthropic: bool) -> int:
-        """What a provider bills as input: the text's tokens plus a few per message, and
-        images by the provider's own formula when ``tests/provider_billing`` has one."""
+    def _input_tokens(self, body: dict[str, Any], anthropic: bool, b: Behaviour) -> int:
+        """What a provider bills as input: the text's tokens plus a few per message,
+        images by the provider's own formula, files and PDF documents as a whole context
+        window."""
         total = 3
         texts: list[str] = []
         images = 0
@@ -155,7 +170,19 @@ class AdversarialUpstream:
                     if isinstance(p.get("text"), str):
                         texts.append(p["text"])
                     elif p.get("type") in ("image_url", "image", "input_image"):
-                        images += _image_tokens(p, anthropic)
+                        images += _image_tokens(p, b.image_model)
+                    elif p.get("type") in ("file", "input_file"):
+                        images += b.context_window
+                    elif p.get("type") == "document":
+                        source = p.get("source")
+                        if (
+                            isinstance(source, dict)
+                            and source.get("type") == "text"
+                            and isinstance(source.get("data"), str)
+                        ):
+                            texts.append(source["data"])
+                            continue
+                        images += b.context_window  # a PDF: pages as text and images
         if body.get("tools"):
             texts.append(json.dumps(body["tools"]))
         return total + self._count("\n".join(texts)) + images
@@ -163,7 +190,7 @@ class AdversarialUpstream:
     def _bill(self, call: Call, b: Behaviour) -> None:
         pin, pout = b.price
         exact = call.input_tokens * pin + call.output_tokens * pout
-        call.billed_micro_usd = math.ceil(exact / 1_000_000) + call.tool_uses * WEB_SEARCH_MICRO_USD
+        call.billed_micro_usd = math.ceil(exact / 1_000_000) + call.fees_micro_usd
 
     def _reported(self, tokens: int, b: Behaviour) -> int:
         if b.report == "under":
@@ -225,7 +252,12 @@ class AdversarialUpstream:
         call.obeyed = limit
         per_choice = min(b.natural_tokens, limit) if limit is not None else b.natural_tokens
         finish = "length" if limit is not None and per_choice == limit else "stop"
-        call.input_tokens = self._input_tokens(body, anthropic=False)
+        call.input_tokens = self._input_tokens(body, anthropic=False, b=b)
+        if body.get("web_search_options") is not None:
+            # a search model searches once; the results join the prompt (a whole window)
+            call.tool_uses = 1
+            call.fees_micro_usd = CHAT_SEARCH_MICRO_USD
+            call.input_tokens = max(call.input_tokens, b.context_window)
         call.output_tokens = per_choice * n
         self._bill(call, b)
         usage = {
@@ -274,9 +306,10 @@ class AdversarialUpstream:
         limit = self._limit(body, ("max_output_tokens",), b)
         call.obeyed = limit
         out = min(b.natural_tokens, limit) if limit is not None else b.natural_tokens
-        call.input_tokens = self._input_tokens(body, anthropic=False)
+        call.input_tokens = self._input_tokens(body, anthropic=False, b=b)
         call.output_tokens = out
         call.tool_uses = _web_search_uses(body.get("tools"))
+        call.fees_micro_usd = call.tool_uses * WEB_SEARCH_MICRO_USD
         self._bill(call, b)
         incomplete = limit is not None and out == limit
         response: dict[str, Any] = {
@@ -324,9 +357,13 @@ class AdversarialUpstream:
         call.obeyed = limit
         out = min(b.natural_tokens, limit) if limit is not None else b.natural_tokens
         stop = "max_tokens" if limit is not None and out == limit else "end_turn"
-        call.input_tokens = self._input_tokens(body, anthropic=True)
         call.output_tokens = out
         call.tool_uses = _web_search_uses(body.get("tools"))
+        call.fees_micro_usd = call.tool_uses * WEB_SEARCH_MICRO_USD
+        # each search is another sampling pass reading its results: a window each
+        call.input_tokens = (
+            self._input_tokens(body, anthropic=True, b=b) + call.tool_uses * b.context_window
+        )
         self._bill(call, b)
         usage: dict[str, Any] = {
             "input_tokens": call.input_tokens,
@@ -371,6 +408,8 @@ class AdversarialUpstream:
         }
         if b.report != "none":
             delta["usage"] = {"output_tokens": self._reported(out, b)}
+            if call.tool_uses:  # Anthropic counts the searches in the final usage
+                delta["usage"]["server_tool_use"] = {"web_search_requests": call.tool_uses}
         events.append((_named("message_delta", delta), 0))
         events.append((_named("message_stop", {"type": "message_stop"}), 0))
         return await self._events(request, call, events, b)
@@ -419,14 +458,22 @@ def _web_search_uses(tools: Any) -> int:
     return uses
 
 
-def _image_tokens(part: dict[str, Any], anthropic: bool) -> int:
-    """An inline image, billed by ``tests/provider_billing`` (the providers' formulas)
-    when it exists; otherwise a high-detail 1024x1024 OpenAI image (765 tokens)."""
-    try:
-        from tests import provider_billing  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return 765
-    bill = getattr(provider_billing, "image_tokens", None)
-    if bill is None:
-        return 765
-    return int(bill(part, anthropic=anthropic))
+def _image_tokens(part: dict[str, Any], model: str) -> int:
+    """An image billed by ``model``'s formula (``tests/provider_billing``): from the inline
+    image's size (a data URL, an Anthropic base64 source), else at the formula's worst
+    size (the upstream fetched the URL); ``detail`` "auto" is billed as "high"."""
+    if part.get("type") == "image":  # Anthropic
+        source = part.get("source")
+        size = None
+        if isinstance(source, dict) and source.get("type") == "base64":
+            size = provider_billing.b64_size(source.get("data"))
+        detail = None
+    else:  # chat's image_url {url, detail}; Responses' input_image {image_url, detail}
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
+        size = provider_billing.data_url_size(url) if isinstance(url, str) else None
+    detail = detail if detail in ("low", "high") else None
+    if size is None:
+        return provider_billing.url_image_tokens(model, detail)
+    return provider_billing.image_tokens(model, *size, detail)

@@ -65,6 +65,13 @@ class DocServer:
             return web.json_response(self.doc(path, redirect_uris=["http://evil.example/cb"]))
         if path == "/notjson.json":
             return web.Response(text="{nope", content_type="application/json")
+        if path == "/deep.json":  # 2,400 levels, within the 5 KB limit
+            nested = json.dumps(self.doc(path))[:-1] + ', "x": ' + "[" * 2400 + "]" * 2400 + "}"
+            return web.Response(text=nested, content_type="application/json")
+        if path == "/surrogate.json":  # a lone surrogate in the name, as a JSON escape
+            # json.dumps writes the lone surrogate as the ASCII escape \ud800
+            text = json.dumps(self.doc(path, client_name="Doc \ud800 App"))
+            return web.Response(text=text, content_type="application/json")
         if path == "/missing.json":
             return web.Response(status=404)
         return web.json_response(self.doc(path))
@@ -157,12 +164,29 @@ def test_cache_expires(kf: InProcess, docs: DocServer) -> None:
         ("/confidential.json", "token_endpoint_auth_method"),
         ("/badredirect.json", "http"),
         ("/notjson.json", "not valid JSON"),
+        ("/deep.json", "nested deeper than 64"),
+        ("/surrogate.json", "surrogate"),
         ("/missing.json", "404"),
     ],
 )
 def test_bad_documents_refused(kf: InProcess, docs: DocServer, path: str, reason: str) -> None:
     with pytest.raises(MetadataDocumentError, match=reason):
         resolve(kf, docs.url(path))
+    assert kf.run(kf.store.clients.get, docs.url(path)) is None
+
+
+@pytest.mark.parametrize("path", ["/deep.json", "/surrogate.json"])
+def test_hostile_json_is_an_oauth_error_not_a_500(
+    kf: InProcess, docs: DocServer, path: str
+) -> None:
+    """Nested thousands deep (RecursionError in json.loads) or a lone surrogate: the
+    authorization endpoint shows the OAuth error, never a 500."""
+    _, challenge = pkce()
+    kf.logged_in()
+    answer = kf.client.get(kf.authorize_url(docs.url(path), CB, challenge))
+    assert answer.status_code == 400, answer.text
+    assert "client metadata document" in answer.text and "location" not in answer.headers
+    assert docs.hits[path] == 1
     assert kf.run(kf.store.clients.get, docs.url(path)) is None
 
 

@@ -6,6 +6,11 @@ every limit field present or absent); for each surface and each wire format that
 serve it, the body Keyfob would send upstream is billed by ``provider_billing`` (an
 independent implementation of the providers' rules, at their worst choices) and compared
 with the bound Keyfob reserves for. Units test each rule and each refusal.
+
+The output side the same way: for each provider kind (its dialect) and each set of limit
+fields its upstream may honour, the body Keyfob sends (planned for the serving wire, then
+``output.limit_plan`` with the bound reserved, fitted lower or not) tells the upstream a
+limit it reads, and what it may write under it is within the reserved output bound.
 """
 
 from __future__ import annotations
@@ -470,3 +475,158 @@ def test_settlement_charges_reported_tool_uses() -> None:
     assert TokenUsage.from_anthropic({"server_tool_use": {"web_search_requests": -1}}) is None
     none = TokenUsage.from_openai({"prompt_tokens": 1, "completion_tokens": 1})
     assert none is not None and none.tool_uses is None
+
+
+# --- the output side: what the upstream writes, from the body Keyfob sends ---------------
+
+#: Which limit fields an upstream of each kind may honour (the sets its dialect serves):
+#: OpenAI-compatible servers ``max_tokens`` (DeepSeek, Mistral, Ollama, llama.cpp) or
+#: both (vLLM, OpenRouter); api.openai.com ``max_completion_tokens`` (reasoning models)
+#: or both; Gemini ``max_tokens``. Messages and Responses have one field each.
+_MT, _BOTH = frozenset({"max_tokens"}), frozenset({"max_tokens", "max_completion_tokens"})
+HONOURS: dict[str, list[frozenset[str]]] = {
+    "openai_compatible": [_MT, _BOTH],
+    "openrouter": [_MT, _BOTH],
+    "openai": [frozenset({"max_completion_tokens"}), _BOTH],
+    "gemini": [_MT],
+    "anthropic": [_MT],
+}
+OUTPUT_MODELS = {
+    "openai_compatible": "deepseek-chat",
+    "openrouter": "openai/gpt-4o-mini",
+    "openai": "o3",
+    "gemini": "gemini-2.5-flash",
+    "anthropic": "claude-sonnet-4-5",
+}
+
+
+def _adapter(kind: str) -> Any:
+    from keyfob.providers import ProviderRegistry
+
+    return ProviderRegistry.load().get(kind)(SETTINGS)
+
+
+def _resolved(kind: str) -> Any:
+    from keyfob.gateway.models import Resolved
+    from keyfob.store.records import Provider
+
+    provider = Provider("p", "", kind, kind, "http://upstream.test", None, "api_key",
+                        False, (), 0.0)  # fmt: skip
+    return Resolved(provider, OUTPUT_MODELS[kind], f"{kind}/{OUTPUT_MODELS[kind]}")
+
+
+def upstream_writes(path: str, sent: dict[str, Any], honours: frozenset[str]) -> int | None:
+    """The most output an upstream honouring ``honours`` writes for ``sent``, all choices;
+    None when it was told no limit it reads (it writes what it wants). An upstream that
+    reads two fields may take either: the larger counts."""
+    if path == "/messages":
+        fields: tuple[str, ...] = ("max_tokens",)
+    elif path == "/responses":
+        fields = ("max_output_tokens",)
+    else:
+        fields = tuple(sorted(honours))
+    given = [sent[f] for f in fields if isinstance(sent.get(f), int) and sent[f] > 0]
+    if not given:
+        return None
+    n = sent.get("n") if path == "/chat/completions" and isinstance(sent.get("n"), int) else 1
+    return max(given) * max(n, 1)
+
+
+def _output_check(surface: Any, body: dict[str, Any], kind: str, honours: frozenset[str],
+                  fitted: int | None) -> None:  # fmt: skip
+    from keyfob.gateway.output import OutputBound, ask_of, limit_plan, output_bound
+
+    model = OUTPUT_MODELS[kind]
+    limits = limits_for(kind, model)
+    out = output_bound(ask_of(surface.endpoint, body), limits, SETTINGS)
+    if fitted is not None and fitted < out.per_choice:  # the reservation fitted it lower
+        out = OutputBound(fitted, out.n, out.app_set, out.per_choice)
+    adapter = _adapter(kind)
+    try:
+        plan = surface.plan({**body, "model": f"{kind}/{model}"}, _resolved(kind),
+                            adapter.wire, SETTINGS)  # fmt: skip
+    except Untranslatable:
+        return
+    sent = limit_plan(plan, adapter, out).body
+    writes = upstream_writes(plan.path, sent, honours)
+    assert writes is not None, (kind, honours, plan.path, sent)
+    assert writes <= out.tokens, (kind, honours, writes, out)
+    if plan.path == "/messages":
+        thinking = sent.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            # else the API answers 400: the budget is at least 1,024 and below max_tokens
+            assert 1024 <= thinking["budget_tokens"] < sent["max_tokens"], sent
+
+
+#: A fitted limit, or none; small fits often (around the 1,024-token thinking minimum).
+fits = st.none() | st.integers(1, 2_000) | st.integers(1, 70_000)
+
+
+@st.composite
+def kind_and_honours(draw: st.DrawFn) -> tuple[str, frozenset[str]]:
+    kind = draw(st.sampled_from(sorted(HONOURS)))
+    return kind, draw(st.sampled_from(HONOURS[kind]))
+
+
+@FAST
+@given(chat_bodies(with_files=False), kind_and_honours(), fits, st.integers(1, 3))
+def test_chat_output_the_upstream_writes_is_reserved(
+    body: dict[str, Any], kh: tuple[str, frozenset[str]], fitted: int | None, n: int
+) -> None:
+    if n > 1:
+        body["n"] = n
+    _output_check(CHAT, body, kh[0], kh[1], fitted)
+
+
+@FAST
+@given(responses_bodies(), kind_and_honours(), fits)
+def test_responses_output_the_upstream_writes_is_reserved(
+    body: dict[str, Any], kh: tuple[str, frozenset[str]], fitted: int | None
+) -> None:
+    _output_check(RESPONSES, body, kh[0], kh[1], fitted)
+
+
+@FAST
+@given(messages_bodies(server_tools=False), kind_and_honours(), fits, st.data())
+def test_messages_output_the_upstream_writes_is_reserved(
+    body: dict[str, Any], kh: tuple[str, frozenset[str]], fitted: int | None, data: st.DataObject
+) -> None:
+    if body["max_tokens"] > 1024 and data.draw(st.booleans()):  # extended thinking
+        budget = data.draw(st.integers(1024, body["max_tokens"] - 1))
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    _output_check(MESSAGES, body, kh[0], kh[1], fitted)
+
+
+def test_a_generic_upstream_honouring_only_max_completion_tokens_is_the_documented_edge() -> None:
+    """``openai_compatible`` sends ``max_tokens`` (what such servers honour) and
+    ``max_completion_tokens`` only when the app sent it: a server that reads only the
+    latter is told its bound only then (else the stream cut and real-cost settlement
+    are what hold it, ``tests/test_output_bound.py``)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    only_mct = frozenset({"max_completion_tokens"})
+    adapter = _adapter("openai_compatible")
+    plan = CHAT.plan(body, _resolved("openai_compatible"), adapter.wire, SETTINGS)
+    from keyfob.gateway.output import OutputBound, limit_plan
+
+    assert upstream_writes("/chat/completions", limit_plan(plan, adapter, OutputBound(500)).body,
+                           only_mct) is None  # fmt: skip
+    with_mct = CHAT.plan({**body, "max_completion_tokens": 900}, _resolved("openai_compatible"),
+                         adapter.wire, SETTINGS)  # fmt: skip
+    sent = limit_plan(with_mct, adapter, OutputBound(500, app_set=True)).body
+    assert upstream_writes("/chat/completions", sent, only_mct) == 500
+
+
+@FAST
+@given(st.integers(1025, 64_000), st.data())
+def test_a_fitted_anthropic_call_with_thinking_stays_valid(max_tokens: int, data: Any) -> None:
+    """Fitting lowers ``max_tokens``; the thinking budget must stay a valid one (at least
+    1,024 and below ``max_tokens``) or go, whatever the fit."""
+    budget = data.draw(st.integers(1024, max_tokens - 1))
+    fitted = data.draw(st.integers(1, max_tokens))
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "think"}],
+        "max_tokens": max_tokens,
+        "thinking": {"type": "enabled", "budget_tokens": budget},
+    }
+    _output_check(MESSAGES, body, "anthropic", _MT, fitted)

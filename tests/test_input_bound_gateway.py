@@ -137,6 +137,10 @@ def app(tmp_path_factory: pytest.TempPathFactory, up: BillingUpstream) -> Iterat
         ant_key = "sk-ant-api03-" + "a" * 80
         link(app, "ant", up.url("ant/v1"), models=[CLAUDE], kind="anthropic", api_key=ant_key,
              price=PRICE)  # fmt: skip
+        # the same upstream, with the person's own tool prices (linked before any call:
+        # the gateway caches the provider list)
+        link(app, "ant-own", up.url("ant/v1"), models=[CLAUDE], kind="anthropic",
+             api_key=ant_key, price=PRICE)  # fmt: skip
         models = ["gpt-4o-mini", "my-model", "your-model", "gpt-4o-search-preview"]
         link(app, "oai", up.url("oai/v1"), models=models, kind="openai", api_key="sk-" + "b" * 48,
              price=PRICE)  # fmt: skip
@@ -266,6 +270,33 @@ def test_a_file_part_needs_a_context_window_which_the_person_can_set(
     assert up.bills[-1].input_tokens >= 32_000  # it filled the window it was given
 
 
+def test_a_persons_tool_price_is_reserved_and_charged(app: InProcess, up: BillingUpstream) -> None:
+    """``keyfob providers limits ... --tool-price anthropic-web-search=0.025``: the
+    person's per-use price replaces the shipped $0.01, in the reservation and in the
+    settlement of the uses the upstream reports."""
+    provider = app.run(app.store.providers.by_name, app.owner.id, "ant-own")
+    assert provider is not None
+    own = LimitOverride(tool_prices=(("anthropic-web-search", 25_000),))
+    app.run(app.store.providers.set_limits, provider.id, CLAUDE, own)
+    assert app.run(app.store.providers.limits, provider.id) == {CLAUDE: own}
+    token = mint(app, [f"ant-own/{CLAUDE}"], cap_micro_usd=50_000_000)
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    raw = claude_client(app, token).messages.with_raw_response.create(
+        model=f"ant-own/{CLAUDE}",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "what is new?"}],
+        tools=[search],  # type: ignore[list-item]
+    )
+    bill = up.bills[-1]
+    assert bill.tool_uses == {"web_search": 2}
+    charged = bill.input_tokens * 1 + 3 * 5 + 2 * 25_000
+    assert _micro(raw.headers[h.COST]) == charged
+    reserved = _micro(raw.headers[h.RESERVED])
+    assert reserved >= bill.input_tokens + 50 * 5 + 2 * 25_000
+    entry = ledger(app)[raw.headers[h.REQUEST_ID]]
+    assert entry["cost_micro_usd"] == charged
+
+
 def test_limits_cli(tmp_path: Path) -> None:
     """Few processes: each is a Python start-up, slow on a loaded machine."""
     from tests.conftest import OWNER, OWNER_PASSWORD
@@ -275,9 +306,13 @@ def test_limits_cli(tmp_path: Path) -> None:
     cli(data, "providers", "add", "oai", "--base-url", "http://127.0.0.1:9/v1",
         "-m", "my-model", "-m", "gpt-4o-mini", KEYFOB_PROVIDER_KEY="sk-" + "c" * 48)  # fmt: skip
     set_ = cli(data, "providers", "limits", "oai", "my-model", "--context", "32000",
-               "--max-output", "2048", "--image-rule", "anthropic-pixels").stdout  # fmt: skip
+               "--max-output", "2048", "--image-rule", "anthropic-pixels",
+               "--tool-price", "openai-web-search=0.025").stdout  # fmt: skip
     assert "context window 32,000 tokens, max output 2,048" in set_
     assert "images: anthropic-pixels" in set_ and "source: override" in set_
+    assert "tool openai-web-search: $0.025000 per use (yours)" in set_
+    bad = cli(data, "providers", "limits", "oai", "my-model", "--tool-price", "web=1", check=False)
+    assert bad.returncode != 0 and "unknown tool 'web'" in bad.stderr
     listed = cli(data, "models", "list").stdout.splitlines()
     assert "32,000 / 2,048" in next(ln for ln in listed if "oai/my-model" in ln)
     assert "128,000 / 16,384" in next(ln for ln in listed if "oai/gpt-4o-mini" in ln)

@@ -127,3 +127,47 @@ def test_downgrade_serves_the_local_fallback_and_says_so(
     (row,) = [r for r in ledger_rows(server.data_dir) if r["grant_id"] == minted["grant_id"]]
     assert row["model"] == "local/gpt-4o-mini" and row["downgraded_from"] == MODEL
     assert row["cost_micro_usd"] == 0
+
+
+def test_quote_uses_the_reservations_output_bound_and_fit(tmp_path: Path) -> None:
+    """gpt-4o-mini's shipped maximum output is 16,384 tokens, not the 4,096 default: a
+    body without a limit is quoted at 16,384, as the call is reserved; on a cap too small
+    for that, the quote fits the limit exactly as the call is fitted."""
+    from tests.adversarial_upstream import AdversarialUpstream, Behaviour
+    from tests.gateway_inproc import link, mint
+    from tests.oauth_app import InProcess
+
+    up = AdversarialUpstream()
+    up.configure("oai", Behaviour(price=(150_000, 600_000), natural_tokens=50))
+    body = {"model": "oai/gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+    try:
+        with InProcess(tmp_path / "data", models=()) as app:
+            link(app, "oai", up.url("oai"), models=["gpt-4o-mini"], kind="openai_compatible",
+                 api_key="sk-" + "q" * 40, price=(150_000, 600_000))  # fmt: skip
+            for cap, lowered in ((1_000_000, False), (5_000, True)):
+                token = mint(app, ["oai/gpt-4o-mini"], cap_micro_usd=cap)
+                auth = {"Authorization": f"Bearer {token}"}
+                q = app.client.post("/v1/keyfob/quote", json=body, headers=auth).json()
+                call = app.client.post("/v1/chat/completions", json=body, headers=auth)
+                assert call.status_code == 200, call.text
+                assert q["allowed"] is True
+                # the quote is the reservation, to the micro-dollar
+                assert call.headers["x-keyfob-reserved-usd"] == q["worst_case"]["cost_usd"]
+                sent = up.of("oai")[-1].body["max_tokens"]
+                assert q["output_limit"]["max_tokens"] == sent == q["worst_case"]["output_tokens"]
+                if not lowered:
+                    assert sent == 16_384 and q["output_limit"]["lowered_from"] is None
+                else:
+                    assert 256 <= sent < 16_384
+                    assert q["output_limit"]["lowered_from"] == 16_384
+                    assert call.headers["x-keyfob-max-tokens-lowered-from"] == "16384"
+            # the app's own limit is not fitted ("auto"): quoted as refused, as called
+            token = mint(app, ["oai/gpt-4o-mini"], cap_micro_usd=5_000)
+            auth = {"Authorization": f"Bearer {token}"}
+            own = {**body, "max_tokens": 16_000}
+            q = app.client.post("/v1/keyfob/quote", json=own, headers=auth).json()
+            assert q["allowed"] is False and q["output_limit"]["lowered_from"] is None
+            refused = app.client.post("/v1/chat/completions", json=own, headers=auth)
+            assert refused.status_code == 429
+    finally:
+        up.close()

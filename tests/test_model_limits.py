@@ -140,3 +140,16 @@ def test_url_images_are_bounded_by_the_worst_image() -> None:
     assert limits_for("anthropic", "claude-haiku-4-5").image().max_tokens() == 1600  # type: ignore[union-attr]
     # A model of no known family: the largest of several rules.
     assert family_image_rule("some-vision-model").max_tokens() == 16_384
+
+
+def test_a_persons_tool_price_wins_over_shipped_and_per_model() -> None:
+    own = {"claude-sonnet-4-5": LimitOverride(tool_prices=(("anthropic-web-search", 2_500),))}
+    claude = limits_for("anthropic", "claude-sonnet-4-5", own)
+    assert claude is not None
+    price = claude.tool_price("anthropic-web-search")
+    assert (price.micro_usd_per_use, price.source) == (2_500, "override")
+    assert claude.tool_price("anthropic-web-fetch").micro_usd_per_use == 0  # the others stay
+    # a model known only through the person's limits carries them too
+    mine = {"my-model": LimitOverride(8_000, tool_prices=(("openai-web-search", 0),))}
+    limits = limits_for("openai_compatible", "my-model", mine)
+    assert limits is not None and limits.tool_price("openai-web-search").micro_usd_per_use == 0

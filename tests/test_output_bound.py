@@ -32,6 +32,7 @@ from keyfob.gateway.output import OutputBound, OutputGuard, ask_of, fit_tokens
 from keyfob.gateway.overrun import drain
 from keyfob.pricing.prices import Price
 from keyfob.providers import output_limit
+from tests import provider_billing
 from tests.adversarial_upstream import AdversarialUpstream, Behaviour
 from tests.gateway_inproc import ledger, link, mint
 from tests.oauth_app import InProcess, hidden
@@ -123,6 +124,8 @@ async def _one(
         return {"ok": True, "headers": raw.headers, "end": done.choices[0].finish_reason}
     except (openai.RateLimitError, anthropic.RateLimitError) as exc:
         return {"ok": False, "status": 429, "headers": exc.response.headers}
+    except (openai.BadRequestError, anthropic.BadRequestError) as exc:
+        return {"ok": False, "status": 400, "headers": exc.response.headers, "body": exc.body}
 
 
 _RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
@@ -230,6 +233,142 @@ def test_concurrent_calls_bill_within_the_cap(
         lowered = [g for g in served if h.MAX_TOKENS_LOWERED_FROM in g["headers"]]
         assert lowered
         assert all(g["headers"][h.MAX_TOKENS_LOWERED_FROM] == "4096" for g in lowered)
+
+
+#: Content billed beyond its text: an inline image (1024 px square, high detail: 25,501
+#: tokens on gpt-4o-mini's formula), a document billed by reference (a whole context
+#: window), a server-side web search (a fee per use, and its results as input).
+IMAGE_URL = provider_billing.data_url("png", 1024, 1024)
+IMAGE_B64 = IMAGE_URL.split(",", 1)[1]
+CONTENT_CASES = [
+    ("chat", "image"),
+    ("responses", "image"),
+    ("messages", "image"),
+    ("chat", "document"),
+    ("messages", "document"),
+    ("chat", "web_search"),
+    ("messages", "web_search"),
+]
+#: Cells refused before anything goes upstream, and why: the content has no form in the
+#: serving provider's wire format (translation), so there is nothing to bound.
+UNTRANSLATABLE = {
+    ("chat", "document", "anthropic"),  # an OpenAI file part has no Anthropic form
+    # a search model's option has no Anthropic form (dropped, it would be charged unused)
+    ("chat", "web_search", "anthropic"),
+    ("messages", "document", "openai_compatible"),  # a PDF document has no OpenAI form
+    ("messages", "document", "openai"),
+    ("messages", "document", "gemini"),
+    ("messages", "document", "openrouter"),
+    ("messages", "web_search", "openai_compatible"),  # server tools: custom tools only
+    ("messages", "web_search", "openai"),
+    ("messages", "web_search", "gemini"),
+    ("messages", "web_search", "openrouter"),
+}
+CONTENT_CAP = 200_000
+CONTEXT = 8_000
+
+
+def _content_body(surface: str, kind: str, i: int, content: str) -> dict[str, Any]:
+    model = f"{kind}/m"
+    stream = i % 2 == 1
+    ask = "Describe what you are given."
+    if surface == "responses":  # images only (documents and tools: refused by translation)
+        part = {"type": "input_image", "image_url": IMAGE_URL, "detail": "high"}
+        item = {"role": "user", "content": [{"type": "input_text", "text": ask}, part]}
+        return {"model": model, "input": [item], "stream": stream}
+    if surface == "messages":
+        body: dict[str, Any] = {"model": model, "max_tokens": 3000, "stream": stream}
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": ask}]
+        if content == "image":
+            source = {"type": "base64", "media_type": "image/png", "data": IMAGE_B64}
+            blocks.append({"type": "image", "source": source})
+        elif content == "document":
+            source = {"type": "url", "url": "https://docs.example/report.pdf"}
+            blocks.append({"type": "document", "source": source})
+        else:
+            body["tools"] = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]
+        body["messages"] = [{"role": "user", "content": blocks}]
+        return body
+    parts: list[dict[str, Any]] = [{"type": "text", "text": ask}]
+    body = {"model": model, "stream": stream}
+    if content == "image":
+        parts.append({"type": "image_url", "image_url": {"url": IMAGE_URL, "detail": "high"}})
+    elif content == "document":
+        parts.append({"type": "file", "file": {"file_id": "file-report"}})
+    else:
+        body["web_search_options"] = {}
+    body["messages"] = [{"role": "user", "content": parts}]
+    return body
+
+
+def _content_limits(app: InProcess, up: AdversarialUpstream, kind: str) -> None:
+    """The person's limits for ``m`` say what this upstream bills (its context window, its
+    image formula), as ``keyfob providers limits`` would."""
+    from keyfob.store.records import LimitOverride
+
+    anthropic_wire = kind == "anthropic"
+    rule = "anthropic-pixels" if anthropic_wire else "openai-tiles-2833-5667"
+    image_model = "claude-sonnet-4-5" if anthropic_wire else "gpt-4o-mini"
+    kf = app.app.state.kf
+    provider = app.run(kf.store.providers.by_name, app.owner.id, kind)
+    app.run(
+        kf.store.providers.set_limits,
+        provider.id,
+        "m",
+        LimitOverride(context_window_tokens=CONTEXT, image_rule=rule),
+    )
+    up.configure(
+        kind,
+        Behaviour(
+            price=PRICE,
+            honours=KINDS[kind],
+            event_delay_s=0.0005,
+            image_model=image_model,
+            context_window=CONTEXT,
+        ),
+    )
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize(("surface", "content"), CONTENT_CASES)
+def test_concurrent_calls_with_images_documents_and_searches_bill_within_the_cap(
+    app: InProcess, up: AdversarialUpstream, surface: str, content: str, kind: str
+) -> None:
+    """The input side of the matrix: content billed by formula, by reference or per use.
+    What the upstream billed stays within the cap and the ledger is its bill; a cell
+    whose content cannot reach the provider is refused before any byte goes upstream."""
+    _content_limits(app, up, kind)
+    token = mint(app, [f"{k}/m" for k in KINDS], cap_micro_usd=CONTENT_CAP)
+    bodies = [_content_body(surface, kind, i, content) for i in range(10)]
+    got = calls(app, token, surface, bodies)
+    if (surface, content, kind) in UNTRANSLATABLE:
+        assert {g.get("status") for g in got} == {400}, got
+        assert up.of(kind) == []
+        return
+    served = [g for g in got if g["ok"]]
+    assert served, got
+    assert all(g["ok"] or g["status"] == 429 for g in got), got
+    billed = up.billed(kind)
+    rows = rows_of(app, len(up.of(kind)))
+    assert 0 < billed <= CONTENT_CAP
+    assert sum(r["cost_micro_usd"] or 0 for r in rows) == billed
+    assert len(rows) == len(served) == len(up.of(kind))
+    for row in rows:
+        assert row["cost_micro_usd"] <= row["reserved_micro_usd"]
+        assert not row["needs_reconciliation"]
+    calls_made = up.of(kind)
+    if content == "image":  # the formula's price was billed, and reserved for
+        assert all(c.input_tokens > 1000 for c in calls_made)
+    elif content == "document":
+        assert all(c.input_tokens >= CONTEXT for c in calls_made)
+    else:
+        assert all(c.tool_uses > 0 and c.fees_micro_usd > 0 for c in calls_made)
+    # call by call: the tokens are the upstream's report; a chat search's fee, which no
+    # upstream reports, is charged as quoted, which is what it billed
+    assert sorted(r["cost_micro_usd"] for r in rows) == sorted(
+        c.billed_micro_usd for c in calls_made
+    )
+    assert {(r["status"], r["usage_source"]) for r in rows} == {("settled", "upstream")}
 
 
 @pytest.mark.parametrize("kind", ["openai_compatible", "anthropic"])
@@ -380,6 +519,82 @@ def test_whole_answer_past_the_bound_is_charged_its_real_cost(
     assert "ignored the output limit Keyfob sent it" in app.client.get("/providers").text
 
 
+@pytest.fixture
+def pg_app(tmp_path: Path, up: AdversarialUpstream) -> Iterator[InProcess]:
+    """The same gateway on PostgreSQL (the hosted metering path: one transaction per
+    reservation and settlement, no write-back)."""
+    import secrets
+
+    import asyncpg
+
+    name = f"keyfob_test_{secrets.token_hex(6)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    up.reset()
+    try:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        with InProcess(tmp_path / "data", models=(), database_url=url) as inproc:
+            assert inproc.store.engine.dialect.name == "postgresql" and inproc.store.hot is None
+            for kind in ("openai_compatible", "anthropic"):
+                link(inproc, kind, up.url(kind), models=["m"], kind=kind, api_key=_key(kind),
+                     price=PRICE)  # fmt: skip
+            yield inproc
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.parametrize("kind", ["openai_compatible", "anthropic"])
+def test_an_overrun_is_charged_its_real_cost_on_postgresql(
+    pg_app: InProcess, up: AdversarialUpstream, kind: str
+) -> None:
+    """On PostgreSQL too: a whole answer billed past its reservation is settled at its
+    real cost, the window holds it (the next call is refused), the overrun is recorded;
+    and a stream past its bound is cut and charged what was counted."""
+    _broken(up, kind, ignore_limits=True)
+    app = pg_app
+    token = mint(app, [f"{kind}/m"], cap_micro_usd=30_000)
+    body = {"model": f"{kind}/m", "messages": [{"role": "user", "content": "hi"}]}
+    [got] = calls(app, token, "chat", [{**body, "max_tokens": 100}])
+    assert got["ok"]
+    [call] = up.of(kind)
+    assert call.output_tokens == 6000
+    [row] = rows_of(app, 1)
+    assert row["cost_micro_usd"] == call.billed_micro_usd > row["reserved_micro_usd"]
+    assert "ignored the output limit" in row["error"]
+    # the allowance, read through its public API, holds the real bill
+    kf = app.app.state.kf
+    grant = app.run(kf.store.grants.get, row["grant_id"])
+    [month] = app.run(kf.allowance.limits, grant)
+    assert month.spent_micro_usd == call.billed_micro_usd and month.reserved_micro_usd == 0
+    [again] = calls(app, token, "chat", [{**body, "max_tokens": 5000}])
+    assert not again["ok"] and again["status"] == 429
+    assert len(up.of(kind)) == 1  # refused before the upstream
+    [seen] = app.run(kf.store.overruns.for_user, app.owner.id, unseen_only=True)
+    assert (seen.kind, seen.cost_micro_usd, seen.ledger_id) == (
+        "usage_reported",
+        call.billed_micro_usd,
+        row["id"],
+    )
+    # a stream past its bound, on a fresh grant: cut, charged at least its reservation
+    up.reset()
+    _broken(up, kind, ignore_limits=True, event_delay_s=0.01)
+    streaming = mint(app, [f"{kind}/m"], cap_micro_usd=30_000)
+    [got] = calls(app, streaming, "chat", [{**body, "max_tokens": 200, "stream": True}])
+    assert got["ok"] and got["end"] == "length"
+    [cut] = [r for r in rows_of(app, 2) if r["grant_id"] != row["grant_id"]]
+    assert cut["needs_reconciliation"] and "stream cut" in cut["error"]
+    assert cut["cost_micro_usd"] >= cut["reserved_micro_usd"] and cut["output_tokens"] > 200
+    [streamed_call] = up.of(kind)
+    assert streamed_call.output_tokens < 6000
+
+
 def test_policy_from_the_cli(app: InProcess) -> None:
     mint(app, ["anthropic/m"], client_name="Agent")
     shown = cli(
@@ -480,6 +695,15 @@ def test_dialects() -> None:
     thinking = {"max_tokens": 8000, "thinking": {"type": "enabled", "budget_tokens": 4000}}
     lowered = output_limit.anthropic("/messages", thinking, 3000)
     assert lowered["max_tokens"] == 3000 and lowered["thinking"]["budget_tokens"] == 2999
+    # a fit to 1,025 keeps the smallest budget; below it the budget cannot be valid (at
+    # least 1,024 and below max_tokens, else a 400), so thinking is dropped
+    assert output_limit.anthropic("/messages", thinking, 1025)["thinking"]["budget_tokens"] == 1024
+    for small in (1024, 600, 1):
+        dropped = output_limit.anthropic("/messages", thinking, small)
+        assert "thinking" not in dropped and dropped["max_tokens"] == small
+    kept = output_limit.anthropic("/messages", {**thinking, "max_tokens": 9000}, 5000)
+    assert kept["thinking"] == thinking["thinking"]  # a budget below the limit stays
+    assert thinking["thinking"]["budget_tokens"] == 4000  # never mutated
     assert body["max_tokens"] == 9  # never mutated
 
     class Plugin:

@@ -69,6 +69,44 @@ def test_rotating_forwarded_for_does_not_escape_the_registration_limit(
     assert statuses[:20] == [201] * 20 and statuses[20:] == [429, 429], statuses
 
 
+def test_rotating_forwarded_for_does_not_escape_the_device_limits(server: KeyfobServer) -> None:
+    """Device authorization (codes per address) and the person's user-code entry (wrong
+    codes per address, with back-off): a fresh X-Forwarded-For per request changes
+    nothing, every request is the same loopback client."""
+    from keyfob.oauth.rfc8628 import DEVICE_AUTHORIZATION_PATH
+    from keyfob.oauth.routes import DEVICE_CODES_PER_10_MIN
+
+    registered = requests.post(server.url + "/oauth/register", json=REGISTRATION, timeout=10)
+    client_id = registered.json()["client_id"]
+    statuses = [
+        requests.post(
+            server.url + DEVICE_AUTHORIZATION_PATH,
+            data={"client_id": client_id},
+            headers=spoofed(i),
+            timeout=10,
+        ).status_code
+        for i in range(DEVICE_CODES_PER_10_MIN + 2)
+    ]
+    assert statuses[:DEVICE_CODES_PER_10_MIN] == [200] * DEVICE_CODES_PER_10_MIN, statuses
+    assert statuses[DEVICE_CODES_PER_10_MIN:] == [429, 429], statuses
+    with requests.Session() as browser:
+        assert login(browser, server).status_code == 303
+        csrf = hidden(browser.get(server.url + "/device", timeout=10).text, "csrf_token")
+        typed = [
+            browser.post(
+                server.url + "/device",
+                data={"csrf_token": csrf, "user_code": f"WXYZ-{i:04d}"},
+                headers=spoofed(i),
+                allow_redirects=False,
+                timeout=10,
+            )
+            for i in range(FREE_ATTEMPTS + 2)
+        ]
+    assert [t.status_code for t in typed[:FREE_ATTEMPTS]] == [400] * FREE_ATTEMPTS
+    assert [t.status_code for t in typed[FREE_ATTEMPTS:]] == [429, 429]
+    assert all(int(t.headers["Retry-After"]) >= 1 for t in typed[FREE_ATTEMPTS:])
+
+
 def test_personal_mode_refuses_trusted_proxies(tmp_path: Path) -> None:
     with pytest.raises(UnsafeSettings, match="trusts no proxy"):
         Settings(data_dir=tmp_path, trusted_proxies=("127.0.0.1",)).check_safe()
@@ -286,6 +324,54 @@ def test_account_backoff_across_many_addresses() -> None:
     assert throttle.retry_after("owner", "198.51.100.4", now) <= 300
     # and it ends: the real owner gets in once it has passed
     assert throttle.retry_after("owner", "198.51.100.4", now + 301) == 0
+
+
+def test_a_flood_of_failures_cannot_flush_the_owners_back_off() -> None:
+    """Failures from ever new addresses (and made-up usernames) fill the per-address
+    table; the per-account counts live apart and the owner's is kept, so flooding does
+    not buy an attacker fresh guesses. Both tables stay bounded."""
+    from keyfob.web import ratelimit
+
+    throttle = LoginThrottle()
+    now = 1000.0
+    for i in range(ACCOUNT_FREE_ATTEMPTS + 2):
+        throttle.failed("owner", f"203.0.113.{i}", now)
+    backoff = throttle.retry_after("owner", "198.51.100.1", now)
+    assert backoff > 0
+    for i in range(ratelimit.MAX_ENTRIES + ratelimit.MAX_ACCOUNTS + 500):
+        throttle.failed(f"nobody-{i}", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", now + 1)
+    assert throttle.retry_after("owner", "198.51.100.1", now + 1) == backoff - 1
+    assert len(throttle._failures) <= ratelimit.MAX_ENTRIES
+    assert len(throttle._accounts) <= ratelimit.MAX_ACCOUNTS
+    # the per-address table drops its oldest entries: the newest flood entries remain
+    last = ratelimit.MAX_ENTRIES + ratelimit.MAX_ACCOUNTS + 499
+    assert (f"nobody-{last}", f"10.{last >> 16 & 255}.{last >> 8 & 255}.{last & 255}") in (
+        throttle._failures
+    )
+    assert ("owner", "203.0.113.0") not in throttle._failures
+    # flooding the owner's own name from new addresses only adds to its count
+    for i in range(ratelimit.MAX_ENTRIES + 10):
+        throttle.failed("owner", f"192.0.2.{i % 250}-{i}", now + 2)
+    assert throttle.retry_after("owner", "198.51.100.9", now + 2) > 0
+
+
+def test_a_flood_of_new_addresses_keeps_the_window_counts_at_their_limit() -> None:
+    """A full table drops its oldest windows, not every window: an address at its limit
+    stays limited while others flood in (it was all cleared at 10,000 entries)."""
+    from keyfob.web import ratelimit
+    from keyfob.web.ratelimit import WindowLimiter
+
+    limiter = WindowLimiter(3, 3600.0)
+    for i in range(ratelimit.MAX_ENTRIES - 1):  # the table all but full
+        limiter.hit(f"10.0.{i >> 8}.{i & 255}", 0.0)
+    for _ in range(3):
+        assert limiter.hit("203.0.113.7", 1.0) == 0
+    assert limiter.hit("203.0.113.7", 1.0) > 0
+    for i in range(ratelimit.MAX_ENTRIES // 2):  # new addresses push the oldest out
+        limiter.hit(f"10.1.{i >> 8}.{i & 255}", 2.0)
+    assert limiter.hit("203.0.113.7", 3.0) > 0
+    assert len(limiter._counts) <= ratelimit.MAX_ENTRIES
+    assert "10.0.0.0" not in limiter._counts
 
 
 def test_login_per_account_limit_on_a_real_server(server: KeyfobServer) -> None:

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyfob.terms import check_credential, clean_credential
 from keyfob.terms.registry import CREDENTIAL_FILE, MALFORMED, RULES
@@ -198,3 +200,72 @@ def test_a_forbidden_credential_stored_earlier_is_never_sent(tmp_path: Path) -> 
         error = answer.json()["error"]
         assert error["code"] == "credential_forbidden_by_terms"
         assert "claude_subscription_oauth" in error["message"] and OAT not in answer.text
+
+
+# --- invisible and look-alike characters, at random (Hypothesis) --------------------------
+
+#: Every forbidden form the registry knows, bare.
+FORBIDDEN_FORMS = [
+    OAT,
+    ORT,
+    SID,
+    "sk-ant-admin01-" + "z" * 80,
+    "sk-ant-xyz99-" + "z" * 80,
+    CHATGPT_ACCESS,
+    "sess-" + "q" * 40,
+    "ya29.a0AfH6SM" + "x" * 40,
+    GOOGLE_ID_TOKEN,
+]
+#: Characters that show as nothing: the ones named by the audit (combining grapheme
+#: joiner, variation selector 16, Hangul filler) and their kind.
+NAMED_INVISIBLE = "\u034f\ufe0f\u3164\u115f\u1160\uffa0\u17b4\u180b\u180f\u2800\ufe00\U000e0001"
+invisible = st.one_of(
+    st.sampled_from(NAMED_INVISIBLE),
+    st.characters(categories=["Cf"]),  # every format character
+    st.characters(min_codepoint=0xFE00, max_codepoint=0xFE0F),  # variation selectors
+    st.characters(min_codepoint=0xE0100, max_codepoint=0xE01EF),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(FORBIDDEN_FORMS),
+    st.text(invisible, max_size=4),
+    st.text(invisible, max_size=3),
+    st.text(invisible, max_size=4),
+    st.integers(0, 20),
+)
+def test_invisible_characters_never_hide_a_forbidden_credential(
+    key: str, before: str, inside: str, after: str, at: int
+) -> None:
+    pasted = before + key[:at] + inside + key[at:] + after
+    verdict = check_credential("anthropic", pasted)
+    assert not verdict.allowed, (pasted.encode("unicode_escape"), verdict.credential_kind)
+    # stripped, the credential is recognised for what it is (not only "malformed")
+    assert verdict.credential_kind == check_credential("anthropic", key).credential_kind
+    assert clean_credential(pasted) == key
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(FORBIDDEN_FORMS),
+    st.text(st.characters(min_codepoint=0x80), min_size=1, max_size=3),
+    st.integers(0, 20),
+)
+def test_any_character_outside_ascii_anywhere_is_refused(key: str, odd: str, at: int) -> None:
+    """A look-alike letter or a combining mark inside the prefix breaks the prefix match:
+    what is left outside ASCII is refused as malformed, never allowed as an API key."""
+    pasted = key[:at] + odd + key[at:]
+    assert not check_credential("openai", pasted).allowed, pasted.encode("unicode_escape")
+
+
+def test_the_audits_three_characters() -> None:
+    for char in ("\u034f", "\ufe0f", "\u3164"):
+        verdict = check_credential("anthropic", char + OAT)
+        assert verdict.credential_kind == "claude_subscription_oauth"
+        assert clean_credential(char + OAT) == OAT
+    # a homoglyph (Cyrillic a) in the prefix: no rule matches, and it is no API key
+    assert check_credential("anthropic", OAT.replace("ant", "\u0430nt")).credential_kind == (
+        "malformed"
+    )
+    assert check_credential("openai", "sk-proj-caf\u00e9" + "x" * 30).credential_kind == "malformed"

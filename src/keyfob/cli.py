@@ -355,22 +355,43 @@ def providers_limits(
         str | None,
         typer.Option("--image-rule", help="How the model bills images (a rule name, see below)."),
     ] = None,
+    tool_price: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tool-price",
+            metavar="NAME=USD",
+            help="A server-side tool's price per use, e.g. anthropic-web-search=0.01 (repeatable).",
+        ),
+    ] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Back to the shipped data.")] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Show or set a model's limits: context window, output maximum, image rule.
+    """Show or set a model's limits: context window, output maximum, image rule, tool prices.
 
     Keyfob bounds every call's cost before it reaches the provider: content billed by
     reference (file ids, PDF documents) by the context window, calls without an output
-    limit by the output maximum, images by their rule. Shipped data covers common models;
-    set your own for the others (yours win over the shipped values)."""
-    from keyfob.pricing.model_limits import image_rule_names, limits_for
+    limit by the output maximum, images by their rule, server-side tools (web search) by
+    their price per use. Shipped data covers common models; set your own for the others
+    (yours win over the shipped values)."""
+    from keyfob.money import format_usd, parse_usd
+    from keyfob.pricing.model_limits import image_rule_names, limits_for, tool_names
     from keyfob.store.records import LimitOverride
 
     if image_rule is not None and image_rule not in image_rule_names():
         raise fail(f"unknown image rule {image_rule!r}; one of: {', '.join(image_rule_names())}")
-    setting = context is not None or max_output is not None or image_rule is not None
+    tool_prices: dict[str, int] = {}
+    for item in tool_price or []:
+        tool, _, usd = item.partition("=")
+        if tool.strip() not in tool_names():
+            raise fail(f"unknown tool {tool.strip()!r}; one of: {', '.join(tool_names())}")
+        try:
+            tool_prices[tool.strip()] = parse_usd(usd)
+        except ValueError as exc:
+            raise fail(f"--tool-price {item!r}: {exc}") from None
+    setting = (
+        context is not None or max_output is not None or image_rule is not None or bool(tool_prices)
+    )
     if reset and setting:
         raise fail("--reset takes no other option")
     changing = reset or setting
@@ -387,6 +408,7 @@ def providers_limits(
                 context if context is not None else old.context_window_tokens,
                 max_output if max_output is not None else old.max_output_tokens,
                 image_rule if image_rule is not None else old.image_rule,
+                tuple(sorted({**dict(old.tool_prices), **tool_prices}.items())),
             )
             await kf.store.providers.set_limits(provider.id, model, new)
             overrides = await kf.store.providers.limits(provider.id)
@@ -406,6 +428,8 @@ def providers_limits(
         f"max output {output}, images: {found.image().name}\n"
         f"source: {found.source}" + (f" (as of {found.as_of})" if found.as_of else "")
     )
+    for tool, micro_usd in found.tool_overrides:
+        console.print(f"tool {tool}: ${format_usd(micro_usd)} per use (yours)")
     if changing:
         console.print("A running server applies it within 10 seconds.")
 

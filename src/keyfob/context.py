@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from keyfob.providers import ProviderRegistry
+    from keyfob.providers.egress import Resolve
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Keyfob:
     providers: ProviderRegistry
     #: One pooled client session for every upstream call (created in the lifespan).
     http: aiohttp.ClientSession | None = None
+    #: How upstream host names are resolved (hosted mode checks every answer, see
+    #: ``providers/egress.py``); None: the system's resolver. Tests inject one.
+    resolve: Resolve | None = None
     started_at: float = field(default_factory=time.time)
 
     @classmethod

@@ -30,6 +30,7 @@ from keyfob.context import Keyfob
 from keyfob.cors import Cors, request_origin
 from keyfob.guard import Guard
 from keyfob.instances import Heartbeat
+from keyfob.providers import egress
 from keyfob.settings import Settings
 from keyfob.vault import write_secret_file
 
@@ -196,9 +197,15 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok" if ok else "starting", status_code=200 if ok else 503)
 
 
-def create_app(settings: Settings, announce: Callable[[str], None] | None = None) -> Starlette:
+def create_app(
+    settings: Settings,
+    announce: Callable[[str], None] | None = None,
+    *,
+    resolve: egress.Resolve | None = None,
+) -> Starlette:
     """The ASGI app. ``announce`` is told the one-time setup link when the store has no
-    owner yet (``keyfob serve`` prints it in the terminal; nothing logs it)."""
+    owner yet (``keyfob serve`` prints it in the terminal; nothing logs it). ``resolve``
+    replaces the system resolver for upstream names (tests: no real DNS)."""
     settings.check_safe()
     tighten_data_dir(settings)
     setup_token = settings.setup_token or secrets.token_urlsafe(32)
@@ -224,13 +231,17 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
         await forget_stale(kf.store, SessionRules(settings.session_idle_s, settings.session_max_s))
         if announce is not None and await kf.store.users.owner() is None:
             announce(f"{settings.issuer}/setup?token={setup_token}")
-        kf.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        kf.resolve = resolve
+        kf.http = egress.session(
+            settings,
+            resolve,
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=settings.upstream_connect_timeout_s,
                 sock_read=settings.upstream_read_timeout_s,
             ),
+            limit=0,
+            ttl_dns_cache=egress.DNS_CACHE_S,
         )
         # Load the bundled tokenizer now: loading it lazily inside the first stream holds
         # the GIL for half a second and stalls every relay in flight.

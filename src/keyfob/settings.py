@@ -7,6 +7,7 @@ at start-up, instead of surfacing as a leak later.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -87,6 +88,9 @@ class Settings:
     #: Host names this server answers to besides its public URL's host (hosted mode) or
     #: its loopback names (personal mode); anything else is refused (DNS rebinding).
     allowed_hosts: tuple[str, ...] = ()
+    #: Hosted mode: private addresses (CIDRs) upstreams may be served from on purpose; every
+    #: other upstream address must be public, checked at each connection (DNS rebinding).
+    upstream_allow_private: tuple[str, ...] = ()
     #: The one-time token /setup requires on a server with no owner yet; random per
     #: start when unset (``keyfob serve`` prints the link, as Jupyter does).
     setup_token: str | None = None
@@ -143,6 +147,7 @@ class Settings:
             log_level=env.get("KEYFOB_LOG_LEVEL", base.log_level),
             trusted_proxies=_env_list("KEYFOB_TRUSTED_PROXIES"),
             allowed_hosts=_env_list("KEYFOB_ALLOWED_HOSTS"),
+            upstream_allow_private=_env_list("KEYFOB_UPSTREAM_ALLOW_PRIVATE"),
             setup_token=env.get("KEYFOB_SETUP_TOKEN") or None,
             session_idle_s=_env_int("KEYFOB_SESSION_IDLE", base.session_idle_s),
             instance_id=env.get("KEYFOB_INSTANCE_ID") or None,
@@ -170,6 +175,13 @@ class Settings:
                 "signup is for hosted mode; a personal Keyfob has one owner, who may add "
                 "people with `keyfob users add`"
             )
+        for entry in self.upstream_allow_private:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise UnsafeSettings(
+                    f"KEYFOB_UPSTREAM_ALLOW_PRIVATE entry {entry!r} is not an address or CIDR"
+                ) from None
         if self.setup_token is not None and len(self.setup_token) < 16:
             raise UnsafeSettings("KEYFOB_SETUP_TOKEN needs at least 16 characters")
         if self.mode == "personal" and not loopback:

@@ -7,11 +7,13 @@ The cache keeps a lookup off the hot path without letting a revoked token throug
   transaction that may revoke (``WriteBack.generation``). A revoke from the CLI or the
   web page, or a refresh-token replay, is seen by the very next request; the reload
   is two primary-key lookups on the inline connection.
-- otherwise (PostgreSQL, hosted): entries live ``GRANT_CACHE_TTL_S`` and are served
-  stale at most ``GRANT_STALE_S`` more while one reload runs; a reload that finds
-  nothing evicts the entry. A revoke in any process is refused within
-  ``REVOCATION_BOUND_S`` on these endpoints, and at once on metered calls, whose
-  reservation re-checks token and grant (and the grant's version) in its transaction.
+- otherwise (PostgreSQL, hosted): an endpoint that reserves nothing (``fresh=True``:
+  ``/v1/models``, ``count_tokens``, ``/v1/keyfob/*``) reads token and grant on every
+  request (one indexed join) and refreshes the entry; a miss evicts it. Metered calls
+  use the cached entry (it lives ``GRANT_CACHE_TTL_S``, served stale at most
+  ``GRANT_STALE_S`` more while one reload runs), because their reservation re-checks
+  token and grant (and the grant's version) in its own transaction. Either way a
+  revoke in any process refuses the very next request.
 """
 
 from __future__ import annotations
@@ -31,9 +33,6 @@ from keyfob.tokens import Kind, hash_token, kind_of
 
 GRANT_CACHE_TTL_S = 0.5
 GRANT_STALE_S = 0.25
-#: The longest a revoked token is still answered by an endpoint that reserves nothing,
-#: on a store without write-back (plus one reload's latency).
-REVOCATION_BOUND_S = GRANT_CACHE_TTL_S + GRANT_STALE_S
 
 
 def grant_cache() -> TTLCache[tuple[Token, Grant]]:
@@ -55,9 +54,12 @@ def bearer(request: Request) -> str:
 
 
 async def authenticate(
-    kf: Keyfob, cache: TTLCache[tuple[Token, Grant]], request: Request
+    kf: Keyfob, cache: TTLCache[tuple[Token, Grant]], request: Request, *, fresh: bool = False
 ) -> tuple[str, Token, Grant]:
-    """Returns (token hash, token, grant) or raises a 401 GatewayError."""
+    """Returns (token hash, token, grant) or raises a 401 GatewayError.
+
+    ``fresh``: the caller reserves nothing, so nothing after this re-checks the token;
+    without write-back (whose stamp already makes the entry exact) the store is read."""
     token = bearer(request)
     if kind_of(token) is not Kind.ACCESS:
         raise unauthorized("invalid access token")
@@ -75,6 +77,12 @@ async def authenticate(
             )
             if found is not None:
                 cache.put(token_hash, found, stamp)
+    elif fresh:
+        found = await kf.store.tokens.active_with_grant(token_hash, "access", now)
+        if found is None:
+            cache.pop(token_hash)
+        else:
+            cache.put(token_hash, found)
     else:
         found = await cache.get_or_load(
             token_hash, lambda: kf.store.tokens.active_with_grant(token_hash, "access", now)

@@ -127,7 +127,7 @@ async def count_tokens(request: Request) -> Response:
     Messages format, else Keyfob's estimate."""
     kf: Keyfob = request.app.state.kf
     gw = GatewayState.of(request.app)
-    _hash, _token, grant = await authenticate(kf, gw.grants, request)
+    _hash, _token, grant = await authenticate(kf, gw.grants, request, fresh=True)
     body = await read_body(kf, request)
     messages_body(body, need_max_tokens=False)
     r = resolve(grant, await gw.providers_of(kf, grant.user_id), body["model"])

@@ -107,7 +107,7 @@ class Quote:
         return hook
 
 
-async def _quote(
+async def reservation_quote(
     kf: Keyfob, gw: GatewayState, r: Resolved, bound: TokenUsage, ask: Ask | None
 ) -> Quote:
     """Price the worst case: the surface's input bound and the output the app asked for
@@ -169,7 +169,7 @@ async def _reserve(
             except GatewayError:
                 raise exhausted(exc) from None
             downgraded_from = q.resolved.canonical
-            q = await _quote(kf, gw, fallback, bound, ask)
+            q = await reservation_quote(kf, gw, fallback, bound, ask)
         except CredentialRevoked:
             gw.grants.pop(token_hash)
             raise unauthorized("the access token or its grant was revoked") from None
@@ -231,7 +231,7 @@ async def _send(
 
 
 #: The grant's fallback chain (gateway/fallback.py) runs these steps for each model.
-_FALLBACK_HOOKS = fallback.Hooks(_send, _quote, make_plan)
+_FALLBACK_HOOKS = fallback.Hooks(_send, reservation_quote, make_plan)
 
 
 async def metered_call(request: Request, surface: Surface) -> Response:
@@ -252,7 +252,7 @@ async def metered_call(request: Request, surface: Surface) -> Response:
         gw,
         grant,
         token_hash,
-        await _quote(kf, gw, r, bound, ask),
+        await reservation_quote(kf, gw, r, bound, ask),
         streamed,
         bound,
         surface.endpoint,

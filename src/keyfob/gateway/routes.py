@@ -84,7 +84,7 @@ async def list_models(request: Request) -> Response:
     """GET /v1/models: only what this app's grant allows, as canonical ids."""
     kf: Keyfob = request.app.state.kf
     gw = GatewayState.of(request.app)
-    _hash, _token, grant = await authenticate(kf, gw.grants, request)
+    _hash, _token, grant = await authenticate(kf, gw.grants, request, fresh=True)
     providers = await gw.providers_of(kf, grant.user_id)
     granted = granted_models(grant, providers)
     if "anthropic-version" in request.headers:  # the Anthropic SDK's models.list()

@@ -25,7 +25,7 @@ from urllib.parse import SplitResult, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from keyfob import addresses
+from keyfob import addresses, limits
 from keyfob.oauth import rfc8252
 from keyfob.oauth.clients import InvalidClient, check_name, check_redirect_uris
 from keyfob.settings import Settings
@@ -201,10 +201,15 @@ async def fetch_document(
         raise MetadataDocumentError(
             f"the client_id URL could not be fetched ({type(exc).__name__})"
         ) from None
+    # The body reader's parser: strict, at most MAX_JSON_DEPTH deep, valid Unicode (a
+    # document nested a few thousand deep fits in MAX_BYTES and made json.loads raise
+    # RecursionError; a lone surrogate failed later, where the name is encoded).
     try:
-        document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise MetadataDocumentError("the client metadata document is not valid JSON") from None
+        document = limits.parse_json(body)
+    except limits.InvalidJson as exc:
+        raise MetadataDocumentError(
+            f"the client metadata document is not valid JSON: {exc}"
+        ) from None
     if not isinstance(document, dict):
         raise MetadataDocumentError("the client metadata document is not a JSON object")
     return document

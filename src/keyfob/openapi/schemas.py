@@ -249,6 +249,16 @@ SCHEMAS: dict[str, Any] = {
             "model": {"type": "string"},
             "price_source": {"type": "string"},
             "worst_case": {"type": "object"},
+            "output_limit": {
+                "type": "object",
+                "description": "The per-choice output limit the call would be reserved "
+                "for and sent; `lowered_from` when it would be fitted to what is left.",
+                "properties": {
+                    "max_tokens": {"type": "integer"},
+                    "n": {"type": "integer"},
+                    "lowered_from": {"type": ["integer", "null"]},
+                },
+            },
             "expected": {"type": "object"},
             "allowed": {"type": "boolean"},
             "refused_by": {"type": ["string", "null"]},

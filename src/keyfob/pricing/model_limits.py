@@ -2,7 +2,8 @@
 
 Shipped as dated data with sources (``model_limits.toml``, beside this module), completed
 by genai-prices' snapshot (context windows, per-model web-search prices) and overridden by
-the person (``keyfob providers limits PROVIDER MODEL --context N --max-output N``).
+the person (``keyfob providers limits PROVIDER MODEL --context N --max-output N
+--tool-price NAME=USD``).
 
 Why: a worst-case quote must be a true upper bound. Content billed by reference (an
 OpenAI ``file_id``, an Anthropic URL document) can only be bounded by the context window;
@@ -67,6 +68,8 @@ class ModelLimits:
     image_rule: ImageRule | None = None
     #: The model's own web-search price (genai-prices), when it has one.
     web_search_micro_usd_per_use: int | None = None
+    #: The person's per-use tool prices ((tool name, micro-USD), ...): they win.
+    tool_overrides: tuple[tuple[str, int], ...] = ()
 
     def image(self) -> ImageRule:
         """The image rule (always set by ``limits_for``; the unknown-model rule else)."""
@@ -74,7 +77,11 @@ class ModelLimits:
 
     def tool_price(self, name: str) -> ToolPrice:
         """A server-side tool's per-use price (``model_limits.toml``'s ``[tools]``); for a
-        search tool, the larger of that and the model's own price in genai-prices."""
+        search tool, the larger of that and the model's own price in genai-prices. The
+        person's own price (``keyfob providers limits --tool-price``) wins over both."""
+        for own_name, micro_usd in self.tool_overrides:
+            if own_name == name:
+                return ToolPrice(name, micro_usd, "override")
         shipped = _data().tools[name]
         own = self.web_search_micro_usd_per_use
         if own is not None and name in SEARCH_TOOLS and own > shipped.micro_usd_per_use:
@@ -264,6 +271,7 @@ def limits_for(
             as_of="",
             max_output_known=o.max_output_tokens is not None,
             image_rule=rule or family_image_rule(model),
+            tool_overrides=o.tool_prices,
         )
     return replace(
         found,
@@ -271,5 +279,6 @@ def limits_for(
         max_output_tokens=o.max_output_tokens or found.max_output_tokens,
         max_output_known=found.max_output_known or o.max_output_tokens is not None,
         image_rule=rule or found.image_rule,
+        tool_overrides=o.tool_prices or found.tool_overrides,
         source=f"override; else {found.source}",
     )

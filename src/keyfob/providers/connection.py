@@ -17,7 +17,7 @@ import aiohttp
 
 from keyfob.context import Keyfob
 from keyfob.pricing.prices import UnknownPrice, price_for
-from keyfob.providers import UpstreamError
+from keyfob.providers import UpstreamError, egress
 from keyfob.store.records import Provider
 
 TEST_TIMEOUT_S = 5.0
@@ -90,7 +90,7 @@ async def try_connection(
             )
         else:
             timeout = aiohttp.ClientTimeout(total=TEST_TIMEOUT_S)
-            async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with egress.session(kf.settings, kf.resolve, timeout=timeout) as http:
                 models = await adapter.list_models(http, probe, api_key)
     except TimeoutError:
         words, fix = in_words("Timeout", base_url)

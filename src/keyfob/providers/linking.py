@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from keyfob import addresses
 from keyfob.context import Keyfob
-from keyfob.providers import UpstreamError
+from keyfob.providers import UpstreamError, egress
 from keyfob.store.records import Provider
 from keyfob.terms import check_credential, clean_credential
 from keyfob.tokens import new_id
@@ -41,40 +40,43 @@ def _check_name(name: str) -> None:
         )
 
 
-def _is_private(address: str) -> bool:
-    """Not a public destination, judged on the IPv4 address an IPv6 form carries
-    (``addresses.effective``: mapped, compatible, NAT64, 6to4, Teredo). Raises
-    ValueError for a name."""
-    return not addresses.is_public(addresses.parse(address))
-
-
-async def _refuse_private_host(host: str) -> None:
-    """Hosted mode: an upstream on a private network would let people probe the server's."""
-    if host == "localhost" or host.endswith(".localhost"):
+async def _refuse_private_host(
+    host: str, allow: tuple[str, ...] = (), resolve: egress.Resolve | None = None
+) -> None:
+    """Hosted mode: an upstream on a private network would let people probe the server's.
+    The rule is the upstream connector's (``egress``), which checks again at every
+    connection: a name that resolves public now may not later."""
+    networks = egress.parse_allowed(allow)
+    if (host == "localhost" or host.endswith(".localhost")) and not networks:
         raise LinkRefused("hosted Keyfob cannot link providers on loopback addresses")
+    literal = True
     try:
-        if _is_private(host):
+        addresses.parse(host)
+    except addresses.NotAnAddress:
+        literal = False
+    try:
+        await asyncio.wait_for(egress.check_host(host, 0, networks, resolve), timeout=5.0)
+    except egress.EgressRefused:
+        if literal:
             raise LinkRefused(
                 "hosted Keyfob cannot link providers on loopback or private addresses"
-            )
-        return
-    except ValueError:
-        pass  # a name, not an address literal
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=5.0
-        )
-    except (OSError, TimeoutError):
-        raise LinkRefused(f"cannot resolve the provider's host {host!r}") from None
-    if any(_is_private(str(info[4][0])) for info in infos):
+            ) from None
         raise LinkRefused(
             f"host {host!r} resolves to a loopback or private address; hosted Keyfob cannot link it"
-        )
+        ) from None
+    except (OSError, TimeoutError):
+        raise LinkRefused(f"cannot resolve the provider's host {host!r}") from None
 
 
-async def normalise_base_url(base_url: str, *, hosted: bool) -> str:
-    """Check and normalise a base URL (no trailing slash)."""
+async def normalise_base_url(
+    base_url: str,
+    *,
+    hosted: bool,
+    allow_private: tuple[str, ...] = (),
+    resolve: egress.Resolve | None = None,
+) -> str:
+    """Check and normalise a base URL (no trailing slash). Hosted mode: its host must be
+    public or inside ``allow_private`` (``Settings.upstream_allow_private``)."""
     url = (base_url or "").strip()
     try:
         parts = urlsplit(url)
@@ -91,8 +93,18 @@ async def normalise_base_url(base_url: str, *, hosted: bool) -> str:
     if parts.query or parts.fragment:
         raise LinkRefused("base URL must not have a query or fragment")
     if hosted:
-        await _refuse_private_host(parts.hostname)
+        await _refuse_private_host(parts.hostname, allow_private, resolve)
     return url.rstrip("/")
+
+
+async def checked_base_url(kf: Keyfob, base_url: str) -> str:
+    """``normalise_base_url`` under this server's mode, allow-list and resolver."""
+    return await normalise_base_url(
+        base_url,
+        hosted=kf.settings.mode == "hosted",
+        allow_private=kf.settings.upstream_allow_private,
+        resolve=kf.resolve,
+    )
 
 
 async def _discover_models(kf: Keyfob, provider: Provider, api_key: str | None) -> list[str]:
@@ -103,7 +115,7 @@ async def _discover_models(kf: Keyfob, provider: Provider, api_key: str | None) 
             return await asyncio.wait_for(
                 adapter.list_models(kf.http, provider, api_key), LIST_MODELS_TIMEOUT_S
             )
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with egress.session(kf.settings, kf.resolve, timeout=timeout) as http:
             return await adapter.list_models(http, provider, api_key)
     except (UpstreamError, TimeoutError, aiohttp.ClientError) as exc:
         log.info("model discovery for provider %s failed: %s", provider.name, type(exc).__name__)
@@ -131,7 +143,7 @@ async def link_provider(
     default = getattr(kf.providers.get(kind), "default_base_url", None)
     if not (base_url or "").strip() and default:
         base_url = default  # a hosted API (openai, anthropic, gemini, openrouter)
-    url = await normalise_base_url(base_url, hosted=kf.settings.mode == "hosted")
+    url = await checked_base_url(kf, base_url)
     verdict = check_credential(kind, api_key)
     if not verdict.allowed:
         raise LinkRefused(verdict.explanation)

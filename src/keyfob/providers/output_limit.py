@@ -68,15 +68,20 @@ def max_tokens_only(path: str, body: dict[str, Any], tokens: int) -> dict[str, A
 
 
 def anthropic(path: str, body: dict[str, Any], tokens: int) -> dict[str, Any]:
-    """Messages: ``max_tokens``. An extended-thinking budget must stay below it, so a
-    lowered limit lowers the budget too (the API refuses a budget >= ``max_tokens``)."""
+    """Messages: ``max_tokens``. An extended-thinking budget must stay below it and be at
+    least ``MIN_THINKING_BUDGET`` (the API refuses anything else with a 400), so a lowered
+    limit lowers the budget to ``tokens - 1``; a limit too small to hold the smallest
+    budget drops thinking (the answer is then written without it, within the limit)."""
     out = dict(body)
     out["max_tokens"] = tokens
     thinking = out.get("thinking")
     if isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int):
         budget = thinking["budget_tokens"]
         if budget >= tokens:
-            out["thinking"] = {**thinking, "budget_tokens": max(MIN_THINKING_BUDGET, tokens - 1)}
+            if tokens - 1 >= MIN_THINKING_BUDGET:
+                out["thinking"] = {**thinking, "budget_tokens": tokens - 1}
+            else:
+                del out["thinking"]
     return out
 
 

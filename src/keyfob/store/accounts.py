@@ -322,6 +322,9 @@ class ProvidersRepo:
                     context_window_tokens=limits.context_window_tokens,
                     max_output_tokens=limits.max_output_tokens,
                     image_rule=limits.image_rule,
+                    tool_prices_json=(
+                        json.dumps(dict(limits.tool_prices)) if limits.tool_prices else None
+                    ),
                     updated_at=time.time(),
                 )
             )
@@ -332,7 +335,12 @@ class ProvidersRepo:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(lo).where(lo.c.provider_id == provider_id))).all()
         return {
-            r.model: LimitOverride(r.context_window_tokens, r.max_output_tokens, r.image_rule)
+            r.model: LimitOverride(
+                r.context_window_tokens,
+                r.max_output_tokens,
+                r.image_rule,
+                tuple(sorted(json.loads(r.tool_prices_json).items())) if r.tool_prices_json else (),
+            )
             for r in rows
         }
 

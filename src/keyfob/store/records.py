@@ -112,6 +112,8 @@ class LimitOverride:
     context_window_tokens: int | None = None
     max_output_tokens: int | None = None
     image_rule: str | None = None
+    #: Per-use server-tool prices, ((tool name, micro-USD per use), ...), sorted by name.
+    tool_prices: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ model_limit_overrides = Table(
     Column("context_window_tokens", BigInteger, nullable=True),
     Column("max_output_tokens", BigInteger, nullable=True),
     Column("image_rule", String(64), nullable=True),
+    #: {tool name: micro-USD per use} (migration 0016); NULL keeps the shipped prices.
+    Column("tool_prices_json", Text, nullable=True),
     Column("updated_at", Float, nullable=False),
 )
 

@@ -76,7 +76,9 @@ def classify(raw: str | None) -> Rule:
     found = _forbidden(text)
     if found is not None:
         return found
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    # Credentials are printable ASCII: anything else left after normalising (a homoglyph,
+    # a combining mark, a space) could only disguise one, so it is refused.
+    if not text.isascii() or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         return MALFORMED
     for rule in RULES:
         if rule.matches(text):

@@ -173,7 +173,10 @@ MALFORMED = Rule(
     credential="malformed",
     pattern=r"",
     verdict="forbidden",
-    summary="the credential contains spaces or control characters, so it is not an API key",
+    summary=(
+        "the credential contains spaces, control characters or characters outside ASCII, "
+        "so it is not an API key"
+    ),
     source="Keyfob terms registry (RFC 9110 field values)",
     checked="2026-12",
 )

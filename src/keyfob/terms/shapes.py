@@ -12,11 +12,20 @@ from __future__ import annotations
 import base64
 import json
 import re
+import unicodedata
 from typing import Any
 
-#: Characters a copy and paste brings along that no credential contains: zero-width
-#: space/joiners, word joiner, BOM, soft hyphen, Mongolian vowel separator, bidi marks.
-INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+#: Characters that show as nothing, which a paste (or someone hiding a credential's
+#: shape) brings along and no credential contains: Unicode's default-ignorable code points
+#: (soft hyphen, combining grapheme joiner, Hangul fillers, Khmer inherent vowels,
+#: Mongolian selectors, zero-width characters, bidi marks, variation selectors, BOM,
+#: halfwidth filler, tags) and the braille blank. Every format character (category Cf)
+#: goes too (``_visible``), whatever Unicode adds to it later.
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
 #: Labels people paste along with the value (``Authorization: Bearer sk-...``).
 PREFIXES = re.compile(
     r"^(?:(?:authorization|x-api-key|api[-_ ]?key)\s*[:=]\s*)?(?:bearer\s+)?", re.I
@@ -28,9 +37,18 @@ MAX_STRINGS = 512
 MAX_DEPTH = 16
 
 
+def _visible(text: str) -> str:
+    if text.isascii():  # every API key: nothing to strip
+        return text
+    text = INVISIBLE.sub("", text)
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def normalise(raw: str) -> str:
-    """The credential as an upstream would see it, without what a paste adds around it."""
-    text = INVISIBLE.sub("", raw).strip()
+    """The credential as an upstream would see it, without what a paste adds around it.
+    What remains outside ASCII is visible and in no credential: ``check.classify``
+    refuses it as malformed."""
+    text = _visible(raw).strip()
     for _ in range(3):  # 'Bearer "sk-..."', "'Authorization: Bearer sk-...'"
         before = text
         if len(text) >= 2 and text[0] == text[-1] and text[0] in QUOTES[0]:

@@ -18,7 +18,11 @@ from starlette.routing import BaseRoute, Route
 from keyfob.money import parse_usd, usd_input
 from keyfob.pricing.prices import Price, UnknownPrice, price_for
 from keyfob.providers.connection import ConnectionResult, try_connection, unpriced_models
-from keyfob.providers.linking import LinkRefused, link_provider, normalise_base_url
+from keyfob.providers.linking import (
+    LinkRefused,
+    checked_base_url,
+    link_provider,
+)
 from keyfob.store import reports
 from keyfob.store.records import Provider, User
 from keyfob.terms import check_credential
@@ -188,7 +192,7 @@ async def new_provider(request: Request) -> Response:
     if await kf.store.providers.by_name(user.id, name) is not None:
         return again(400, {"name": f"a provider named {name!r} exists already; choose another"})
     try:
-        url = await normalise_base_url(base_url, hosted=kf.settings.mode == "hosted")
+        url = await checked_base_url(kf, base_url)
     except LinkRefused as exc:
         return again(400, {"base_url": str(exc)})
     verdict = check_credential("openai_compatible", api_key)
@@ -267,7 +271,7 @@ async def provider_page(request: Request) -> Response:
         models = _split_models(models_text)
         url = provider.base_url
         try:
-            url = await normalise_base_url(base_url, hosted=kf.settings.mode == "hosted")
+            url = await checked_base_url(kf, base_url)
         except LinkRefused as exc:
             errors["base_url"] = str(exc)
         if len(models) > MAX_MODELS:

@@ -125,6 +125,15 @@ def request(body: dict[str, Any], *, model: str, default_max_tokens: int) -> dic
     """An OpenAI chat-completions body as an Anthropic Messages body."""
     if (body.get("n") or 1) != 1:
         raise Untranslatable("'n' above 1 cannot be served by an Anthropic model")
+    # Searches are quoted and charged per use; dropped in translation, the app would pay
+    # for a search that never ran (and get an answer without one).
+    if body.get("web_search_options") is not None:
+        raise Untranslatable(
+            "web_search_options (an OpenAI search model's option) has no Anthropic form; "
+            "send the Messages API's web_search tool with max_uses instead"
+        )
+    if isinstance(body.get("plugins"), list) and body["plugins"]:
+        raise Untranslatable("plugins (OpenRouter's) cannot be served by an Anthropic model")
     system: list[str] = []
     messages: list[dict[str, Any]] = []
     for i, m in enumerate(body["messages"]):

@@ -1,7 +1,7 @@
 """people: roles, disabled people, who registered an app and whether it is verified
 
 Revision ID: 0018
-Revises: 0013
+Revises: 0016
 Create Date: 2026-12-09 10:00:00.000000
 
 Why: a hosted Keyfob serves many people. Each is an ``admin`` or a ``member`` (the owner
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018"
-down_revision = "0013"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
