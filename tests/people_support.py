@@ -47,7 +47,9 @@ def pg_database() -> Iterator[str]:
 
 
 def hosted(data_dir: Path, database_url: str, **settings: Any) -> InProcess:
-    """An in-process hosted Keyfob on PostgreSQL (loopback, so http is allowed)."""
+    """An in-process hosted Keyfob on PostgreSQL (loopback, so http is allowed; the test
+    upstreams listen on loopback, a deliberately private upstream)."""
+    settings.setdefault("upstream_allow_private", ("127.0.0.0/8",))
     return InProcess(
         data_dir, mode="hosted", database_url=database_url, master_key=MASTER_KEY, **settings
     )

@@ -91,6 +91,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             database_url=url,
             master_key=MASTER_KEY,
             signup="invite",
+            upstream_allow_private=("127.0.0.0/8",),  # the fake upstream is on loopback
         )
         with server:
             ids = _seed(server, up)
