@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import inspect
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from keyfob.settings import Settings, UnsafeSettings
+from keyfob.settings import Settings, SettingsError, specs
 
 app = typer.Typer(
     help="Keyfob: bring your own AI account to any app.", no_args_is_help=True, add_completion=False
@@ -51,20 +52,49 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    data_dir: DataDir = None,
-    database_url: DatabaseUrl = None,
-    mode: Annotated[str | None, typer.Option(help="personal (default) or hosted.")] = None,
-) -> None:
-    """Run the server (personal mode: loopback, SQLite in the data dir)."""
+def _serve_parameters() -> list[inspect.Parameter]:
+    """One flag per setting, from the settings' own declarations (settings.py): the
+    flags, the variables and ``--help`` can never disagree."""
+    from keyfob.settings_docs import TITLES
+
+    params = []
+    for spec in specs():
+        where = f"env {spec.env}" + (f" or {spec.file_env}" if spec.secret else "")
+        text = f"{spec.help} ({where}; default {spec.default_text()})"
+        panel = TITLES[spec.group]
+        if spec.is_bool:
+            option = typer.Option(
+                f"{spec.flag}/--no-{spec.flag[2:]}",
+                help=text,
+                rich_help_panel=panel,
+                show_default=False,
+            )
+            hint: Any = Annotated[bool | None, option]
+        else:
+            metavar = "FILE" if spec.secret else spec.kind.upper().replace(" ", "")
+            option = typer.Option(
+                spec.flag, help=text, rich_help_panel=panel, show_default=False, metavar=metavar
+            )
+            hint = Annotated[str | None, option]
+        params.append(
+            inspect.Parameter(
+                spec.name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=None
+            )
+        )
+    return params
+
+
+def serve(**flags: Any) -> None:
+    """Run the server (personal mode: loopback, SQLite in the data dir). Every setting is
+    a flag here and a KEYFOB_* variable (docs/SETTINGS.md)."""
     import uvicorn
 
     from keyfob.server import create_app
 
-    settings = settings_for(data_dir, database_url, host=host, port=port, mode=mode)
+    try:
+        settings = Settings.load(flags)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
 
     def announce(link: str) -> None:
         # The terminal only, never the log: whoever holds this link creates the owner.
@@ -73,7 +103,7 @@ def serve(
 
     try:
         application = create_app(settings, announce)
-    except UnsafeSettings as exc:
+    except SettingsError as exc:
         raise fail(str(exc)) from None
     from keyfob.store import prepare_sqlite_file
     from keyfob.store.sqlite_writeback import owner_running
@@ -99,6 +129,12 @@ def serve(
         proxy_headers=False,
         forwarded_allow_ips="",
     )
+
+
+_params = _serve_parameters()
+serve.__signature__ = inspect.Signature(_params)  # type: ignore[attr-defined]
+serve.__annotations__ = {p.name: p.annotation for p in _params}
+app.command()(serve)
 
 
 @app.command()
@@ -976,7 +1012,11 @@ def terms() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SettingsError as exc:  # a KEYFOB_* variable no command could use
+        err.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
 
 
 # `keyfob apps expire` and `keyfob dev-token` (registered on import)

@@ -18,13 +18,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
+import itsdangerous
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyfob.context import Keyfob
 from keyfob.cors import Cors, request_origin
@@ -35,12 +36,27 @@ from keyfob.vault import write_secret_file
 log = logging.getLogger("keyfob")
 
 
-def session_secret(settings: Settings) -> str:
-    """The cookie-signing key: a 0600 file in the data dir, made on first start."""
+def session_keys(settings: Settings) -> list[str]:
+    """The cookie-signing key ring, newest last: ``KEYFOB_SESSION_KEYS`` (hosted mode
+    requires it, the same for every process), else a 0600 file in the data dir made on
+    first start (personal mode: one process)."""
+    if settings.session_keys:
+        return [k.strip() for k in settings.session_keys.split(",") if k.strip()]
     path = settings.data_dir / "session.key"
     if not path.exists():
         write_secret_file(path, secrets.token_urlsafe(48))
-    return path.read_text("utf-8").strip()
+    return [path.read_text("utf-8").strip()]
+
+
+class KeyRingSessions(SessionMiddleware):
+    """Starlette's signed-cookie sessions, verified against every key of the ring and
+    signed with the newest (itsdangerous' own key rotation), so a key can be rotated
+    without logging everyone out: add the new key last, roll the processes, and drop the
+    old one after ``session_max_s``."""
+
+    def __init__(self, app: ASGIApp, /, keys: list[str], **kwargs: Any) -> None:
+        super().__init__(app, secret_key=keys[-1], **kwargs)
+        self.signer = itsdangerous.TimestampSigner(keys)  # type: ignore[arg-type]
 
 
 def gateway_routes() -> list[Route]:
@@ -253,8 +269,8 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
     secure = settings.issuer.startswith("https://")
     middleware = [
         Middleware(
-            SessionMiddleware,
-            secret_key=session_secret(settings),
+            KeyRingSessions,
+            keys=session_keys(settings),
             session_cookie="keyfob_session",
             same_site="lax",
             https_only=secure,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from keyfob.settings import normalise_database_url
 from keyfob.store.accounts import ProvidersRepo, UsersRepo
 from keyfob.store.apps import ClientsRepo, CodesRepo, DeviceCodesRepo, GrantsRepo, TokensRepo
 from keyfob.store.engine import create_engine
@@ -81,6 +82,7 @@ class Store:
         ``serving``: this process is the server of a SQLite database, so it meters in
         memory with a journal (``sqlite_writeback``); raises ``JournalBusy`` when another
         server already does. Every other opener (the CLI, scripts) stays transactional."""
+        url = normalise_database_url(url)
         path = prepare_sqlite_file(url)
         engine = create_engine(url)
         if migrate:
