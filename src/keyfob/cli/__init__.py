@@ -1,0 +1,67 @@
+"""The ``keyfob`` command, one module per command group: ``serve``, ``init``,
+``providers``, ``models``, ``apps`` (and ``apps_policy``), ``usage``, ``wallet``,
+``vault``, ``dev_token``, ``terms``; ``common`` holds what they share.
+
+A group another package provides registers here: ``keyfob.cli_users`` (``keyfob users``)
+is added when it is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from keyfob.cli import (
+    apps,
+    apps_policy,
+    dev_token,
+    init,
+    models,
+    providers,
+    serve,
+    terms,
+    usage,
+    vault,
+    wallet,
+)
+from keyfob.cli.common import err
+from keyfob.settings import SettingsError
+
+app = typer.Typer(
+    help="Keyfob: bring your own AI account to any app.", no_args_is_help=True, add_completion=False
+)
+
+serve.install(app)
+app.command("init")(init.init)
+app.add_typer(providers.app, name="providers")
+app.add_typer(models.app, name="models")
+app.add_typer(apps.app, name="apps")
+app.command("usage")(usage.usage)
+app.add_typer(wallet.app, name="wallet")
+app.add_typer(vault.app, name="vault")
+app.command("dev-token")(dev_token.dev_token)
+app.command("terms")(terms.terms)
+_ = apps_policy  # registers `apps policy` on apps.app
+
+
+def register_group(module: str, name: str) -> None:
+    """Add the Typer group ``module.app`` as ``keyfob NAME`` when the module exists."""
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    app.add_typer(found.app, name=name)
+
+
+register_group("keyfob.cli_users", "users")
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as exc:  # a KEYFOB_* variable no command could use
+        err.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None

@@ -1,0 +1,98 @@
+"""``keyfob serve``: one flag per setting, generated from the settings' declarations."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any
+
+import typer
+
+from keyfob.cli.common import console, fail
+from keyfob.settings import Settings, SettingsError, specs
+
+
+def _serve_parameters() -> list[inspect.Parameter]:
+    """One flag per setting, from the settings' own declarations (settings.py): the
+    flags, the variables and ``--help`` can never disagree."""
+    from keyfob.settings_docs import TITLES
+
+    params = []
+    for spec in specs():
+        where = f"env {spec.env}" + (f" or {spec.file_env}" if spec.secret else "")
+        text = f"{spec.help} ({where}; default {spec.default_text()})"
+        panel = TITLES[spec.group]
+        if spec.is_bool:
+            option = typer.Option(
+                f"{spec.flag}/--no-{spec.flag[2:]}",
+                help=text,
+                rich_help_panel=panel,
+                show_default=False,
+            )
+            hint: Any = Annotated[bool | None, option]
+        else:
+            metavar = "FILE" if spec.secret else spec.kind.upper().replace(" ", "")
+            option = typer.Option(
+                spec.flag, help=text, rich_help_panel=panel, show_default=False, metavar=metavar
+            )
+            hint = Annotated[str | None, option]
+        params.append(
+            inspect.Parameter(
+                spec.name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=None
+            )
+        )
+    return params
+
+
+def serve(**flags: Any) -> None:
+    """Run the server (personal mode: loopback, SQLite in the data dir). Every setting is
+    a flag here and a KEYFOB_* variable (docs/SETTINGS.md)."""
+    import uvicorn
+
+    from keyfob.server import create_app
+
+    try:
+        settings = Settings.load(flags)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+    def announce(link: str) -> None:
+        # The terminal only, never the log: whoever holds this link creates the owner.
+        console.print(f"No owner yet. Create one at [bold]{link}[/bold]", soft_wrap=True)
+        console.file.flush()
+
+    try:
+        application = create_app(settings, announce)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    from keyfob.store import prepare_sqlite_file
+    from keyfob.store.sqlite_writeback import owner_running
+
+    db_file = prepare_sqlite_file(settings.effective_database_url)
+    if db_file is not None and owner_running(db_file):
+        raise fail(
+            f"another keyfob serve is already serving {db_file}; stop it first "
+            "(one server per database: it meters calls in memory)"
+        )
+    console.print(f"Keyfob on [bold]{settings.issuer}[/bold] (data: {settings.data_dir})")
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+        # Forwarding headers are believed only from KEYFOB_TRUSTED_PROXIES (guard.py):
+        # uvicorn's own default trusts them from 127.0.0.1, i.e. from every local client.
+        proxy_headers=False,
+        forwarded_allow_ips="",
+    )
+
+
+def install(app: typer.Typer) -> None:
+    """Register ``serve`` on ``app`` with one flag per setting."""
+    params = _serve_parameters()
+    serve.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    serve.__annotations__ = {p.name: p.annotation for p in params}
+    app.command("serve")(serve)
