@@ -27,7 +27,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from keyfob.context import Keyfob
 from keyfob.cors import Cors, request_origin
 from keyfob.guard import Guard
 from keyfob.settings import Settings
@@ -211,6 +210,13 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok" if ok else "starting", status_code=200 if ok else 503)
 
 
+def app_factory() -> Starlette:
+    """The app from the environment alone (``KEYFOB_*``), for process managers:
+    ``uvicorn --factory keyfob.server:app_factory`` or gunicorn's uvicorn worker, and the
+    workers of ``keyfob serve --workers N``."""
+    return create_app(Settings.from_env())
+
+
 def create_app(settings: Settings, announce: Callable[[str], None] | None = None) -> Starlette:
     """The ASGI app. ``announce`` is told the one-time setup link when the store has no
     owner yet (``keyfob serve`` prints it in the terminal; nothing logs it)."""
@@ -220,7 +226,14 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        kf = await Keyfob.open(settings, serving=True)
+        from keyfob.deploy import open_checked, ready_to_serve
+
+        kf = await open_checked(settings, serving=True)
+        try:
+            await ready_to_serve(kf)
+        except BaseException:
+            await kf.close()
+            raise
         # A personal server is the only process on its database: any reservation still
         # open from before this start belongs to a dead process (see allowance docs).
         if settings.mode == "personal":
@@ -233,8 +246,11 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
         from keyfob.accounts.sessions import SessionRules, forget_stale
 
         await forget_stale(kf.store, SessionRules(settings.session_idle_s, settings.session_max_s))
-        if announce is not None and await kf.store.users.owner() is None:
-            announce(f"{settings.issuer}/setup?token={setup_token}")
+        if await kf.store.users.owner() is None:
+            if settings.mode == "personal" and announce is not None:
+                announce(f"{settings.issuer}/setup?token={setup_token}")
+            elif settings.mode == "hosted" and announce is None:  # a link never goes to a log
+                log.warning("no owner yet: make a one-time setup link with `keyfob setup-link`")
         kf.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(

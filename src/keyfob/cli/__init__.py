@@ -1,6 +1,7 @@
 """The ``keyfob`` command, one module per command group: ``serve``, ``init``,
 ``providers``, ``models``, ``apps`` (and ``apps_policy``), ``usage``, ``wallet``,
-``vault``, ``dev_token``, ``terms``; ``common`` holds what they share.
+``vault``, ``dev_token``, ``terms``, ``deploy`` (``migrate``, ``setup-link``);
+``common`` holds what they share.
 
 A group another package provides registers here: ``keyfob.cli_users`` (``keyfob users``)
 is added when it is installed.
@@ -15,6 +16,7 @@ import typer
 from keyfob.cli import (
     apps,
     apps_policy,
+    deploy,
     dev_token,
     init,
     models,
@@ -34,6 +36,8 @@ app = typer.Typer(
 
 serve.install(app)
 app.command("init")(init.init)
+app.command("migrate")(deploy.migrate)
+app.command("setup-link")(deploy.setup_link)
 app.add_typer(providers.app, name="providers")
 app.add_typer(models.app, name="models")
 app.add_typer(apps.app, name="apps")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Annotated, Any
 
 import typer
 
-from keyfob.cli.common import console, fail
+from keyfob.cli.common import console, fail, run
 from keyfob.settings import Settings, SettingsError, specs
 
 
@@ -44,14 +45,14 @@ def _serve_parameters() -> list[inspect.Parameter]:
 
 
 def serve(**flags: Any) -> None:
-    """Run the server (personal mode: loopback, SQLite in the data dir). Every setting is
-    a flag here and a KEYFOB_* variable (docs/SETTINGS.md)."""
-    import uvicorn
-
+    """Run the server (personal mode: loopback, SQLite in the data dir; hosted mode:
+    PostgreSQL, migrated under a lock, with a setup link while there is no owner). Every
+    setting is a flag here and a KEYFOB_* variable (docs/SETTINGS.md)."""
     from keyfob.server import create_app
 
     try:
         settings = Settings.load(flags)
+        settings.check_safe()
     except SettingsError as exc:
         raise fail(str(exc)) from None
 
@@ -60,33 +61,61 @@ def serve(**flags: Any) -> None:
         console.print(f"No owner yet. Create one at [bold]{link}[/bold]", soft_wrap=True)
         console.file.flush()
 
+    if settings.mode == "hosted":
+        from keyfob.deploy import preflight
+
+        try:
+            link = run(lambda: preflight(settings))
+        except SettingsError as exc:
+            raise fail(str(exc)) from None
+        if link is not None:
+            announce(link)
+    else:
+        from keyfob.store import prepare_sqlite_file
+        from keyfob.store.sqlite_writeback import owner_running
+
+        db_file = prepare_sqlite_file(settings.effective_database_url)
+        if db_file is not None and owner_running(db_file):
+            raise fail(
+                f"another keyfob serve is already serving {db_file}; stop it first "
+                "(one server per database: it meters calls in memory)"
+            )
+    console.print(f"Keyfob on [bold]{settings.issuer}[/bold] (data: {settings.data_dir})")
+    console.file.flush()
+    if settings.workers > 1:
+        # Each worker builds its app from the environment (the app factory): hand it
+        # every setting resolved here, flags and files included.
+        os.environ.update(settings.to_env())
+        run_uvicorn(settings, "keyfob.server:app_factory")
+        return
     try:
         application = create_app(settings, announce)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    from keyfob.store import prepare_sqlite_file
-    from keyfob.store.sqlite_writeback import owner_running
+    run_uvicorn(settings, application)
 
-    db_file = prepare_sqlite_file(settings.effective_database_url)
-    if db_file is not None and owner_running(db_file):
-        raise fail(
-            f"another keyfob serve is already serving {db_file}; stop it first "
-            "(one server per database: it meters calls in memory)"
-        )
-    console.print(f"Keyfob on [bold]{settings.issuer}[/bold] (data: {settings.data_dir})")
+
+def run_uvicorn(settings: Settings, app: Any) -> None:
+    import uvicorn
+
     uvicorn.run(
-        application,
+        app,
+        factory=isinstance(app, str),
+        workers=settings.workers if isinstance(app, str) else None,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        log_level=settings.log_level,
+        log_level=settings.log_level.lower(),
         access_log=False,
         server_header=False,
         # Forwarding headers are believed only from KEYFOB_TRUSTED_PROXIES (guard.py):
         # uvicorn's own default trusts them from 127.0.0.1, i.e. from every local client.
         proxy_headers=False,
         forwarded_allow_ips="",
+        # SIGTERM: stop accepting; streams get drain_timeout_s, then Keyfob cuts and
+        # settles them (drain.py); this is the hard stop after that.
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
     )
 
 

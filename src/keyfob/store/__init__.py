@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keyfob.settings import normalise_database_url
 from keyfob.store.accounts import ProvidersRepo, UsersRepo
 from keyfob.store.apps import ClientsRepo, CodesRepo, DeviceCodesRepo, GrantsRepo, TokensRepo
-from keyfob.store.engine import create_engine
+from keyfob.store.engine import PoolOptions, create_engine
 from keyfob.store.metering import MeteringRepo
 from keyfob.store.migrate import upgrade
 from keyfob.store.overruns import OverrunsRepo
 from keyfob.store.reports import RefusalsRepo
 from keyfob.store.sessions import SessionsRepo
+from keyfob.store.setup_tokens import SetupTokensRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.store.wallets import WalletsRepo
 
@@ -53,6 +54,7 @@ class Store:
     refusals: RefusalsRepo
     sessions: SessionsRepo
     overruns: OverrunsRepo
+    setup_tokens: SetupTokensRepo
 
     hot: SqliteHotPath | None = None
 
@@ -72,19 +74,29 @@ class Store:
             RefusalsRepo(engine, hot),
             SessionsRepo(engine),
             OverrunsRepo(engine, hot),
+            SetupTokensRepo(engine),
             hot,
         )
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True, serving: bool = False) -> Store:
+    async def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        serving: bool = False,
+        pool: PoolOptions | None = None,
+    ) -> Store:
         """Connect (creating the SQLite file's folder) and apply migrations.
 
         ``serving``: this process is the server of a SQLite database, so it meters in
         memory with a journal (``sqlite_writeback``); raises ``JournalBusy`` when another
-        server already does. Every other opener (the CLI, scripts) stays transactional."""
+        server already does. Every other opener (the CLI, scripts) stays transactional.
+        ``pool``: PostgreSQL pool sizes (settings); ``migrate``: apply migrations (under
+        an advisory lock on PostgreSQL, ``store/migrate.py``)."""
         url = normalise_database_url(url)
         path = prepare_sqlite_file(url)
-        engine = create_engine(url)
+        engine = create_engine(url, pool)
         if migrate:
             await upgrade(engine)
         hot = SqliteHotPath(path) if path is not None else None

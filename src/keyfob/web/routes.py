@@ -59,9 +59,16 @@ def _form_error(request: Request, exc: FormError, user: User | None = None) -> R
 # --- first run -----------------------------------------------------------------------
 
 
-def _setup_token_ok(request: Request, submitted: object) -> bool:
+async def _setup_token_ok(request: Request, submitted: object) -> bool:
+    """Personal mode: the token this process printed. Hosted mode: a one-time token in
+    the database (``keyfob setup-link``), valid on every process behind the balancer."""
+    if not isinstance(submitted, str) or len(submitted) > 256:
+        return False
+    kf = kf_of(request)
+    if kf.settings.mode == "hosted":
+        return await kf.store.setup_tokens.valid(submitted)
     expected = getattr(request.app.state, "setup_token", None)
-    if not isinstance(expected, str) or not isinstance(submitted, str):
+    if not isinstance(expected, str):
         return False
     return hmac.compare_digest(expected.encode(), submitted.encode("utf-8", "replace"))
 
@@ -74,12 +81,12 @@ async def setup(request: Request) -> Response:
     if await kf.store.users.owner() is not None:
         return redirect("/login")
     if request.method == "GET" and "token" in request.query_params:
-        if not _setup_token_ok(request, request.query_params["token"]):
+        if not await _setup_token_ok(request, request.query_params["token"]):
             return _setup_refused(request)
         # Kept in the session so the token leaves the address bar (and history) at once.
         request.session["setup_token"] = request.query_params["token"]
         return redirect("/setup")
-    if not _setup_token_ok(request, request.session.get("setup_token")):
+    if not await _setup_token_ok(request, request.session.get("setup_token")):
         return _setup_refused(request)
     if request.method == "GET":
         return page(request, "setup.html", username="", timezone="UTC", error=None)
@@ -92,6 +99,10 @@ async def setup(request: Request) -> Response:
     error = None
     if password != form.get("password_confirm"):
         error = "the two passwords differ"
+    elif kf.settings.mode == "hosted" and not await kf.store.setup_tokens.use(
+        str(request.session.get("setup_token"))
+    ):
+        return _setup_refused(request)  # used by another request meanwhile
     else:
         try:
             user = await create_owner(
@@ -99,6 +110,8 @@ async def setup(request: Request) -> Response:
             )
         except (AccountError, WeakPassword) as exc:
             error = str(exc)
+            if kf.settings.mode == "hosted":  # the link stays good for a second try
+                await kf.store.setup_tokens.release(str(request.session.get("setup_token")))
         else:
             await sign_in(request, user)
             return redirect("/")
@@ -110,8 +123,8 @@ def _setup_refused(request: Request) -> Response:
         request,
         403,
         "Setup needs its link",
-        "Open the setup link that keyfob serve printed in its terminal "
-        "(or create the owner with keyfob init).",
+        "Open the setup link that keyfob serve printed in its terminal, or make one with "
+        "keyfob setup-link (or create the owner with keyfob init).",
     )
 
 
