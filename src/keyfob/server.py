@@ -25,10 +25,12 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyfob.cors import Cors, request_origin
 from keyfob.guard import Guard
+from keyfob.logs import REQUEST_ID
+from keyfob.metrics import OBSERVE, surface_of
 from keyfob.settings import Settings
 from keyfob.vault import write_secret_file
 
@@ -66,6 +68,7 @@ def gateway_routes() -> list[Route]:
 
 
 def collect_routes() -> list[BaseRoute]:
+    from keyfob.health import ROUTES as health_routes
     from keyfob.oauth.routes import ROUTES as oauth_routes
     from keyfob.openapi import PATH as OPENAPI_PATH
     from keyfob.openapi import openapi_json
@@ -73,7 +76,7 @@ def collect_routes() -> list[BaseRoute]:
     from keyfob.web.usage_export import ROUTES as export_routes
 
     return [
-        Route("/healthz", healthz),
+        *health_routes,
         Route(OPENAPI_PATH, openapi_json, methods=["GET"]),
         *oauth_routes,
         *gateway_routes(),
@@ -101,16 +104,21 @@ class KeyfobApp(Starlette):
 
     def __init__(self, *args: Any, guard: Guard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._fast: dict[str, tuple[frozenset[str], Endpoint, Route]] = {}
+        self._fast: dict[str, tuple[frozenset[str], Endpoint, Route, str]] = {}
         #: Cross-origin rules for browser apps (``cors/``), set by ``create_app``.
         self.cors: Cors | None = None
         self.guard = guard
 
     def set_fast_routes(self, routes: Sequence[Route]) -> None:
-        fast: dict[str, tuple[frozenset[str], Endpoint, Route]] = {}
+        fast: dict[str, tuple[frozenset[str], Endpoint, Route, str]] = {}
         for route in routes:
             if route.methods and not route.param_convertors and not self._shadowed(route):
-                fast[route.path] = (frozenset(route.methods), route.endpoint, route)
+                fast[route.path] = (
+                    frozenset(route.methods),
+                    route.endpoint,
+                    route,
+                    surface_of(route.path),
+                )
         self._fast = fast
 
     def _shadowed(self, target: Route) -> bool:
@@ -144,7 +152,11 @@ class KeyfobApp(Starlette):
                 scope["keyfob.cors"] = True  # decided once; the call below dispatches
                 await self.cors(self, scope, receive, send, origin)
                 return
-        if scope["type"] == "http" and not scope.get("root_path"):
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        if not scope.get("root_path"):
             hit = self._fast.get(scope["path"])
             if hit is not None and scope["method"] in hit[0]:
                 scope["app"] = self
@@ -152,16 +164,33 @@ class KeyfobApp(Starlette):
                 scope["route"] = hit[2]
                 scope["endpoint"] = hit[1]
                 scope["path_params"] = {}
+                surface = hit[3]
                 try:
                     response = await hit[1](Request(scope, receive, send))
                 except Exception:
                     await PlainTextResponse("Internal Server Error", status_code=500)(
                         scope, receive, send
                     )
+                    OBSERVE.done(surface, 500, started)
                     raise
-                await response(scope, receive, send)
+                try:
+                    await response(scope, receive, send)
+                finally:
+                    OBSERVE.done(surface, response.status_code, started)
                 return
-        await super().__call__(scope, receive, send)
+        # everything else: a request id for its log lines, and its status as sent
+        REQUEST_ID.set(secrets.token_hex(8))
+        status = [500]
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, watched)
+        finally:
+            OBSERVE.done(surface_of(scope["path"]), status[0], started)
 
 
 def wrong_host(scope: Scope) -> Response:
@@ -204,12 +233,6 @@ def tighten_data_dir(settings: Settings) -> None:
         )
 
 
-async def healthz(request: Request) -> Response:
-    """Liveness: answers once the lifespan has opened the store."""
-    ok = getattr(request.app.state, "kf", None) is not None
-    return PlainTextResponse("ok" if ok else "starting", status_code=200 if ok else 503)
-
-
 def app_factory() -> Starlette:
     """The app from the environment alone (``KEYFOB_*``), for process managers:
     ``uvicorn --factory keyfob.server:app_factory`` or gunicorn's uvicorn worker, and the
@@ -221,6 +244,9 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
     """The ASGI app. ``announce`` is told the one-time setup link when the store has no
     owner yet (``keyfob serve`` prints it in the terminal; nothing logs it)."""
     settings.check_safe()
+    from keyfob import logs
+
+    logs.configure(settings.log_level, settings.log_format)
     tighten_data_dir(settings)
     setup_token = settings.setup_token or secrets.token_urlsafe(32)
 
@@ -269,10 +295,17 @@ def create_app(settings: Settings, announce: Callable[[str], None] | None = None
         # walks only what requests allocate (measured: ~20 ms pauses otherwise, in p99).
         gc.collect()
         gc.freeze()
+        from keyfob.drain import Drain
+        from keyfob.gateway.state import GatewayState
+
+        drain = Drain(settings.drain_timeout_s, GatewayState.of(app).streams.cut_all)
+        drain.install()
+        app.state.kf_drain = drain
         app.state.kf = kf
         try:
             yield
         finally:
+            drain.uninstall()
             limiter = getattr(app.state, "kf_hash_limiter", None)
             if limiter is not None:
                 limiter.close()  # the hashing worker process ends with the server

@@ -184,6 +184,11 @@ class Settings:
         "process (hosted mode; checked at start).",
         group="redis",
     )
+    redis_prefix: str = setting(
+        "keyfob:",
+        "Prefix of every Redis key Keyfob writes (to share one Redis between deployments).",
+        group="redis",
+    )
     # secrets
     master_key: str | None = setting(
         None,

@@ -98,6 +98,14 @@ def serve(**flags: Any) -> None:
 def run_uvicorn(settings: Settings, app: Any) -> None:
     import uvicorn
 
+    from keyfob.logs import uvicorn_log_config
+
+    log_config = uvicorn_log_config(settings.log_level, settings.log_format)
+    if isinstance(app, str) and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        import tempfile
+
+        # the workers' metrics, shared through files and summed by /metrics
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keyfob-metrics-")
     uvicorn.run(
         app,
         factory=isinstance(app, str),
@@ -116,6 +124,7 @@ def run_uvicorn(settings: Settings, app: Any) -> None:
         # SIGTERM: stop accepting; streams get drain_timeout_s, then Keyfob cuts and
         # settles them (drain.py); this is the hard stop after that.
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+        log_config=log_config if log_config is not None else uvicorn.config.LOGGING_CONFIG,
     )
 
 

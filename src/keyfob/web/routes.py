@@ -24,11 +24,11 @@ from keyfob.web.account_pages import ROUTES as ACCOUNT_ROUTES
 from keyfob.web.app_pages import ROUTES as APP_ROUTES
 from keyfob.web.errors import ROUTES as ERROR_ROUTES
 from keyfob.web.forms import FormError, read_form
+from keyfob.web.limit_backends import ThrottleBackend, throttle
 from keyfob.web.limits_page import ROUTES as LIMITS_ROUTES
 from keyfob.web.openrouter import ROUTES as OPENROUTER_ROUTES
 from keyfob.web.overview import dashboard, overruns_seen
 from keyfob.web.provider_pages import ROUTES as PROVIDER_ROUTES
-from keyfob.web.ratelimit import LoginThrottle, login_throttle
 from keyfob.web.register_page import ROUTES as REGISTER_ROUTES
 from keyfob.web.render import (
     error_page,
@@ -43,9 +43,10 @@ from keyfob.web.sessions import hash_limiter, sign_in, sign_out
 log = logging.getLogger("keyfob.web")
 
 
-def _throttle(request: Request) -> LoginThrottle:
-    """The app's login throttle (shared with the password change)."""
-    return login_throttle(request)
+def _throttle(request: Request) -> ThrottleBackend:
+    """The app's login throttle (shared with the password change; in Redis when the
+    deployment has it, so every process counts the same failures)."""
+    return throttle(request, "login")
 
 
 def _address(request: Request) -> str:
@@ -147,7 +148,7 @@ async def login(request: Request) -> Response:
     next_url = safe_next(form.get("next"))
     address = _address(request)
     throttle = _throttle(request)
-    wait = throttle.retry_after(username, address)
+    wait = await throttle.retry_after(username, address)
     if wait > 0:
         response = page(
             request,
@@ -173,7 +174,7 @@ async def login(request: Request) -> Response:
         response.headers["Retry-After"] = "1"
         return response
     if user is None:
-        throttle.failed(username, address)
+        await throttle.failed(username, address)
         log.info("failed login for a username from %s", address)
         return page(
             request,
@@ -183,7 +184,7 @@ async def login(request: Request) -> Response:
             username=username,
             error="Wrong username or password.",
         )
-    throttle.succeeded(username, address)
+    await throttle.succeeded(username, address)
     await sign_in(request, user)
     return redirect(next_url)
 
