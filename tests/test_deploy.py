@@ -206,3 +206,41 @@ def test_vault_keygen_prints_a_usable_key(tmp_path: Path) -> None:
     key = cli(tmp_path, "vault", "keygen").stdout.strip()
     assert len(_raw(key)) == 32
     Vault.from_keys([_raw(key)])
+
+
+def test_an_unreachable_redis_is_refused_at_start(tmp_path: Path) -> None:
+    with fresh_database() as url:
+        d = Deployment(url, "https://keys.example.org")
+        dead = f"redis://:sesame-0123@127.0.0.1:{free_port()}/0"
+        proc = HostedProcess(d, tmp_path / "a", more={"KEYFOB_REDIS_URL": dead}).launch()
+        assert proc.proc is not None and proc.proc.wait(60) == 1
+        log = proc.log()
+        assert "cannot reach Redis" in log and "Traceback" not in log, log
+        assert "sesame-0123" not in log
+
+
+def test_workers_share_one_port_and_their_metrics(tmp_path: Path) -> None:
+    import secrets as _secrets
+
+    token = _secrets.token_urlsafe(32)
+    with fresh_database() as url:
+        port = free_port()
+        d = Deployment(url, f"http://127.0.0.1:{port}")
+        d.extra.update(KEYFOB_METRICS_TOKEN=token, KEYFOB_DB_PROCESSES="2")
+        proc = HostedProcess(d, tmp_path / "w", port=port, more={"KEYFOB_WORKERS": "2"})
+        proc.start()
+        try:
+            for _ in range(20):
+                assert httpx.get(f"{proc.url}/readyz").status_code == 200
+            scraped = httpx.get(
+                f"{proc.url}/metrics", headers={"Authorization": f"Bearer {token}"}
+            ).text
+            line = next(
+                ln
+                for ln in scraped.splitlines()
+                if ln.startswith('keyfob_http_requests_total{status="200",surface="probes"}')
+            )
+            assert float(line.rsplit(" ", 1)[1]) >= 20  # every worker's count, summed
+            assert "Started parent process" in proc.log() or "worker" in proc.log().lower()
+        finally:
+            proc.stop()

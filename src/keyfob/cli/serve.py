@@ -96,16 +96,28 @@ def serve(**flags: Any) -> None:
 
 
 def run_uvicorn(settings: Settings, app: Any) -> None:
-    import uvicorn
 
     from keyfob.logs import uvicorn_log_config
 
     log_config = uvicorn_log_config(settings.log_level, settings.log_format)
+    made: str | None = None
     if isinstance(app, str) and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         import tempfile
 
         # the workers' metrics, shared through files and summed by /metrics
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keyfob-metrics-")
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keyfob-metrics-")
+    try:
+        _uvicorn(settings, app, log_config)
+    finally:
+        if made is not None:
+            import shutil
+
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _uvicorn(settings: Settings, app: Any, log_config: dict[str, Any] | None) -> None:
+    import uvicorn
+
     uvicorn.run(
         app,
         factory=isinstance(app, str),
