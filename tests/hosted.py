@@ -41,7 +41,12 @@ def fresh_database(prefix: str = "keyfob_hosted") -> Iterator[str]:
     try:
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
-        asyncio.run(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @dataclass
@@ -107,7 +112,7 @@ class HostedProcess:
         return self
 
     def wait(self, timeout: float = 60.0) -> HostedProcess:
-        wait_http(f"{self.url}/healthz", timeout=timeout, proc=self.proc)
+        wait_http(f"{self.url}/livez", timeout=timeout, proc=self.proc)
         return self
 
     def start(self) -> HostedProcess:
