@@ -239,3 +239,25 @@ def test_a_plain_postgresql_url_is_accepted(tmp_path: Path, fresh_database: str)
         timeout=60,
     )
     assert listed.returncode == 0, listed.stderr
+
+
+#: Variables that are not settings: what one command reads (a password, a provider key)
+#: and names in the code or the clients' docs.
+NOT_SETTINGS = {
+    "KEYFOB_PASSWORD",
+    "KEYFOB_PROVIDER_KEY",
+    "KEYFOB_CLIENT_SECRET",
+    "KEYFOB_HEADERS",
+    "KEYFOB_API_ROUTES",
+    "KEYFOB_UPSTREAM_ALLOW_PRIVATE",  # another change of issue 12 adds it
+}
+
+
+def test_every_variable_the_docs_name_is_a_setting() -> None:
+    import re
+
+    known = {s.env for s in specs()} | {s.file_env for s in specs() if s.secret}
+    docs = [ROOT / "README.md", ROOT / "docs" / "DEPLOY.md", *(ROOT / "docs" / "deploy").iterdir()]
+    for doc in docs:
+        for name in set(re.findall(r"KEYFOB_[A-Z_]*[A-Z]", doc.read_text())):
+            assert name in known or name in NOT_SETTINGS, f"{doc.name} names {name}"
