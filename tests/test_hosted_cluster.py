@@ -37,7 +37,7 @@ from keyfob.settings import Settings
 from keyfob.store import Store
 from tests.conftest import OWNER, OWNER_PASSWORD
 from tests.hosted import Deployment, HostedProcess, drop_database, fresh_database
-from tests.oauth_app import Browser, pkce, query_of
+from tests.oauth_app import Browser, hidden, pkce, query_of
 from tests.support import FakeLLM, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,6 +339,28 @@ def test_logins_through_the_round_robin_balancer_all_work(cluster: Cluster) -> N
             answer = Browser(http, cluster.url).login()
             assert answer.status_code == 303, answer.text[:500]
             assert http.get(f"{cluster.url}/").status_code == 200
+
+
+def test_failed_logins_are_counted_once_for_every_process(cluster: Cluster) -> None:
+    from keyfob.web.ratelimit import FREE_ATTEMPTS
+
+    statuses = []
+    with cluster.client() as http:
+        for i in range(FREE_ATTEMPTS + 3):  # each guess on the next process in turn
+            base = cluster.pinned[i % 3]
+            page = http.get(f"{base}/login")
+            statuses.append(
+                http.post(
+                    f"{base}/login",
+                    data={
+                        "csrf_token": hidden(page.text, "csrf_token"),
+                        "username": "mallory-target",
+                        "password": f"guess {i}",
+                    },
+                ).status_code
+            )
+    assert statuses[:FREE_ATTEMPTS] == [401] * FREE_ATTEMPTS
+    assert set(statuses[FREE_ATTEMPTS:]) == {429}, statuses
 
 
 def test_registration_limit_is_shared_by_every_process(cluster: Cluster) -> None:
