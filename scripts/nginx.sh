@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Debian's nginx for the hosted-cluster test (tests/test_hosted_cluster.py starts its own
-# nginx on free loopback ports, from a generated config; nothing here starts one).
+# The proxies of the hosted-mode tests, installed from Debian when missing: nginx
+# (tests/test_hosted_cluster.py) and PgBouncer (tests/test_deploy.py). Nothing here starts
+# them: each test starts its own on free loopback ports, from a generated config.
 set -euo pipefail
 
-if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+missing=()
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then missing+=(nginx); fi
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then missing+=(pgbouncer); fi
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "the hosted-cluster test needs nginx (Debian: apt-get install nginx)" >&2
+    echo "the hosted-mode tests need: ${missing[*]} (Debian: apt-get install ${missing[*]})" >&2
   fi
 fi

@@ -5,11 +5,17 @@ serving. Real PostgreSQL, real ``keyfob serve`` processes, fakellm upstream."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from keyfob.settings import Settings
 from keyfob.store import Store
@@ -244,3 +250,85 @@ def test_workers_share_one_port_and_their_metrics(tmp_path: Path) -> None:
             assert "Started parent process" in proc.log() or "worker" in proc.log().lower()
         finally:
             proc.stop()
+
+
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+def _pgbouncer(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """PgBouncer in transaction pooling mode in front of the suite's PostgreSQL."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o777)  # the postgres user (below) writes its log here
+    (directory / "users.txt").write_text('"postgres" ""\n')
+    (directory / "pgbouncer.ini").write_text(
+        f"""[databases]
+* = host=127.0.0.1 port=5432
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+auth_type = trust
+auth_file = {directory}/users.txt
+pool_mode = transaction
+default_pool_size = 4
+max_client_conn = 200
+unix_socket_dir =
+logfile = {directory}/pgbouncer.log
+ignore_startup_parameters = extra_float_digits
+"""
+    )
+    for f in directory.iterdir():
+        f.chmod(0o644)
+    # PgBouncer will not run as root; as root, it switches to the postgres user
+    user = ["-u", "postgres"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(
+        [PGBOUNCER, *user, str(directory / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("pgbouncer did not start")
+
+
+@pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="needs pgbouncer (make services)")
+def test_hosted_processes_work_through_pgbouncer_transaction_pooling(
+    tmp_path: Path, fakellm: FakeLLM
+) -> None:
+    import tempfile
+
+    # outside pytest's 0700 tree: PgBouncer runs as the postgres user when we are root
+    scratch = tempfile.TemporaryDirectory(prefix="keyfob-pgbouncer-")
+    bouncer, port = _pgbouncer(Path(scratch.name))
+    try:
+        with fresh_database() as direct:
+            name = direct.rsplit("/", 1)[1]
+            pooled = f"postgresql://postgres@127.0.0.1:{port}/{name}"
+            d = Deployment(pooled, "http://127.0.0.1:1")
+            d.extra.update(KEYFOB_DB_STATEMENT_CACHE_SIZE="0", KEYFOB_DB_CONNECTION_BUDGET="50")
+            seeded = asyncio.run(_seed(direct, d.master_key, fakellm))
+            servers = [
+                HostedProcess(d, tmp_path / f"s{i}").launch() for i in range(2)
+            ]  # migrations through the pooler, at once: the advisory lock is a transaction's
+            for s in servers:
+                s.wait()
+            try:
+                with ThreadPoolExecutor(max_workers=16) as pool:
+                    statuses = list(
+                        pool.map(lambda i: _chat(servers[i % 2].url, seeded["token"]), range(40))
+                    )
+                assert statuses == [200] * 40, statuses
+                for s in servers:
+                    assert "prepared statement" not in s.log(), s.log()
+            finally:
+                for s in servers:
+                    s.stop()
+    finally:
+        bouncer.terminate()
+        bouncer.wait(10)
+        scratch.cleanup()
