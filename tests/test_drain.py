@@ -77,3 +77,20 @@ def test_sigterm_cuts_streams_after_the_drain_limit_and_settles_them(
     assert "cut 1 stream(s) still in flight" in log.read_text()
     rows = ledger_rows(owned_data_dir)
     assert [r["status"] for r in rows] != ["reserved"] and len(rows) == 1, rows
+
+
+def test_a_gateway_calls_log_lines_carry_its_ledger_id() -> None:
+    """The JSON formatter reads the request id the meter sets (the x-keyfob-request-id)."""
+    import json
+    import logging
+
+    from keyfob.logs import REQUEST_ID, JsonFormatter
+
+    record = logging.LogRecord("keyfob.gateway", logging.WARNING, __file__, 1, "cut %d", (1,), None)
+    token = REQUEST_ID.set("01JLEDGERROWID")
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        REQUEST_ID.reset(token)
+    assert line["request_id"] == "01JLEDGERROWID" and line["message"] == "cut 1"
+    assert "request_id" not in json.loads(JsonFormatter().format(record))

@@ -250,6 +250,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, fakellm: FakeLLM) -> Itera
             KEYFOB_METRICS_TOKEN=secrets.token_urlsafe(32),
             KEYFOB_UPSTREAM_ALLOW_PRIVATE="127.0.0.0/8",
             KEYFOB_LOG_FORMAT="json",
+            KEYFOB_LOG_LEVEL="info",
         )
         d.cli(root / "cli", "migrate")
         d.cli(root / "cli", "init", "--username", OWNER, KEYFOB_PASSWORD=OWNER_PASSWORD)
@@ -527,6 +528,10 @@ def test_logs_are_json_lines_with_the_request_id(cluster: Cluster) -> None:
     assert lines
     parsed = [json.loads(ln) for ln in lines]
     assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
+    # a request's lines carry its id (the registrations of the test above logged theirs)
+    registered = [p for p in parsed if p["message"].startswith("registered public client")]
+    assert registered and all(len(p.get("request_id", "")) == 16 for p in registered)
+    assert len({p["request_id"] for p in registered}) == len(registered)
 
 
 @pytest.mark.skip(reason="reaper: lead")
