@@ -118,6 +118,17 @@ class HostedProcess:
     def start(self) -> HostedProcess:
         return self.launch().wait()
 
+    def exit_code(self, timeout: float = 60.0) -> int:
+        """For a process expected to refuse to start: its exit code (killed, and the
+        test failed, if it keeps running)."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"still running after {timeout} s:\n{self.log()}") from None
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -53,14 +53,13 @@ def test_pools_larger_than_the_budget_refuse_to_start(tmp_path: Path) -> None:
             tmp_path / "a",
             more={"KEYFOB_DB_PROCESSES": "4", "KEYFOB_DB_CONNECTION_BUDGET": "30"},
         ).launch()
-        assert proc.proc is not None
-        assert proc.proc.wait(60) == 1
+        assert proc.exit_code() == 1
         log = proc.log()
         assert "4 process(es) x (5 pool + 5 overflow) + 2 spare = 42" in log, log
         assert "Traceback" not in log
         # against the server's own max_connections when no budget is given
         big = HostedProcess(d, tmp_path / "b", more={"KEYFOB_DB_PROCESSES": "1000"}).launch()
-        assert big.proc is not None and big.proc.wait(60) == 1
+        assert big.exit_code() == 1
         assert "max_connections" in big.log()
 
 
@@ -73,9 +72,11 @@ def test_the_setup_link_works_on_any_process_and_only_once(tmp_path: Path) -> No
         port_a = free_port()
         d = Deployment(url, f"http://127.0.0.1:{port_a}")
         d.extra["KEYFOB_ALLOWED_HOSTS"] = "127.0.0.1"
-        a = HostedProcess(d, tmp_path / "a", port=port_a).start()
-        b = HostedProcess(d, tmp_path / "b").start()
+        a = HostedProcess(d, tmp_path / "a", port=port_a).launch()
+        b = HostedProcess(d, tmp_path / "b").launch()
         try:
+            a.wait()
+            b.wait()
             printed = re.search(r"setup\?token=([\w-]+)", a.log())
             assert printed, a.log()  # `keyfob serve` printed a link on its console
             link_token = d.cli(tmp_path / "cli", "setup-link").strip().rsplit("=", 1)[1]
@@ -219,7 +220,7 @@ def test_an_unreachable_redis_is_refused_at_start(tmp_path: Path) -> None:
         d = Deployment(url, "https://keys.example.org")
         dead = f"redis://:sesame-0123@127.0.0.1:{free_port()}/0"
         proc = HostedProcess(d, tmp_path / "a", more={"KEYFOB_REDIS_URL": dead}).launch()
-        assert proc.proc is not None and proc.proc.wait(60) == 1
+        assert proc.exit_code() == 1
         log = proc.log()
         assert "cannot reach Redis" in log and "Traceback" not in log, log
         assert "sesame-0123" not in log
@@ -315,9 +316,9 @@ def test_hosted_processes_work_through_pgbouncer_transaction_pooling(
             servers = [
                 HostedProcess(d, tmp_path / f"s{i}").launch() for i in range(2)
             ]  # migrations through the pooler, at once: the advisory lock is a transaction's
-            for s in servers:
-                s.wait()
             try:
+                for s in servers:
+                    s.wait()
                 with ThreadPoolExecutor(max_workers=16) as pool:
                     statuses = list(
                         pool.map(lambda i: _chat(servers[i % 2].url, seeded["token"]), range(40))
