@@ -30,8 +30,9 @@ format:
 browser:  ## Debian's Chromium and axe-core for the browser tests (installed when missing)
 	bash scripts/browser.sh
 
-services:  ## start PostgreSQL and Redis if they are not running (hosted-mode tests)
+services:  ## start PostgreSQL and Redis if not running; nginx and PgBouncer installed (hosted-mode tests)
 	bash scripts/services.sh
+	bash scripts/nginx.sh
 
 bench:
 	$(PYTHON) -m bench

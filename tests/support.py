@@ -280,7 +280,7 @@ async def _ledger(data_dir: Path) -> list[dict[str, Any]]:
 def ledger_rows(data_dir: Path, settle_within_s: float = 1.0) -> list[dict[str, Any]]:
     """The ledger as another process (the CLI) reads it.
 
-    The server writes its rows in batches (``store/sqlite_writeback.py``): another process
+    The server writes its rows in batches (``store/metering/writeback.py``): another process
     sees a call's row up to a batch interval (10 ms) after the call was decided, and its
     final state up to an interval after the call ended. So this reads until two reads in a
     row agree and no row is ``reserved``, for at most ``settle_within_s``; a row that stays

@@ -1,13 +1,15 @@
 """``keyfob users ...`` (people, roles, password links, invites) and the ``--user NAME``
 option of every command that acts for a person (providers, models, apps, usage, wallet,
-dev-token). Registered on the ``keyfob`` command by one import in ``cli.py``.
+dev-token). Registered on the ``keyfob`` command by one import at the end of
+``keyfob/cli/__init__.py``, after every other command.
 
 Why ``--user`` is added here rather than in each command: the commands find their person
-through ``cli._owner``, which asks ``person()`` below; wrapping the registered commands
-gives each the same option (shown in its ``--help``) without touching their bodies, and a
-command added later gets it by being listed in ``ACTING_GROUPS``. Whoever runs the CLI
-has the database and the master key, so the CLI is an admin's tool; ``--user`` only picks
-whose objects a command reads and changes, never widens what it may see.
+through ``cli.common.owner_of``, which reads the ``ACTING`` name set here; wrapping the
+registered commands gives each the same option (shown in its ``--help``) without touching
+their bodies, and a command added later gets it by being listed in ``ACTING_GROUPS``.
+Whoever runs the CLI has the database and the master key, so the CLI is an admin's tool;
+``--user`` only picks whose objects a command reads and changes, never widens what it may
+see.
 
 Password links and invite codes are printed once on stdout (never a log) and stored as
 SHA-256 only.
@@ -15,7 +17,6 @@ SHA-256 only.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 import os
@@ -27,19 +28,14 @@ from typing import Annotated, Any
 import typer
 from typer.models import CommandInfo
 
-from keyfob.cli import (
-    DatabaseUrl,
-    DataDir,
-    _with_kf,
-    app,
-    apps_app,
-    console,
-    err,
-    fail,
-    models_app,
-    providers_app,
-    wallet_app,
-)
+from keyfob.cli import app
+from keyfob.cli.apps import app as apps_app
+from keyfob.cli.common import ACTING as _ACTING
+from keyfob.cli.common import DatabaseUrl, DataDir, console, err, fail
+from keyfob.cli.common import with_kf as _with_kf
+from keyfob.cli.models import app as models_app
+from keyfob.cli.providers import app as providers_app
+from keyfob.cli.wallet import app as wallet_app
 
 users_app = typer.Typer(
     help="People, roles, password links and invite codes.", no_args_is_help=True
@@ -48,7 +44,6 @@ invite_app = typer.Typer(help="Invite codes for signup mode `invite`.", no_args_
 app.add_typer(users_app, name="users")
 users_app.add_typer(invite_app, name="invite")
 
-_ACTING: contextvars.ContextVar[str | None] = contextvars.ContextVar("keyfob_user", default=None)
 
 UserOption = Annotated[
     str | None,
@@ -63,22 +58,6 @@ UserOption = Annotated[
 ACTING_GROUPS = (providers_app, models_app, apps_app, wallet_app)
 ACTING_COMMANDS = ("usage", "dev-token")
 NOT_ACTING = ("kinds",)  # `keyfob providers kinds` lists adapters, nobody's objects
-
-
-async def person(kf: Any) -> Any:
-    """The person a command acts for: ``--user NAME``, else the owner."""
-    name = _ACTING.get()
-    if name is None:
-        owner = await kf.store.users.owner()
-        if owner is None:
-            raise fail("no owner yet: run `keyfob init` (or `keyfob users add NAME --admin`)")
-        return owner
-    found = await kf.store.users.by_username(name)
-    if found is None:
-        raise fail(f"nobody named {name!r} (see `keyfob users list`)")
-    if not found.active:
-        raise fail(f"{name} is disabled; `keyfob users enable {name}` first")
-    return found
 
 
 def _acting(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -312,7 +291,7 @@ def invite_create(
 ) -> None:
     """Make an invite code; its signup link is printed once on stdout."""
     from keyfob.accounts.people import AccountError, new_invite
-    from keyfob.cli_grants import parse_duration
+    from keyfob.cli.apps import parse_duration
 
     try:
         ttl = None if expires.strip().lower() == "never" else parse_duration(expires)

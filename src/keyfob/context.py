@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keyfob.allowance.service import AllowanceService
 from keyfob.settings import Settings
@@ -30,6 +30,9 @@ class Keyfob:
     #: How upstream host names are resolved (hosted mode checks every answer, see
     #: ``providers/egress.py``); None: the system's resolver. Tests inject one.
     resolve: Resolve | None = None
+    #: Redis (``redis.asyncio.Redis``) when ``KEYFOB_REDIS_URL`` is set and the process
+    #: serves: shared login throttles and registration limits (``shared.py``).
+    redis: Any = None
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -37,7 +40,14 @@ class Keyfob:
         from keyfob.providers import ProviderRegistry
 
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        store = await Store.open(settings.effective_database_url, serving=serving)
+        from keyfob.store.engine import PoolOptions
+
+        store = await Store.open(
+            settings.effective_database_url,
+            serving=serving,
+            migrate=settings.migrate_on_start,
+            pool=PoolOptions.of(settings),
+        )
         vault = Vault.load(settings.data_dir, settings.master_key)
         instance_id = None
         if serving and settings.mode == "hosted":
@@ -52,4 +62,6 @@ class Keyfob:
     async def close(self) -> None:
         if self.http is not None:
             await self.http.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.store.close()

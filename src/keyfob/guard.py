@@ -25,7 +25,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Loopback names a personal server answers to (with any port).
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Paths answered whatever the Host (a load balancer's health check uses the pod's IP).
-HOST_EXEMPT_PATHS = frozenset({"/healthz"})
+HOST_EXEMPT_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 _CACHE_MAX = 256
 
 

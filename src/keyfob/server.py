@@ -18,18 +18,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
+import itsdangerous
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyfob.context import Keyfob
 from keyfob.cors import Cors, request_origin
 from keyfob.guard import Guard
 from keyfob.instances import Heartbeat
+from keyfob.logs import REQUEST_ID
+from keyfob.metrics import OBSERVE, surface_of
 from keyfob.providers import egress
 from keyfob.settings import Settings
 from keyfob.vault import write_secret_file
@@ -37,12 +39,27 @@ from keyfob.vault import write_secret_file
 log = logging.getLogger("keyfob")
 
 
-def session_secret(settings: Settings) -> str:
-    """The cookie-signing key: a 0600 file in the data dir, made on first start."""
+def session_keys(settings: Settings) -> list[str]:
+    """The cookie-signing key ring, newest last: ``KEYFOB_SESSION_KEYS`` (hosted mode
+    requires it, the same for every process), else a 0600 file in the data dir made on
+    first start (personal mode: one process)."""
+    if settings.session_keys:
+        return [k.strip() for k in settings.session_keys.split(",") if k.strip()]
     path = settings.data_dir / "session.key"
     if not path.exists():
         write_secret_file(path, secrets.token_urlsafe(48))
-    return path.read_text("utf-8").strip()
+    return [path.read_text("utf-8").strip()]
+
+
+class KeyRingSessions(SessionMiddleware):
+    """Starlette's signed-cookie sessions, verified against every key of the ring and
+    signed with the newest (itsdangerous' own key rotation), so a key can be rotated
+    without logging everyone out: add the new key last, roll the processes, and drop the
+    old one after ``session_max_s``."""
+
+    def __init__(self, app: ASGIApp, /, keys: list[str], **kwargs: Any) -> None:
+        super().__init__(app, secret_key=keys[-1], **kwargs)
+        self.signer = itsdangerous.TimestampSigner(keys)  # type: ignore[arg-type]
 
 
 def gateway_routes() -> list[Route]:
@@ -53,6 +70,7 @@ def gateway_routes() -> list[Route]:
 
 
 def collect_routes() -> list[BaseRoute]:
+    from keyfob.health import ROUTES as health_routes
     from keyfob.oauth.routes import ROUTES as oauth_routes
     from keyfob.openapi import PATH as OPENAPI_PATH
     from keyfob.openapi import openapi_json
@@ -60,7 +78,7 @@ def collect_routes() -> list[BaseRoute]:
     from keyfob.web.usage_export import ROUTES as export_routes
 
     return [
-        Route("/healthz", healthz),
+        *health_routes,
         Route(OPENAPI_PATH, openapi_json, methods=["GET"]),
         *oauth_routes,
         *gateway_routes(),
@@ -88,16 +106,21 @@ class KeyfobApp(Starlette):
 
     def __init__(self, *args: Any, guard: Guard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._fast: dict[str, tuple[frozenset[str], Endpoint, Route]] = {}
+        self._fast: dict[str, tuple[frozenset[str], Endpoint, Route, str]] = {}
         #: Cross-origin rules for browser apps (``cors/``), set by ``create_app``.
         self.cors: Cors | None = None
         self.guard = guard
 
     def set_fast_routes(self, routes: Sequence[Route]) -> None:
-        fast: dict[str, tuple[frozenset[str], Endpoint, Route]] = {}
+        fast: dict[str, tuple[frozenset[str], Endpoint, Route, str]] = {}
         for route in routes:
             if route.methods and not route.param_convertors and not self._shadowed(route):
-                fast[route.path] = (frozenset(route.methods), route.endpoint, route)
+                fast[route.path] = (
+                    frozenset(route.methods),
+                    route.endpoint,
+                    route,
+                    surface_of(route.path),
+                )
         self._fast = fast
 
     def _shadowed(self, target: Route) -> bool:
@@ -131,7 +154,11 @@ class KeyfobApp(Starlette):
                 scope["keyfob.cors"] = True  # decided once; the call below dispatches
                 await self.cors(self, scope, receive, send, origin)
                 return
-        if scope["type"] == "http" and not scope.get("root_path"):
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        if not scope.get("root_path"):
             hit = self._fast.get(scope["path"])
             if hit is not None and scope["method"] in hit[0]:
                 scope["app"] = self
@@ -139,16 +166,33 @@ class KeyfobApp(Starlette):
                 scope["route"] = hit[2]
                 scope["endpoint"] = hit[1]
                 scope["path_params"] = {}
+                surface = hit[3]
                 try:
                     response = await hit[1](Request(scope, receive, send))
                 except Exception:
                     await PlainTextResponse("Internal Server Error", status_code=500)(
                         scope, receive, send
                     )
+                    OBSERVE.done(surface, 500, started)
                     raise
-                await response(scope, receive, send)
+                try:
+                    await response(scope, receive, send)
+                finally:
+                    OBSERVE.done(surface, response.status_code, started)
                 return
-        await super().__call__(scope, receive, send)
+        # everything else: a request id for its log lines, and its status as sent
+        REQUEST_ID.set(secrets.token_hex(8))
+        status = [500]
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, watched)
+        finally:
+            OBSERVE.done(surface_of(scope["path"]), status[0], started)
 
 
 def wrong_host(scope: Scope) -> Response:
@@ -191,10 +235,11 @@ def tighten_data_dir(settings: Settings) -> None:
         )
 
 
-async def healthz(request: Request) -> Response:
-    """Liveness: answers once the lifespan has opened the store."""
-    ok = getattr(request.app.state, "kf", None) is not None
-    return PlainTextResponse("ok" if ok else "starting", status_code=200 if ok else 503)
+def app_factory() -> Starlette:
+    """The app from the environment alone (``KEYFOB_*``), for process managers:
+    ``uvicorn --factory keyfob.server:app_factory`` or gunicorn's uvicorn worker, and the
+    workers of ``keyfob serve --workers N``."""
+    return create_app(Settings.from_env())
 
 
 def create_app(
@@ -207,12 +252,22 @@ def create_app(
     owner yet (``keyfob serve`` prints it in the terminal; nothing logs it). ``resolve``
     replaces the system resolver for upstream names (tests: no real DNS)."""
     settings.check_safe()
+    from keyfob import logs
+
+    logs.configure(settings.log_level, settings.log_format)
     tighten_data_dir(settings)
     setup_token = settings.setup_token or secrets.token_urlsafe(32)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        kf = await Keyfob.open(settings, serving=True)
+        from keyfob.deploy import open_checked, ready_to_serve
+
+        kf = await open_checked(settings, serving=True)
+        try:
+            await ready_to_serve(kf)
+        except BaseException:
+            await kf.close()
+            raise
         heartbeat: Heartbeat | None = None
         # A personal server is the only process on its database: any reservation still
         # open from before this start belongs to a dead process (see allowance docs).
@@ -229,8 +284,11 @@ def create_app(
         from keyfob.accounts.sessions import SessionRules, forget_stale
 
         await forget_stale(kf.store, SessionRules(settings.session_idle_s, settings.session_max_s))
-        if announce is not None and await kf.store.users.owner() is None:
-            announce(f"{settings.issuer}/setup?token={setup_token}")
+        if await kf.store.users.owner() is None:
+            if settings.mode == "personal" and announce is not None:
+                announce(f"{settings.issuer}/setup?token={setup_token}")
+            elif settings.mode == "hosted" and announce is None:  # a link never goes to a log
+                log.warning("no owner yet: make a one-time setup link with `keyfob setup-link`")
         kf.resolve = resolve
         kf.http = egress.session(
             settings,
@@ -253,10 +311,17 @@ def create_app(
         # walks only what requests allocate (measured: ~20 ms pauses otherwise, in p99).
         gc.collect()
         gc.freeze()
+        from keyfob.drain import Drain
+        from keyfob.gateway.state import GatewayState
+
+        drain = Drain(settings.drain_timeout_s, GatewayState.of(app).streams.cut_all)
+        drain.install()
+        app.state.kf_drain = drain
         app.state.kf = kf
         try:
             yield
         finally:
+            drain.uninstall()
             limiter = getattr(app.state, "kf_hash_limiter", None)
             if limiter is not None:
                 limiter.close()  # the hashing worker process ends with the server
@@ -271,8 +336,8 @@ def create_app(
     secure = settings.issuer.startswith("https://")
     middleware = [
         Middleware(
-            SessionMiddleware,
-            secret_key=session_secret(settings),
+            KeyRingSessions,
+            keys=session_keys(settings),
             session_cookie="keyfob_session",
             same_site="lax",
             https_only=secure,

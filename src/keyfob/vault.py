@@ -57,6 +57,10 @@ class Vault:
     #: key id -> key; ``current`` encrypts, every key decrypts.
     keys: dict[str, bytes]
     current: str
+    #: The key file this ring came from (personal mode), read again when an envelope
+    #: names a key this process has not seen: ``keyfob vault rotate`` run beside a
+    #: running server appends one.
+    path: Path | None = None
 
     @classmethod
     def from_keys(cls, keys: list[bytes]) -> Vault:
@@ -77,7 +81,15 @@ class Vault:
         if not path.exists():
             write_secret_file(path, json.dumps({"keys": [_b64e(secrets.token_bytes(32))]}))
         ring = json.loads(path.read_text("utf-8"))
-        return cls.from_keys([_b64d(k) for k in ring["keys"]])
+        vault = cls.from_keys([_b64d(k) for k in ring["keys"]])
+        vault.path = path
+        return vault
+
+    def _reload(self) -> None:
+        if self.path is not None and self.path.exists():
+            ring = json.loads(self.path.read_text("utf-8"))
+            fresh = Vault.from_keys([_b64d(k) for k in ring["keys"]])
+            self.keys, self.current = fresh.keys, fresh.current
 
     @staticmethod
     def rotate_file(data_dir: Path) -> str:
@@ -105,6 +117,8 @@ class Vault:
             version, key_id, wrapped_b64, nonce_b64, ct_b64 = envelope.split(".")
         except ValueError:
             raise VaultError("malformed envelope") from None
+        if version == "v1" and key_id not in self.keys:
+            self._reload()
         if version != "v1" or key_id not in self.keys:
             raise VaultError(f"unknown key id {key_id!r}")
         try:
@@ -114,6 +128,17 @@ class Vault:
         except (InvalidTag, ValueError):
             raise VaultError("credential cannot be decrypted with this key ring") from None
         return plain.decode("utf-8")
+
+    @staticmethod
+    def key_id_in(envelope: str) -> str | None:
+        """The id of the master key that sealed ``envelope`` (None when malformed)."""
+        parts = envelope.split(".")
+        return parts[1] if len(parts) == 5 and parts[0] == "v1" else None
+
+    @staticmethod
+    def new_key() -> str:
+        """A fresh master key, base64url (for ``KEYFOB_MASTER_KEY``)."""
+        return _b64e(secrets.token_bytes(32))
 
     def rewrap(self, envelope: str, context: str = "") -> str:
         """Re-seal an envelope under the current key (for rotation)."""

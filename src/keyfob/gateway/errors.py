@@ -46,6 +46,8 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
         #: For 401s: the RFC 6750 error code of the bearer challenge.
         self.auth_error: str | None = None
+        #: An upstream's own error passed on (not a refusal of Keyfob's; ``metrics``).
+        self.from_upstream = False
 
     def body(self) -> dict[str, Any]:
         return {

@@ -18,8 +18,10 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from keyfob import metrics
 from keyfob.allowance.service import Reservation
 from keyfob.context import Keyfob
+from keyfob.logs import REQUEST_ID
 from keyfob.metering.types import SettledStatus, Settlement
 from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
@@ -62,6 +64,10 @@ class Meter:
     #: when the upstream reports no count (``pricing.bounds.fixed_uses``).
     fixed_tool_uses: dict[str, int] | None = None
 
+    def __post_init__(self) -> None:
+        metrics.reservation_held(self.reservation.amount_micro_usd)
+        REQUEST_ID.set(self.reservation.entry_id)  # the x-keyfob-request-id, in the logs
+
     @classmethod
     def of(cls, kf: Keyfob, reservation: Reservation, q: Quote) -> Meter:
         r = q.resolved
@@ -90,6 +96,13 @@ class Meter:
             return self._left
         if self._task is None:
             self.cost_micro_usd = s.cost_micro_usd
+            metrics.reservation_settled(
+                self.reservation.amount_micro_usd,
+                self.model,
+                s.status,
+                s.cost_micro_usd,
+                s.upstream_status,
+            )
             if s.cost_micro_usd > self.reservation.amount_micro_usd or self.was_cut:
                 from keyfob.gateway.overrun import report
 

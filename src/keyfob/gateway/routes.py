@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from keyfob import metrics
 from keyfob.context import Keyfob
 from keyfob.gateway.anthropic_errors import anthropic_response
 from keyfob.gateway.auth import authenticate
@@ -34,7 +35,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _challenged(request: Request, exc: GatewayError) -> GatewayError:
-    """Point every 401 at the protected-resource metadata (RFC 9728)."""
+    """Point every 401 at the protected-resource metadata (RFC 9728); count Keyfob's own
+    refusals by reason (an upstream's error passed on is counted as an upstream error)."""
+    if exc.status < 500 and not exc.from_upstream:
+        metrics.refused(exc.code or str(exc.status))
     if exc.status == 401:
         kf: Keyfob = request.app.state.kf
         exc.headers["WWW-Authenticate"] = www_authenticate(kf.settings, exc.auth_error)

@@ -88,6 +88,16 @@ class LiveStreams:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def cut_all(self, reason: str) -> int:
+        """Cut every stream in flight (the end of a drain, ``drain.py``); how many."""
+        cut = 0
+        for ident, (_th, _gid, stream) in list(self._streams.items()):
+            self._streams.pop(ident, None)
+            with contextlib.suppress(Exception):
+                stream.cut(reason)
+            cut += 1
+        return cut
+
     async def _run(self, kf: Keyfob) -> None:
         while self._streams:
             await asyncio.sleep(STREAM_CHECK_S)

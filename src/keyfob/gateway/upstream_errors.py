@@ -80,13 +80,15 @@ def upstream_error(
         )
     if not 400 <= status <= 599:
         status = 502
-    return GatewayError(
+    passed = GatewayError(
         status,
         message,
         code=code or "upstream_error",
         type_=type_ or ("api_error" if status >= 500 else "upstream_error"),
         headers=headers,
     )
+    passed.from_upstream = True  # counted as an upstream error, not a refusal
+    return passed
 
 
 #: Upstream rate-limit hints passed on to the client with an error answer.

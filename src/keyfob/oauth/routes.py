@@ -56,9 +56,9 @@ from keyfob.oauth.rfc6749 import AuthorizationRequest
 from keyfob.oauth.sign_in_words import sign_in_words
 from keyfob.store.apps import UNCHANGED, Unchanged
 from keyfob.store.records import Grant, User
+from keyfob.web import limit_backends
 from keyfob.web.consent_view import DEFAULT_CAP_USD, cheapest, model_choices, summary
 from keyfob.web.forms import Form, FormError, read_form
-from keyfob.web.ratelimit import LoginThrottle, WindowLimiter
 from keyfob.web.render import current_user, error_page, kf_of, login_redirect, page, redirect
 
 log = logging.getLogger("keyfob.oauth")
@@ -455,10 +455,10 @@ async def device_submit(request: Request) -> Response:
         form = await read_form(request, kf.settings.max_form_bytes)
     except FormError as exc:
         return error_page(request, exc.status, "The form could not be accepted", exc.message, user)
-    throttle = _state_object(request, "kf_device_throttle", LoginThrottle)
+    throttle = limit_backends.throttle(request, "device")
     address = _address(request)
     typed = form.get("user_code")[:32]
-    wait = throttle.retry_after("device", address)
+    wait = await throttle.retry_after("device", address)
     if wait > 0:
         response = _device_page(
             request, user, 429, typed, f"Too many wrong codes; try again in {int(wait) + 1} s."
@@ -467,11 +467,11 @@ async def device_submit(request: Request) -> Response:
         return response
     found = await rfc8628.pending_request(kf.store, typed, time.time())
     if found is None:
-        throttle.failed("device", address)
+        await throttle.failed("device", address)
         return _device_page(
             request, user, 400, typed, "That code is not valid or has expired. Check your device."
         )
-    throttle.succeeded("device", address)
+    await throttle.succeeded("device", address)
     normal = rfc8628.normalize_user_code(typed)
     request_id = _remember(request, {"kind": "device", "user_code": normal})
     return await _consent(request, user, found.ask(), request_id, "/device/consent")
@@ -606,11 +606,9 @@ async def token(request: Request) -> Response:
 
 async def device_authorization(request: Request) -> Response:
     kf = kf_of(request)
-    limiter = _state_object(
-        request, "kf_device_limiter", WindowLimiter, DEVICE_CODES_PER_10_MIN, 600.0
-    )
+    limiter = limit_backends.window_limiter(request, "device-codes", DEVICE_CODES_PER_10_MIN, 600.0)
     try:
-        wait = limiter.hit(_address(request))
+        wait = await limiter.hit(_address(request))
         if wait > 0:
             raise OAuthError("slow_down", "too many device requests from this address", 429)
         params, client = await _client_request(request)
@@ -650,14 +648,10 @@ async def register(request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
             raise OAuthError("invalid_request", "the body must be application/json")
-        limiter = _state_object(
-            request,
-            "kf_registration_limiter",
-            WindowLimiter,
-            kf.settings.registrations_per_hour_per_address,
-            3600.0,
+        limiter = limit_backends.window_limiter(
+            request, "registrations", kf.settings.registrations_per_hour_per_address, 3600.0
         )
-        if limiter.hit(_address(request)) > 0:
+        if await limiter.hit(_address(request)) > 0:
             raise OAuthError("slow_down", "too many registrations from this address", 429)
         try:
             raw = await read_limited(request, rfc7591.MAX_BODY_BYTES)

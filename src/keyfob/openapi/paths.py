@@ -306,9 +306,54 @@ def paths() -> dict[str, Any]:
         },
         "/healthz": {
             "get": {
-                "summary": "Liveness",
+                "summary": "The database answers",
                 "tags": ["server"],
-                "responses": {"200": {"description": "OK"}},
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/plain": {"schema": _S}}},
+                    "503": {"description": "Not", "content": {"text/plain": {"schema": _S}}},
+                },
+            }
+        },
+        "/livez": {
+            "get": {
+                "summary": "Liveness: the process answers",
+                "tags": ["server"],
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/plain": {"schema": _S}}}
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: database, Redis, schema at head, not draining",
+                "tags": ["server"],
+                "responses": {
+                    code: {
+                        "description": "Each check's state",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                    for code in ("200", "503")
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (hosted mode: a bearer KEYFOB_METRICS_TOKEN)",
+                "tags": ["server"],
+                "responses": {
+                    "200": {
+                        "description": "The text format",
+                        "content": {"text/plain": {"schema": _S}},
+                    },
+                    "401": {
+                        "description": "A token is needed",
+                        "content": {"text/plain": {"schema": _S}},
+                    },
+                    "404": {
+                        "description": "Metrics are off",
+                        "content": {"text/plain": {"schema": _S}},
+                    },
+                },
             }
         },
     }

@@ -13,9 +13,10 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyfob.metering.backend import MeteringBackend
+from keyfob.settings import normalise_database_url
 from keyfob.store.accounts import ProvidersRepo, UsersRepo
 from keyfob.store.apps import ClientsRepo, CodesRepo, DeviceCodesRepo, GrantsRepo, TokensRepo
-from keyfob.store.engine import create_engine
+from keyfob.store.engine import PoolOptions, create_engine
 from keyfob.store.instances import InstancesRepo
 from keyfob.store.metering.reads import LedgerReads
 from keyfob.store.metering.sqlite_tx import SqliteMetering
@@ -24,6 +25,7 @@ from keyfob.store.overruns import OverrunsRepo
 from keyfob.store.people import PeopleRepo
 from keyfob.store.reports import RefusalsRepo
 from keyfob.store.sessions import SessionsRepo
+from keyfob.store.setup_tokens import SetupTokensRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.store.wallets import WalletsRepo
 
@@ -61,6 +63,7 @@ class Store:
     overruns: OverrunsRepo
     instances: InstancesRepo
     people: PeopleRepo
+    setup_tokens: SetupTokensRepo
 
     hot: SqliteHotPath | None = None
 
@@ -85,6 +88,7 @@ class Store:
             OverrunsRepo(engine, hot),
             InstancesRepo(engine),
             PeopleRepo(engine),
+            SetupTokensRepo(engine),
             hot,
         )
 
@@ -95,31 +99,32 @@ class Store:
         *,
         migrate: bool = True,
         serving: bool = False,
-        pool_min: int = 1,
-        pool_max: int = 10,
-        statement_cache_size: int = 100,
+        pool: PoolOptions | None = None,
     ) -> Store:
-        """Connect (creating the SQLite file's folder), apply migrations, and choose the
-        metering backend once.
+        """Connect (creating the SQLite file's folder), apply migrations (under an advisory
+        lock on PostgreSQL, ``store/migrate.py``), and choose the metering backend once.
 
         ``serving``: this process is the server of a SQLite database, so it meters in
         memory with a journal (``store.metering.writeback``); raises ``JournalBusy`` when
         another server already does. Every other SQLite opener (the CLI, scripts) meters
         with one transaction per call. PostgreSQL meters with one function call per call
-        on a pool of its own (``pool_min``/``pool_max`` connections)."""
+        on a pool of its own (``pool.metering`` connections); ``pool``: pool sizes
+        (settings)."""
+        url = normalise_database_url(url)
         path = prepare_sqlite_file(url)
-        engine = create_engine(url)
+        engine = create_engine(url, pool)
         if migrate:
             await upgrade(engine)
         if path is None:
             from keyfob.store.metering.postgres import PostgresMetering
 
             try:
+                opts = pool or PoolOptions()
                 pg = await PostgresMetering.open(
                     url,
-                    min_size=pool_min,
-                    max_size=pool_max,
-                    statement_cache_size=statement_cache_size,
+                    min_size=1,
+                    max_size=opts.metering,
+                    statement_cache_size=opts.statement_cache_size,
                 )
             except BaseException:
                 await engine.dispose()

@@ -268,6 +268,18 @@ class ProvidersRepo:
                 .values(credential_envelope=envelope)
             )
 
+    async def replace_credential(self, provider_id: str, old: str, new: str) -> bool:
+        """Swap an envelope for its re-encryption, unless the credential changed since it
+        was read (a person saving a new key meanwhile wins): key rotation while serving."""
+        c = t.providers.c
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(t.providers)
+                .where(c.id == provider_id, c.credential_envelope == old)
+                .values(credential_envelope=new)
+            )
+        return bool(result.rowcount)
+
     async def remove(self, provider_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(

@@ -420,3 +420,15 @@ password_resets = Table(
     Column("used_at", Float, nullable=True),
 )
 Index("ix_password_resets_user", password_resets.c.user_id)
+
+#: One-time setup tokens for a hosted server with no owner yet (``keyfob setup-link``,
+#: printed by ``keyfob serve``): stored as SHA-256, valid for an hour, used once. In the
+#: database because any process behind the load balancer may answer the link.
+setup_tokens = Table(
+    "setup_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)

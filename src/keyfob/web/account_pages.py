@@ -14,9 +14,9 @@ from keyfob.allowance.windows import zone
 from keyfob.money import parse_usd, usd_input, usd_summary
 from keyfob.store import reports
 from keyfob.store.records import User
+from keyfob.web import limit_backends
 from keyfob.web.consent_view import DEFAULT_CAP_USD
 from keyfob.web.forms import Form, FormError, read_form
-from keyfob.web.ratelimit import login_throttle
 from keyfob.web.render import (
     current_user,
     error_page,
@@ -188,9 +188,9 @@ async def change_password(request: Request) -> Response:
     user, form = found
     current, new = form.get("current_password"), form.get("new_password")
     errors: dict[str, str] = {}
-    throttle = login_throttle(request)
+    throttle = limit_backends.throttle(request, "login")
     address = request.client.host if request.client else "unknown"
-    wait = throttle.retry_after(user.username, address)
+    wait = await throttle.retry_after(user.username, address)
     if wait > 0:
         errors["current_password"] = f"too many wrong passwords; wait {int(wait) + 1} s"
         response = await settings_page(request, 429, errors)
@@ -210,13 +210,13 @@ async def change_password(request: Request) -> Response:
             errors["current_password"] = "too many sign-ins at once; try again"  # noqa: S105
         except account_service.AccountError as exc:
             if "current password" in str(exc):
-                throttle.failed(user.username, address)
+                await throttle.failed(user.username, address)
                 errors["current_password"] = "this is not your current password"  # noqa: S105
             else:
                 errors["new_password"] = str(exc)
     if errors:
         return await settings_page(request, 400, errors)
-    throttle.succeeded(user.username, address)
+    await throttle.succeeded(user.username, address)
     # every session ended, this one too: whoever knew the old password is out, and this
     # browser continues under a new id
     await sign_in(request, await kf_of(request).store.users.get(user.id) or user)

@@ -9,9 +9,6 @@ limited per address; a wrong invite code counts as a failed login does.
 
 from __future__ import annotations
 
-import time
-from collections import deque
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -27,8 +24,8 @@ from keyfob.accounts.people import (
     sign_up,
 )
 from keyfob.allowance.windows import zone
+from keyfob.web import limit_backends
 from keyfob.web.forms import FormError, read_form
-from keyfob.web.ratelimit import login_throttle
 from keyfob.web.render import error_page, flash, kf_of, page, redirect
 from keyfob.web.sessions import hash_limiter, sign_in
 
@@ -39,31 +36,6 @@ _INVITE_KEY = "signup_code"
 _LINK_KEY = "password_code"
 DIFFER = "the two passwords differ"
 BUSY = "too many sign-ins at once; try again in a moment"
-
-
-class SignupLimit:
-    def __init__(self) -> None:
-        self._seen: dict[str, deque[float]] = {}
-
-    def allowed(self, address: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        if len(self._seen) > 10_000:
-            self._seen.clear()
-        q = self._seen.setdefault(address, deque())
-        while q and q[0] < now - 3600:
-            q.popleft()
-        return len(q) < SIGNUPS_PER_HOUR
-
-    def created(self, address: str, now: float | None = None) -> None:
-        self._seen.setdefault(address, deque()).append(time.monotonic() if now is None else now)
-
-
-def _limit(request: Request) -> SignupLimit:
-    found = getattr(request.app.state, "kf_signup_limit", None)
-    if not isinstance(found, SignupLimit):
-        found = SignupLimit()
-        request.app.state.kf_signup_limit = found
-    return found
 
 
 def _address(request: Request) -> str:
@@ -102,9 +74,12 @@ async def signup(request: Request) -> Response:
     code = form.get("invite_code").strip()[:128] if mode == "invite" else ""
     values = {"username": username, "timezone": timezone, "invite_code": code}
     address = _address(request)
-    throttle = login_throttle(request)
-    wait = throttle.retry_after("signup-invite-code", address) if mode == "invite" else 0
-    if wait > 0 or not _limit(request).allowed(address):
+    # shared by every process when the deployment has Redis (web/limit_backends.py); a
+    # signup attempt counts, so a script cannot probe usernames or codes at speed
+    throttle = limit_backends.throttle(request, "signup-code")
+    wait = await throttle.retry_after("signup-invite-code", address) if mode == "invite" else 0
+    signups = limit_backends.window_limiter(request, "signups", SIGNUPS_PER_HOUR, 3600.0)
+    if wait > 0 or await signups.hit(address) > 0:
         response = _signup_page(
             request,
             mode,
@@ -126,7 +101,7 @@ async def signup(request: Request) -> Response:
                 kf.store, mode, username, password, code, hash_limiter(request), timezone=timezone
             )
         except CodeRefused as exc:
-            throttle.failed("signup-invite-code", address)
+            await throttle.failed("signup-invite-code", address)
             errors["invite_code"] = str(exc)
         except WeakPassword as exc:
             errors["password"] = str(exc)
@@ -139,7 +114,6 @@ async def signup(request: Request) -> Response:
             response.headers["Retry-After"] = "1"
             return response
         else:
-            _limit(request).created(address)
             request.session.pop(_INVITE_KEY, None)
             await sign_in(request, user)
             flash(request, f"Welcome, {user.username}. Link a provider to let apps use it.")

@@ -26,12 +26,12 @@ from keyfob.web.admin_site import ROUTES as ADMIN_SITE_ROUTES
 from keyfob.web.app_pages import ROUTES as APP_ROUTES
 from keyfob.web.errors import ROUTES as ERROR_ROUTES
 from keyfob.web.forms import FormError, read_form
+from keyfob.web.limit_backends import ThrottleBackend, throttle
 from keyfob.web.limits_page import ROUTES as LIMITS_ROUTES
 from keyfob.web.openrouter import ROUTES as OPENROUTER_ROUTES
 from keyfob.web.overview import dashboard, overruns_seen
 from keyfob.web.people_pages import ROUTES as PEOPLE_ROUTES
 from keyfob.web.provider_pages import ROUTES as PROVIDER_ROUTES
-from keyfob.web.ratelimit import LoginThrottle, login_throttle
 from keyfob.web.register_page import ROUTES as REGISTER_ROUTES
 from keyfob.web.render import (
     error_page,
@@ -46,9 +46,10 @@ from keyfob.web.sessions import hash_limiter, sign_in, sign_out
 log = logging.getLogger("keyfob.web")
 
 
-def _throttle(request: Request) -> LoginThrottle:
-    """The app's login throttle (shared with the password change)."""
-    return login_throttle(request)
+def _throttle(request: Request) -> ThrottleBackend:
+    """The app's login throttle (shared with the password change; in Redis when the
+    deployment has it, so every process counts the same failures)."""
+    return throttle(request, "login")
 
 
 def _address(request: Request) -> str:
@@ -62,9 +63,16 @@ def _form_error(request: Request, exc: FormError, user: User | None = None) -> R
 # --- first run -----------------------------------------------------------------------
 
 
-def _setup_token_ok(request: Request, submitted: object) -> bool:
+async def _setup_token_ok(request: Request, submitted: object) -> bool:
+    """Personal mode: the token this process printed. Hosted mode: a one-time token in
+    the database (``keyfob setup-link``), valid on every process behind the balancer."""
+    if not isinstance(submitted, str) or len(submitted) > 256:
+        return False
+    kf = kf_of(request)
+    if kf.settings.mode == "hosted":
+        return await kf.store.setup_tokens.valid(submitted)
     expected = getattr(request.app.state, "setup_token", None)
-    if not isinstance(expected, str) or not isinstance(submitted, str):
+    if not isinstance(expected, str):
         return False
     return hmac.compare_digest(expected.encode(), submitted.encode("utf-8", "replace"))
 
@@ -79,12 +87,12 @@ async def setup(request: Request) -> Response:
     if await kf.store.users.owner() is not None or await kf.store.users.active_admins():
         return redirect("/login")
     if request.method == "GET" and "token" in request.query_params:
-        if not _setup_token_ok(request, request.query_params["token"]):
+        if not await _setup_token_ok(request, request.query_params["token"]):
             return _setup_refused(request)
         # Kept in the session so the token leaves the address bar (and history) at once.
         request.session["setup_token"] = request.query_params["token"]
         return redirect("/setup")
-    if not _setup_token_ok(request, request.session.get("setup_token")):
+    if not await _setup_token_ok(request, request.session.get("setup_token")):
         return _setup_refused(request)
     if request.method == "GET":
         return page(request, "setup.html", username="", timezone="UTC", error=None)
@@ -97,6 +105,10 @@ async def setup(request: Request) -> Response:
     error = None
     if password != form.get("password_confirm"):
         error = "the two passwords differ"
+    elif kf.settings.mode == "hosted" and not await kf.store.setup_tokens.use(
+        str(request.session.get("setup_token"))
+    ):
+        return _setup_refused(request)  # used by another request meanwhile
     else:
         try:
             user = await create_owner(
@@ -104,6 +116,8 @@ async def setup(request: Request) -> Response:
             )
         except (AccountError, WeakPassword) as exc:
             error = str(exc)
+            if kf.settings.mode == "hosted":  # the link stays good for a second try
+                await kf.store.setup_tokens.release(str(request.session.get("setup_token")))
         else:
             await sign_in(request, user)
             return redirect("/")
@@ -115,8 +129,8 @@ def _setup_refused(request: Request) -> Response:
         request,
         403,
         "Setup needs its link",
-        "Open the setup link that keyfob serve printed in its terminal "
-        "(or create the owner with keyfob init).",
+        "Open the setup link that keyfob serve printed in its terminal, or make one with "
+        "keyfob setup-link (or create the owner with keyfob init).",
     )
 
 
@@ -139,7 +153,7 @@ async def login(request: Request) -> Response:
     next_url = safe_next(form.get("next"))
     address = _address(request)
     throttle = _throttle(request)
-    wait = throttle.retry_after(username, address)
+    wait = await throttle.retry_after(username, address)
     if wait > 0:
         response = _login_page(
             request,
@@ -163,12 +177,12 @@ async def login(request: Request) -> Response:
         response.headers["Retry-After"] = "1"
         return response
     if user is None:
-        throttle.failed(username, address)
+        await throttle.failed(username, address)
         log.info("failed login for a username from %s", address)
         return _login_page(
             request, 401, next=next_url, username=username, error="Wrong username or password."
         )
-    throttle.succeeded(username, address)
+    await throttle.succeeded(username, address)
     if not user.active:  # told only to whoever knows the password
         return _login_page(
             request,
