@@ -207,7 +207,7 @@ async def _seed(url: str, master_key: str, fakellm: FakeLLM) -> dict[str, Any]:
             cached_input_micro_usd_per_mtok=None,
         )
         clients = {}
-        for name in ("walk", "cap", "revoke"):  # one grant per app: tests stay apart
+        for name in ("walk", "cap", "revoke", "restart", "peer"):  # a grant each: tests apart
             client, _secret = await register_app(
                 kf.store, name=f"{name} app", redirect_uris=[REDIRECT], public=True
             )
@@ -255,7 +255,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, fakellm: FakeLLM) -> Itera
         d.cli(root / "cli", "migrate")
         d.cli(root / "cli", "init", "--username", OWNER, KEYFOB_PASSWORD=OWNER_PASSWORD)
         seeded = asyncio.run(_seed(url, d.master_key, fakellm))
-        procs = [HostedProcess(d, root / f"p{i}").launch() for i in range(3)]
+        # stable instance ids, as systemd units or a stateful set give them
+        procs = [
+            HostedProcess(d, root / f"p{i}", more={"KEYFOB_INSTANCE_ID": f"p{i}"}).launch()
+            for i in range(3)
+        ]
         nginx = None
         try:
             for p in procs:
@@ -394,7 +398,7 @@ def _chat(c: Cluster, base: str, token: str) -> httpx.Response:
 async def _ledger(url: str, grant_id: str) -> list[Any]:
     store = await Store.open(url, migrate=False)
     try:
-        return [e for e in await store.metering.entries(limit=100000) if e.grant_id == grant_id]
+        return [e for e in await store.ledger.entries(limit=100000) if e.grant_id == grant_id]
     finally:
         await store.close()
 
@@ -534,9 +538,116 @@ def test_logs_are_json_lines_with_the_request_id(cluster: Cluster) -> None:
     assert len({p["request_id"] for p in registered}) == len(registered)
 
 
-@pytest.mark.skip(reason="reaper: lead")
-def test_kill_9_mid_stream_releases_its_reservations_within_seconds() -> None:
-    """Placeholder: the dead-process reaper and heartbeats are the lead's (issue 12)."""
+def _streams_in_flight(c: Cluster, base: str, token: str, n: int) -> list[Any]:
+    """``n`` long streams (about three seconds each) through ``base``, each having
+    received its first bytes; the caller kills the process serving them."""
+    started: list[Any] = []
+
+    def one(_: int) -> None:
+        http = httpx.Client(verify=c.ca, timeout=60)
+        response = http.send(
+            http.build_request(
+                "POST",
+                f"{base}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {token}"},
+                json={
+                    "model": MODEL,
+                    "max_tokens": 2000,
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "tell a long story"}],
+                },
+            ),
+            stream=True,
+        )
+        assert response.status_code == 200, response.read()
+        next(response.iter_raw())  # the stream has begun upstream
+        started.append((http, response))
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        list(pool.map(one, range(n)))
+    return started
+
+
+def _kill_9(p: HostedProcess) -> None:
+    assert p.proc is not None
+    p.proc.send_signal(signal.SIGKILL)
+    p.proc.wait()
+
+
+def _open_rows(c: Cluster, grant_id: str) -> tuple[list[Any], list[Any]]:
+    rows = asyncio.run(_ledger(c.deployment.database_url, grant_id))
+    return rows, [r for r in rows if r.status == "reserved"]
+
+
+def _assert_released(rows: list[Any], streams: int) -> None:
+    """Every stream is in the ledger once: the killed ones charged their reservation and
+    flagged for reconciliation, none left holding money."""
+    assert len(rows) == len({r.id for r in rows}) >= streams
+    charged = [r for r in rows if r.status == "charged_reservation"]
+    assert len(charged) >= streams
+    assert all(r.needs_reconciliation and r.cost_micro_usd == r.reserved_micro_usd for r in charged)
+
+
+def test_a_restart_with_the_same_id_releases_its_reservations_at_once(
+    cluster: Cluster, fakellm: FakeLLM
+) -> None:
+    """kill -9 a process with six streams in flight, start it again with the same
+    instance id: its earlier life's reservations are released by its own start, long
+    before its peers would find it silent."""
+    from keyfob.instances import DEAD_AFTER_S
+
+    with cluster.client() as http:
+        tokens = _sign_in_and_consent(cluster, http, "restart")
+    grant_id = _grant_of(cluster, tokens["access_token"])
+    victim = cluster.processes[0]
+    streams = _streams_in_flight(cluster, cluster.pinned[0], tokens["access_token"], 6)
+    killed_at = time.monotonic()
+    _kill_9(victim)
+    for http, response in streams:
+        response.close()
+        http.close()
+    assert len(_open_rows(cluster, grant_id)[1]) == 6  # held by the dead process
+    again = HostedProcess(
+        cluster.deployment, victim.data_dir, port=victim.port, more=victim.more
+    ).start()
+    cluster.processes[0] = again
+    rows, still_open = _open_rows(cluster, grant_id)
+    assert not still_open
+    assert time.monotonic() - killed_at < DEAD_AFTER_S  # its own start, not the reaper
+    _assert_released(rows, 6)
+
+
+def test_a_dead_peers_reservations_are_released_within_seconds(
+    cluster: Cluster, fakellm: FakeLLM
+) -> None:
+    """kill -9 a process with streams in flight and leave it dead: the others notice its
+    silence and release what it held within the reaper's bound."""
+    from keyfob.instances import DEAD_AFTER_S, HEARTBEAT_S
+
+    with cluster.client() as http:
+        tokens = _sign_in_and_consent(cluster, http, "peer")
+    grant_id = _grant_of(cluster, tokens["access_token"])
+    victim = cluster.processes[1]
+    streams = _streams_in_flight(cluster, cluster.pinned[1], tokens["access_token"], 4)
+    killed_at = time.monotonic()
+    _kill_9(victim)
+    for http, response in streams:
+        response.close()
+        http.close()
+    bound = DEAD_AFTER_S + 2 * HEARTBEAT_S + 5
+    while time.monotonic() - killed_at < bound:
+        rows, still_open = _open_rows(cluster, grant_id)
+        if not still_open:
+            break
+        time.sleep(0.5)
+    released_after = time.monotonic() - killed_at
+    assert not still_open, f"still held after {released_after:.1f} s"
+    _assert_released(rows, 4)
+    # the survivors serve the same grant meanwhile
+    assert _chat(cluster, cluster.pinned[2], tokens["access_token"]).status_code == 200
+    cluster.processes[1] = HostedProcess(
+        cluster.deployment, victim.data_dir, port=victim.port, more=victim.more
+    ).start()
 
 
 def test_eight_processes_starting_together_on_a_new_database_all_come_up(
