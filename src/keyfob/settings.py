@@ -7,7 +7,9 @@ at start-up, instead of surfacing as a leak later.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -19,6 +21,21 @@ Mode = Literal["personal", "hosted"]
 
 class UnsafeSettings(ValueError):
     """Raised when the configuration would run the server in an unsafe way."""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or CIDRs (the trusted proxies, read by ``guard.py``); raises
+    UnsafeSettings naming an entry that is neither."""
+    found: list[Network] = []
+    for entry in entries:
+        try:
+            found.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise UnsafeSettings(f"trusted proxy {entry!r} is not an address or CIDR") from None
+    return tuple(found)
 
 
 def default_data_dir() -> Path:
@@ -147,8 +164,6 @@ class Settings:
                 "trusted X-Forwarded-For would let any of them pick its address); "
                 "KEYFOB_TRUSTED_PROXIES is for hosted mode"
             )
-        from keyfob.guard import parse_networks
-
         parse_networks(self.trusted_proxies)  # raises UnsafeSettings on a bad entry
         if self.setup_token is not None and len(self.setup_token) < 16:
             raise UnsafeSettings("KEYFOB_SETUP_TOKEN needs at least 16 characters")

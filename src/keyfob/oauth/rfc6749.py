@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from keyfob.oauth import client_metadata, rfc7636, rfc8252, rfc8628, rfc8707, rf
 from keyfob.oauth.consent import CAP_PARAMETER, ConsentAsk, Suggestion, parse_suggestion
 from keyfob.oauth.errors import OAuthError, invalid_client, invalid_grant
 from keyfob.oauth.grants import REFRESH, issue_tokens, new_pair
+from keyfob.oauth.scope import well_formed
 from keyfob.settings import Settings
 from keyfob.store import Store, sqlite_hot
 from keyfob.store.records import AuthCode, Client, Token
@@ -33,10 +33,7 @@ from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.tokens import Kind, equal, hash_token, kind_of, new_token
 
 MAX_STATE = 1024
-MAX_SCOPE = 512
 MAX_PARAM = 2048
-#: RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")
 __all__ = ["CAP_PARAMETER", "AuthorizationRequest", "authenticate_client", "token_request"]
 
 
@@ -187,7 +184,7 @@ async def validate_authorization_request(
         raise fail(exc.error, exc.description) from None
 
     scope = params.get("scope", "")
-    if scope and (len(scope) > MAX_SCOPE or not SCOPE.match(scope)):
+    if not well_formed(scope):
         raise fail("invalid_scope", "scope is not a list of scope tokens")
 
     try:
