@@ -21,6 +21,7 @@ from keyfob.store.overruns import OverrunsRepo
 from keyfob.store.reports import RefusalsRepo
 from keyfob.store.sessions import SessionsRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
+from keyfob.store.sqlite_oauth import InlineClientsRepo, InlineTokensRepo
 from keyfob.store.wallets import WalletsRepo
 
 
@@ -57,14 +58,16 @@ class Store:
 
     @classmethod
     def from_engine(cls, engine: AsyncEngine, hot: SqliteHotPath | None = None) -> Store:
+        """The repositories for this engine, chosen once: on a SQLite file the token and
+        client lookups and the refresh rotation run on the inline connection."""
         return cls(
             engine,
             UsersRepo(engine),
             ProvidersRepo(engine),
-            ClientsRepo(engine),
+            ClientsRepo(engine) if hot is None else InlineClientsRepo(engine, hot),
             GrantsRepo(engine),
             CodesRepo(engine),
-            TokensRepo(engine),
+            TokensRepo(engine) if hot is None else InlineTokensRepo(engine, hot),
             MeteringRepo(engine, hot),
             WalletsRepo(engine),
             DeviceCodesRepo(engine),

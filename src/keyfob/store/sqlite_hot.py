@@ -34,7 +34,6 @@ import functools
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -49,7 +48,7 @@ from keyfob.store.metering_types import (
     WindowLimit,
     keys_json,
 )
-from keyfob.store.records import Client, Grant, Token, WindowState
+from keyfob.store.records import WindowState
 from keyfob.store.sqlite_writeback import WriteBack
 from keyfob.tokens import new_id
 
@@ -405,23 +404,6 @@ def live_tokens(conn: sqlite3.Connection, pairs: set[tuple[str, str]], now: floa
     return alive
 
 
-def access_with_grant(
-    conn: sqlite3.Connection, token_hash: str, now: float
-) -> tuple[Token, Grant] | None:
-    """A live access token and its live grant, or None (``TokensRepo.active_with_grant``
-    on the inline connection: two primary-key lookups, no thread handoff)."""
-    found = token(conn, token_hash)
-    if (
-        found is None
-        or found.kind != "access"
-        or found.revoked_at is not None
-        or found.expires_at <= now
-    ):
-        return None
-    row = _row(conn, "SELECT * FROM grants WHERE id = ? AND revoked_at IS NULL", (found.grant_id,))
-    return (found, Grant.of(row)) if row is not None else None
-
-
 def held_since(
     conn: sqlite3.Connection, grant_id: str, since: float, model: str | None
 ) -> tuple[int, float | None]:
@@ -687,113 +669,3 @@ def settle_tx(
             if s.cost_micro_usd:
                 wallet_tx(conn, user_id, "charge", -s.cost_micro_usd, got[0], entry_id, None, now)
     return tuple(states)
-
-
-# --- OAuth: the refresh-token rotation and the lookups around it -------------------------
-#
-# The reference is the SQLAlchemy path (``TokensRepo.get`` / ``mark_used`` /
-# ``revoke_family`` / ``save``, ``GrantsRepo.get``, ``ClientsRepo.get``), which PostgreSQL
-# keeps using; ``oauth/rfc6749.py`` takes this path when the store has one.
-
-
-class _Mapped:
-    """Lets a record's ``of()`` read a ``sqlite3.Row`` the way it reads a SQLAlchemy row."""
-
-    __slots__ = ("_mapping",)
-
-    def __init__(self, row: sqlite3.Row) -> None:
-        self._mapping = row
-
-
-def _row(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> _Mapped | None:
-    cur = conn.cursor()
-    cur.row_factory = sqlite3.Row
-    row = cur.execute(sql, args).fetchone()
-    return _Mapped(row) if row is not None else None
-
-
-_SELECT_BY_HASH = (
-    "SELECT token_hash, kind, grant_id, client_id, family_id, scope, resource, created_at, "
-    "expires_at, used_at, revoked_at FROM tokens WHERE token_hash = ?"
-)
-_INSERT_ISSUED = (
-    "INSERT INTO tokens (token_hash, kind, grant_id, client_id, family_id, scope, resource, "
-    "created_at, expires_at, used_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def client(conn: sqlite3.Connection, client_id: str) -> Client | None:
-    found = _row(conn, "SELECT * FROM clients WHERE id = ?", (client_id,))
-    return Client.of(found) if found is not None else None
-
-
-def grant_expiry(conn: sqlite3.Connection, grant_id: str) -> float | None:
-    """When the grant ends by itself (None: never, or no such grant)."""
-    row = conn.execute("SELECT expires_at FROM grants WHERE id = ?", (grant_id,)).fetchone()
-    return float(row[0]) if row is not None and row[0] is not None else None
-
-
-def token(conn: sqlite3.Connection, token_hash: str) -> Token | None:
-    found = _row(conn, _SELECT_BY_HASH, (token_hash,))
-    return Token.of(found) if found is not None else None
-
-
-#: Outcomes of ``rotate_refresh_tx`` other than success.
-REPLAYED = "replayed"  # used before: the family was revoked
-EXPIRED = "expired"  # revoked or expired (now marked used, as the reference path does)
-GRANT_REVOKED = "grant_revoked"
-
-
-def revoke_family_tx(conn: sqlite3.Connection, family_id: str) -> None:
-    conn.execute(
-        "UPDATE tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
-        (time.time(), family_id),
-    )
-
-
-def rotate_refresh_tx(
-    conn: sqlite3.Connection, token_hash: str, family_id: str, now: float, new: tuple[Token, ...]
-) -> str | None:
-    """Spend a refresh token and store its successors, in the caller's one transaction.
-
-    Mirrors the reference steps in their order: mark used only if unused (else revoke
-    the family: a replay), then refuse a revoked or expired token, then a revoked grant
-    (both with the token left spent, as the reference's separate commits leave it), then
-    insert the new pair. Returns None on success, else one of the outcomes above."""
-    row = conn.execute(
-        "UPDATE tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL "
-        "RETURNING revoked_at, expires_at, grant_id",
-        (now, token_hash),
-    ).fetchone()
-    if row is None:
-        revoke_family_tx(conn, family_id)
-        return REPLAYED
-    revoked_at, expires_at, grant_id = row
-    if revoked_at is not None or expires_at < now:
-        return EXPIRED
-    grant = conn.execute(
-        "SELECT revoked_at, expires_at FROM grants WHERE id = ?", (grant_id,)
-    ).fetchone()
-    if grant is None or grant[0] is not None or (grant[1] is not None and grant[1] <= now):
-        return GRANT_REVOKED  # revoked or expired
-    ends = grant[1] if grant[1] is not None else float("inf")  # tokens never outlive it
-    conn.executemany(
-        _INSERT_ISSUED,
-        [
-            (
-                t.token_hash,
-                t.kind,
-                t.grant_id,
-                t.client_id,
-                t.family_id,
-                t.scope,
-                t.resource,
-                t.created_at,
-                min(t.expires_at, ends),
-                t.used_at,
-                t.revoked_at,
-            )
-            for t in new
-        ],
-    )
-    return None
