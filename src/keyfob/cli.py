@@ -7,12 +7,16 @@ import getpass
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from keyfob.settings import Settings, UnsafeSettings
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without loading the server
+    from keyfob.context import Keyfob
+    from keyfob.store.records import Grant, User
 
 app = typer.Typer(
     help="Keyfob: bring your own AI account to any app.", no_args_is_help=True, add_completion=False
@@ -143,13 +147,13 @@ app.add_typer(apps_app, name="apps")
 app.add_typer(vault_app, name="vault")
 
 
-async def _open(data_dir: Path | None, database_url: str | None) -> Any:
+async def _open(data_dir: Path | None, database_url: str | None) -> Keyfob:
     from keyfob.context import Keyfob
 
     return await Keyfob.open(settings_for(data_dir, database_url))
 
 
-async def _owner(kf: Any) -> Any:
+async def _owner(kf: Keyfob) -> User:
     owner = await kf.store.users.owner()
     if owner is None:
         raise fail("no owner yet: run `keyfob init` first")
@@ -157,7 +161,7 @@ async def _owner(kf: Any) -> Any:
 
 
 def _with_kf(
-    data_dir: Path | None, database_url: str | None, body: Callable[[Any], Awaitable[T]]
+    data_dir: Path | None, database_url: str | None, body: Callable[[Keyfob], Awaitable[T]]
 ) -> T:
     async def go() -> T:
         kf = await _open(data_dir, database_url)
@@ -202,7 +206,7 @@ def providers_add(
         api_key = os.environ.get("KEYFOB_PROVIDER_KEY") or getpass.getpass("API key: ")
         api_key = api_key.strip() or None
 
-    async def body(kf: Any) -> tuple[Any, list[str], str]:
+    async def body(kf: Keyfob) -> tuple[Any, list[str], str]:
         from keyfob.providers.connection import try_connection, unpriced_models
         from keyfob.providers.linking import decrypt_key
 
@@ -261,7 +265,7 @@ def providers_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -
     """List linked providers (never their keys)."""
     from rich.table import Table
 
-    async def body(kf: Any) -> tuple[list[Any], dict[str, Any]]:
+    async def body(kf: Keyfob) -> tuple[list[Any], dict[str, Any]]:
         owner = await _owner(kf)
         marks = await kf.store.overruns.by_provider(owner.id)
         return list(await kf.store.providers.list(owner.id)), marks
@@ -317,7 +321,7 @@ def providers_price(
     except ValueError as exc:
         raise fail(str(exc)) from None
 
-    async def body(kf: Any) -> None:
+    async def body(kf: Keyfob) -> None:
         owner = await _owner(kf)
         provider = await kf.store.providers.by_name(owner.id, name)
         if provider is None:
@@ -368,7 +372,7 @@ def providers_limits(
         raise fail("--reset takes no other option")
     changing = reset or setting
 
-    async def body(kf: Any) -> Any:
+    async def body(kf: Keyfob) -> Any:
         owner = await _owner(kf)
         provider = await kf.store.providers.by_name(owner.id, name)
         if provider is None:
@@ -411,7 +415,7 @@ def providers_order(
 ) -> None:
     """Set which provider serves a bare model name first (the others follow, as before)."""
 
-    async def body(kf: Any) -> list[str]:
+    async def body(kf: Keyfob) -> list[str]:
         owner = await _owner(kf)
         try:
             order: list[str] = await kf.store.providers.set_order(owner.id, list(names))
@@ -437,7 +441,7 @@ def models_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
     from keyfob.pricing.model_limits import limits_for
     from keyfob.pricing.prices import UnknownPrice, price_for
 
-    async def body(kf: Any) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
+    async def body(kf: Keyfob) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
         owner = await _owner(kf)
         catalog = await kf.store.providers.catalog(owner.id)
         rows = []
@@ -496,7 +500,7 @@ def models_alias(
     """Let apps call TARGET by NAME (the app's grant must still allow TARGET)."""
     from keyfob.gateway.models import AliasRefused, check_alias
 
-    async def body(kf: Any) -> str:
+    async def body(kf: Keyfob) -> str:
         owner = await _owner(kf)
         try:
             checked = check_alias(name, target, await kf.store.providers.catalog(owner.id))
@@ -517,7 +521,7 @@ def models_unalias(
 ) -> None:
     """Remove an alias."""
 
-    async def body(kf: Any) -> bool:
+    async def body(kf: Keyfob) -> bool:
         owner = await _owner(kf)
         removed: bool = await kf.store.providers.remove_alias(owner.id, name)
         return removed
@@ -546,7 +550,7 @@ def apps_add(
     """Register an app. A confidential app's secret is printed once and stored hashed."""
     from keyfob.oauth.clients import register_app
 
-    async def body(kf: Any) -> tuple[Any, str | None]:
+    async def body(kf: Keyfob) -> tuple[Any, str | None]:
         return await register_app(
             kf.store, name=name, redirect_uris=list(redirect_uris), public=not confidential
         )
@@ -568,7 +572,7 @@ def apps_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
 
     from keyfob.money import usd_summary
 
-    async def body(kf: Any) -> list[tuple[Any, ...]]:
+    async def body(kf: Keyfob) -> list[tuple[Any, ...]]:
         owner = await _owner(kf)
         grants = {g.client_id: g for g in await kf.store.grants.list(owner.id)}
         rows = []
@@ -611,7 +615,7 @@ def apps_revoke(
 ) -> None:
     """End the app's grant: its tokens stop working at once."""
 
-    async def body(kf: Any) -> int:
+    async def body(kf: Keyfob) -> int:
         owner = await _owner(kf)
         clients = [c for c in await kf.store.clients.list() if app_ref in (c.id, c.name)]
         if not clients:
@@ -657,7 +661,7 @@ def usage(
     except ValueError as exc:
         raise fail(str(exc)) from None
 
-    async def body(kf: Any) -> list[dict[str, Any]]:
+    async def body(kf: Keyfob) -> list[dict[str, Any]]:
         owner = await _owner(kf)
         rows = await usage_rows(
             kf.store.engine,
@@ -708,7 +712,7 @@ wallet_app = typer.Typer(help="The prepaid wallet apps can draw from.", no_args_
 app.add_typer(wallet_app, name="wallet")
 
 
-async def _grant_of(kf: Any, app_ref: str) -> Any:
+async def _grant_of(kf: Keyfob, app_ref: str) -> Grant:
     owner = await _owner(kf)
     for c in await kf.store.clients.list():
         if app_ref in (c.id, c.name):
@@ -771,7 +775,7 @@ def apps_policy(
     from keyfob.allowance.service import policy_of
     from keyfob.money import parse_usd, usd_summary
 
-    async def body(kf: Any) -> tuple[Any, list[Any], str]:
+    async def body(kf: Keyfob) -> tuple[Any, list[Any], str]:
         grant = await _grant_of(kf, app_ref)
         policy = policy_of(grant)
         if not show:
@@ -827,7 +831,10 @@ def apps_policy(
             await kf.store.grants.set_policy(
                 grant.id, policy_json=policy.to_json(), cap_micro_usd=policy.primary_cap_micro_usd
             )
-            grant = await kf.store.grants.get(grant.id)
+            fresh = await kf.store.grants.get(grant.id)
+            if fresh is None:
+                raise fail("the app's grant was removed meanwhile")
+            grant = fresh
         states = await kf.allowance.limits(grant)
         secret = kf.allowance.notifier.grant_secret(grant.id).hex()
         return (policy, states, secret)
@@ -854,7 +861,7 @@ def wallet_show(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> N
 
     from keyfob.money import usd_precise, usd_summary
 
-    async def body(kf: Any) -> tuple[Any, list[Any]]:
+    async def body(kf: Keyfob) -> tuple[Any, list[Any]]:
         owner = await _owner(kf)
         return (await kf.store.wallets.get(owner.id), await kf.store.wallets.history(owner.id))
 
@@ -897,7 +904,7 @@ def wallet_topup(
     except ValueError as exc:
         raise fail(str(exc)) from None
 
-    async def body(kf: Any) -> Any:
+    async def body(kf: Keyfob) -> Any:
         owner = await _owner(kf)
         return await kf.store.wallets.top_up(owner.id, micro, note)
 
@@ -924,7 +931,7 @@ def wallet_refill(
     except ValueError as exc:
         raise fail(str(exc)) from None
 
-    async def body(kf: Any) -> Any:
+    async def body(kf: Keyfob) -> Any:
         owner = await _owner(kf)
         return await kf.store.wallets.set_monthly_refill(owner.id, micro)
 
@@ -945,7 +952,7 @@ def vault_rotate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> 
         )
     key_id = Vault.rotate_file(settings.data_dir)
 
-    async def body(kf: Any) -> int:
+    async def body(kf: Keyfob) -> int:
         count = 0
         for p in await kf.store.providers.list_all():
             if p.credential_envelope:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from keyfob.cli import DatabaseUrl, DataDir, _grant_of, _with_kf, app, apps_app, console, err, fail
+
+if TYPE_CHECKING:
+    from keyfob.context import Keyfob
 
 _DURATION = re.compile(r"^(\d{1,9})([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -82,7 +85,7 @@ def apps_expire(
     except ValueError as exc:
         raise fail(str(exc)) from None
 
-    async def body(kf: Any) -> str:
+    async def body(kf: Keyfob) -> str:
         grant = await _grant_of(kf, app_ref)
         await kf.store.grants.set_expiry(grant.id, ends, token_ttls_s=token_ttls_s(kf.settings))
         return str(grant.client_id)
@@ -126,7 +129,7 @@ def dev_token(
     if window not in WINDOWS:
         raise fail(f"the window is one of {', '.join(WINDOWS)}")
 
-    async def body(kf: Any) -> tuple[DevToken, str]:
+    async def body(kf: Keyfob) -> tuple[DevToken, str]:
         made = await mint_dev_token(
             kf,
             app_ref=app_ref,

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 from keyfob.oauth import client_metadata, rfc7636, rfc8252, rfc8628, rfc8707, rfc9207
 from keyfob.oauth.consent import CAP_PARAMETER, ConsentAsk, Suggestion, parse_suggestion
-from keyfob.oauth.errors import OAuthError, invalid_client, invalid_grant
+from keyfob.oauth.errors import ErrorCode, OAuthError, invalid_client, invalid_grant
 from keyfob.oauth.grants import REFRESH, issue_tokens, new_pair
 from keyfob.oauth.scope import well_formed
 from keyfob.settings import Settings
@@ -156,7 +156,7 @@ async def validate_authorization_request(
             redirect_uri=redirect_uri,
         )
 
-    def fail(error: str, description: str) -> OAuthError:
+    def fail(error: ErrorCode, description: str) -> OAuthError:
         return OAuthError(error, description, redirect_uri=redirect_uri, state=state)
 
     if repeated:
