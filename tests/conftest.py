@@ -1,17 +1,65 @@
-"""Shared fixtures: a fakellm upstream per session, a fresh Keyfob data dir per test."""
+"""Shared fixtures: a fakellm upstream per session, a fresh Keyfob data dir per test, and
+the database a test's Keyfob runs on (SQLite unless the test asks for both engines)."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.support import FakeLLM, KeyfobServer, cli, start_fakellm
 
 OWNER = "owner"
 OWNER_PASSWORD = "correct horse battery staple"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _in_own_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to the end in a loop of its own thread: a sync fixture must not touch
+    the loop of the test it serves (async tests, Starlette's portal)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    if failed:
+        raise failed[0]
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (Keyfob's own SQLite file in its data dir) or, for ``@both_databases`` tests'
+    PostgreSQL run, the URL of a database created for this test and dropped after it."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    name = f"keyfob_test_{secrets.token_hex(6)}"
+    _in_own_loop(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        _in_own_loop(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+
+#: Runs a test on the personal SQLite store and on PostgreSQL, a database of its own
+#: (the ``database_url`` fixture of conftest.py: None for SQLite, else the URL).
+both_databases = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 #: ~300 words: fakellm streams them 10 ms apart, about three seconds in all.
 LONG_STORY = "Once upon a time " + " ".join(f"w{i}" for i in range(300))

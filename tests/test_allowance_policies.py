@@ -97,6 +97,39 @@ def test_policy_round_trips_and_refuses_nonsense() -> None:
             Policy.from_json(bad)
 
 
+def test_with_changes_edits_only_what_it_names() -> None:
+    """The one edit every editor (CLI, limits page, consent) makes: the primary limit
+    replaced in place, everything else kept, the result checked like any policy."""
+    rolling = SpendLimit("rolling", 1_000_000, 18000)
+    per_model = SpendLimit("month", 100_000, model=MODEL)
+    p = Policy(
+        limits=(SpendLimit("month", 5_000_000), rolling, per_model),
+        requests_per_minute=60,
+        webhook_url="https://hooks.example/k",
+    )
+    weekly = p.with_changes(SpendLimit("week", 2_000_000), old_window="month")
+    assert weekly.limits == (SpendLimit("week", 2_000_000), rolling, per_model)
+    assert (weekly.requests_per_minute, weekly.webhook_url) == (60, "https://hooks.example/k")
+    assert weekly.primary_limit("week") == SpendLimit("week", 2_000_000)
+    # a second grant-wide limit of the same period gives way to the one just set
+    two = Policy(limits=(SpendLimit("day", 1), SpendLimit("month", 2)))
+    assert two.with_changes(SpendLimit("month", 3), old_window="day").limits == (
+        SpendLimit("month", 3),
+    )
+    assert Policy().with_changes(SpendLimit("day", 7)).limits == (SpendLimit("day", 7),)
+    assert p.with_changes(tokens_per_minute=9).limits == p.limits
+    for primary, fields in (
+        (SpendLimit("rolling", 1, 3600), {}),
+        (SpendLimit("month", 1, model=MODEL), {}),
+        (None, {"surprise": 1}),
+        (None, {"on_exhausted": "downgrade"}),  # no fallback model
+        (None, {"requests_per_minute": -1}),
+    ):
+        with pytest.raises(PolicyError):
+            p.with_changes(primary, **fields)
+    assert p == Policy.from_json(p.to_json())  # the original is untouched
+
+
 async def test_the_tightest_of_several_windows_wins(store: Store) -> None:
     svc = AllowanceService(store)
     g = await grant_with(

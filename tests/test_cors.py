@@ -17,6 +17,7 @@ from keyfob.cors import policy
 from keyfob.store.records import Client
 from keyfob.tokens import hash_token
 from tests.oauth_app import InProcess, pkce, query_of
+from tests.support import both_databases
 
 APP = "http://127.0.0.1:5173"
 CB = APP + "/callback"
@@ -24,8 +25,8 @@ FOREIGN = "http://127.0.0.1:6666"
 
 
 @pytest.fixture
-def kf(tmp_path: Path) -> Iterator[InProcess]:
-    with InProcess(tmp_path / "data") as app:
+def kf(tmp_path: Path, database_url: str | None) -> Iterator[InProcess]:
+    with InProcess(tmp_path / "data", database_url=database_url) as app:
         yield app
 
 
@@ -95,6 +96,7 @@ def test_discovery_is_readable_by_any_origin_without_credentials(kf: InProcess, 
 # --- the token endpoint -------------------------------------------------------------
 
 
+@both_databases
 def test_token_from_the_apps_own_origin(kf: InProcess) -> None:
     cid, _ = kf.register([CB])
     code, verifier = code_for(kf, cid)

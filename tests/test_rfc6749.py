@@ -1,6 +1,7 @@
 """RFC 6749 as OAuth 2.1 narrows it: code + PKCE, refresh rotation, client authentication.
 
-The first half drives the protocol functions directly against a SQLite store; the second
+The first half drives the protocol functions directly against a store (the refresh
+rotation on SQLite's inline path and on PostgreSQL's, ``@both_databases``); the second
 half runs a real server and uses clients nobody here wrote (Authlib, requests-oauthlib),
 plus a browser-like requests session for the login and consent pages.
 """
@@ -27,7 +28,7 @@ from keyfob.store import Store
 from keyfob.store.records import Client, User
 from keyfob.tokens import hash_token
 from tests.oauth_browser import consent, hidden, in_store, logged_in_browser, register
-from tests.support import KeyfobServer
+from tests.support import KeyfobServer, both_databases
 
 WEB = "https://app.example/cb"
 LOOP = "http://127.0.0.1/cb"
@@ -39,8 +40,8 @@ SETTINGS = Settings(public_url="https://kf.example")
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open("sqlite+aiosqlite:///" + str(tmp_path / "k.db"))
+async def store(tmp_path: Path, database_url: str | None) -> AsyncIterator[Store]:
+    s = await Store.open(database_url or "sqlite+aiosqlite:///" + str(tmp_path / "k.db"))
     yield s
     await s.close()
 
@@ -153,6 +154,7 @@ async def test_code_flow_issues_hashed_tokens(store: Store, owner: User, public:
     assert stored is not None and stored.family_id == hash_token(code)
 
 
+@both_databases
 async def test_code_reuse_revokes_its_tokens(store: Store, owner: User, public: Client) -> None:
     verifier, challenge = verifier_pair()
     code = await get_code(store, owner, public, challenge)
@@ -227,6 +229,7 @@ async def test_revoked_grant_code_refused(store: Store, owner: User, public: Cli
     assert err.value.error == "invalid_grant"
 
 
+@both_databases
 async def test_refresh_rotation_and_replay_revokes_family(
     store: Store, owner: User, public: Client
 ) -> None:
@@ -248,6 +251,7 @@ async def test_refresh_rotation_and_replay_revokes_family(
         await refresh(store, public.id, str(third["refresh_token"]))
 
 
+@both_databases
 async def test_refresh_token_bound_to_client(store: Store, owner: User, public: Client) -> None:
     other, _ = await register_app(store, name="Other", redirect_uris=[WEB], public=True)
     verifier, challenge = verifier_pair()

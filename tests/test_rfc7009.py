@@ -9,14 +9,15 @@ import pytest
 
 from keyfob.tokens import hash_token
 from tests.oauth_app import InProcess
+from tests.support import both_databases
 
 CB = "http://127.0.0.1/cb"
 WEB = "https://app.example/cb"
 
 
 @pytest.fixture
-def kf(tmp_path: Path) -> Iterator[InProcess]:
-    with InProcess(tmp_path / "data") as app:
+def kf(tmp_path: Path, database_url: str | None) -> Iterator[InProcess]:
+    with InProcess(tmp_path / "data", database_url=database_url) as app:
         yield app
 
 
@@ -27,6 +28,7 @@ def live(kf: InProcess, token: str) -> bool:
     return found is not None
 
 
+@both_databases
 def test_revoke_access_token(kf: InProcess) -> None:
     cid, _ = kf.register([CB])
     tokens = kf.code_flow(cid, CB)
@@ -48,6 +50,7 @@ def test_revoke_access_token(kf: InProcess) -> None:
     assert refreshed.status_code == 200
 
 
+@both_databases
 def test_revoking_refresh_token_revokes_its_family(kf: InProcess) -> None:
     cid, _ = kf.register([CB])
     tokens = kf.code_flow(cid, CB)

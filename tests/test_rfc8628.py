@@ -24,6 +24,7 @@ from keyfob.store import Store
 from keyfob.store.records import Client, User
 from keyfob.tokens import hash_token
 from tests.oauth_app import Browser, InProcess, LiveServer, checked, hidden
+from tests.support import both_databases
 
 SETTINGS = Settings(public_url="https://kf.example", device_code_interval_s=5)
 GRANT = rfc8628.GRANT_TYPE
@@ -337,8 +338,9 @@ def test_device_consent_fixation_refused(kf: InProcess) -> None:
 # Real HTTP, with Authlib's client posting the device-code grant
 
 
-def test_authlib_device_flow_and_refresh(tmp_path: Path) -> None:
-    with LiveServer(tmp_path / "live", device_code_interval_s=1) as srv:
+@both_databases
+def test_authlib_device_flow_and_refresh(tmp_path: Path, database_url: str | None) -> None:
+    with LiveServer(tmp_path / "live", device_code_interval_s=1, database_url=database_url) as srv:
         cid, _ = srv.register(["http://127.0.0.1/cb"], name="Headless script")
         meta = httpx.get(srv.url + "/.well-known/oauth-authorization-server").json()
         with AuthlibSession(cid, token_endpoint_auth_method="none") as oauth:

@@ -13,6 +13,7 @@ from keyfob.settings import Settings
 from keyfob.store.records import Token
 from keyfob.tokens import Kind, hash_token, new_id, new_token
 from tests.oauth_app import InProcess, pkce, query_of
+from tests.support import both_databases
 
 SETTINGS = Settings(public_url="https://kf.example")
 CB = "http://127.0.0.1/cb"
@@ -45,8 +46,8 @@ def test_gateway_check() -> None:
 
 
 @pytest.fixture
-def kf(tmp_path: Path) -> Iterator[InProcess]:
-    with InProcess(tmp_path / "data") as app:
+def kf(tmp_path: Path, database_url: str | None) -> Iterator[InProcess]:
+    with InProcess(tmp_path / "data", database_url=database_url) as app:
         yield app
 
 
@@ -91,6 +92,7 @@ def test_token_request_for_another_resource_refused(kf: InProcess) -> None:
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_target"
 
 
+@both_databases
 def test_refresh_for_another_resource_refused_without_spending(kf: InProcess) -> None:
     cid, _ = kf.register([CB])
     tokens = kf.code_flow(cid, CB)

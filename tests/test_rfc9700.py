@@ -15,6 +15,7 @@ import pytest
 
 from keyfob.tokens import hash_token
 from tests.oauth_app import InProcess, hidden, pkce, query_of
+from tests.support import both_databases
 
 WEB = "https://app.example/cb"
 LOOP = "http://127.0.0.1/cb"
@@ -22,8 +23,8 @@ LOCAL = "http://localhost/cb"
 
 
 @pytest.fixture
-def kf(tmp_path: Path) -> Iterator[InProcess]:
-    with InProcess(tmp_path / "data") as app:
+def kf(tmp_path: Path, database_url: str | None) -> Iterator[InProcess]:
+    with InProcess(tmp_path / "data", database_url=database_url) as app:
         yield app
 
 
@@ -267,6 +268,7 @@ def test_code_injection_needs_the_verifier(kf: InProcess, app_id: str) -> None:
 # --- authorization codes (RFC 9700 4.2.4, 4.5; RFC 6749 4.1.2) -------------------------
 
 
+@both_databases
 def test_code_single_use_and_reuse_revokes(kf: InProcess, app_id: str) -> None:
     code, verifier = get_code(kf, app_id)
     first = exchange(kf, app_id, code, verifier)
@@ -298,6 +300,7 @@ def test_code_bound_to_client_and_redirect_uri(kf: InProcess, app_id: str) -> No
 # --- refresh tokens (RFC 9700 4.14.2) --------------------------------------------------
 
 
+@both_databases
 def test_refresh_replay_revokes_family_without_grace(kf: InProcess, app_id: str) -> None:
     tokens = kf.code_flow(app_id, WEB)
 

@@ -15,29 +15,16 @@ only from the configured proxies (hosted mode), walking the chain from the right
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
-from keyfob.settings import Settings, UnsafeSettings
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from keyfob.settings import Network, Settings, parse_networks
 
 #: Loopback names a personal server answers to (with any port).
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Paths answered whatever the Host (a load balancer's health check uses the pod's IP).
 HOST_EXEMPT_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 _CACHE_MAX = 256
-
-
-def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
-    """Addresses or CIDRs; raises UnsafeSettings naming an entry that is neither."""
-    found: list[Network] = []
-    for entry in entries:
-        try:
-            found.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            raise UnsafeSettings(f"trusted proxy {entry!r} is not an address or CIDR") from None
-    return tuple(found)
 
 
 def host_name(value: str) -> str:

@@ -17,9 +17,10 @@ command line is visible to every local user.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,21 @@ assert typing.get_args(Mode) == MODES
 
 class UnsafeSettings(SettingsError):
     """Raised when the configuration would run the server in an unsafe way."""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or CIDRs (the trusted proxies, read by ``guard.py``); raises
+    UnsafeSettings naming an entry that is neither."""
+    found: list[Network] = []
+    for entry in entries:
+        try:
+            found.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise UnsafeSettings(f"trusted proxy {entry!r} is not an address or CIDR") from None
+    return tuple(found)
 
 
 def default_data_dir() -> Path:

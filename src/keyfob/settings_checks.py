@@ -64,7 +64,7 @@ def check_safe(s: Settings) -> None:
             "trusted X-Forwarded-For would let any of them pick its address); "
             "KEYFOB_TRUSTED_PROXIES is for hosted mode"
         )
-    from keyfob.guard import parse_networks
+    from keyfob.settings import parse_networks
 
     parse_networks(s.trusted_proxies)  # raises UnsafeSettings on a bad entry
     if s.signup not in SIGNUP_MODES:

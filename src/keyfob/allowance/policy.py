@@ -7,6 +7,7 @@ policy can only ever refuse, hold or downgrade a call early, never after money i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -112,6 +113,49 @@ class Policy:
     @classmethod
     def monthly(cls, cap_micro_usd: int) -> Policy:
         return cls(limits=(SpendLimit("month", cap_micro_usd),))
+
+    def primary_limit(self, window: str | None = None) -> SpendLimit | None:
+        """The grant-wide calendar limit the consent and limits pages show and change: the
+        one of ``window`` (the grant's own), else the first."""
+        candidates = [
+            lim for lim in self.limits if lim.model is None and lim.period in CALENDAR_PERIODS
+        ]
+        for lim in candidates:
+            if lim.period == window:
+                return lim
+        return candidates[0] if candidates else None
+
+    def with_changes(
+        self, primary: SpendLimit | None = None, *, old_window: str | None = None, **fields: Any
+    ) -> Policy:
+        """This policy as an edit leaves it, the one way every editor (``keyfob apps
+        policy``, the limits page, the consent page) changes a policy: ``fields`` replaced,
+        then ``primary``, a grant-wide calendar limit, put in place of the primary limit
+        (``primary_limit(old_window)``; first when there is none), the only one of its
+        period. Everything not named is kept; the result is checked like any policy
+        (``PolicyError``)."""
+        unknown = set(fields) - set(self.__dataclass_fields__)
+        if unknown:
+            raise PolicyError(f"unknown policy fields: {', '.join(sorted(unknown))}")
+        new = dataclasses.replace(self, **fields) if fields else self
+        if primary is None:
+            return new
+        if primary.model is not None or primary.period not in CALENDAR_PERIODS:
+            raise PolicyError(f"the window is one of {', '.join(CALENDAR_PERIODS)}")
+        old = new.primary_limit(old_window)
+        limits = list(new.limits)
+        if old is None:
+            limits.insert(0, primary)
+        else:
+            limits[limits.index(old)] = primary
+        # one grant-wide limit per calendar period: the one just set wins
+        kept = [
+            lim
+            for lim in limits
+            if lim is primary
+            or not (lim.model is None and lim.period == primary.period and lim.seconds is None)
+        ]
+        return dataclasses.replace(new, limits=tuple(kept))
 
     @property
     def primary_cap_micro_usd(self) -> int:

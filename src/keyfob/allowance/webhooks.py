@@ -17,19 +17,18 @@ import json
 import logging
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
+from keyfob.allowance.policy import Policy, PolicyError
+from keyfob.allowance.windows import Window
 from keyfob.money import format_usd
 from keyfob.store.metering.reads import mark_webhook, webhook_delivered
-from keyfob.store.records import WindowState
+from keyfob.store.records import Grant, WindowState
 
 if TYPE_CHECKING:
-    from keyfob.allowance.policy import Policy
-    from keyfob.allowance.service import AllowanceExhausted
     from keyfob.store import Store
-    from keyfob.store.records import Grant
 
 log = logging.getLogger("keyfob.webhooks")
 
@@ -38,6 +37,34 @@ THRESHOLDS = (50, 80, 100)
 #: per (grant, limit, model); the calls in between are counted in it.
 REFUSAL_WRITE_EVERY_S = 2.0
 TIMEOUT_S = 5.0
+
+
+class AllowanceExhausted(Protocol):
+    """What a refusal notice reads of ``service.AllowanceExhausted`` (a protocol: the
+    service, which owns the notifier, is not imported back)."""
+
+    @property
+    def window(self) -> Window: ...
+    @property
+    def state(self) -> WindowState: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def needed_micro_usd(self) -> int: ...
+    @property
+    def retry_at(self) -> float | None: ...
+
+
+def webhook_url(grant: Grant) -> str | None:
+    """The grant's webhook, if its policy names one. Parsed here rather than through the
+    service's policy cache: a notice is rare, and a policy without JSON has no webhook
+    (a stored policy that no longer parses has none either, as the service reads it)."""
+    if not grant.policy_json:
+        return None
+    try:
+        return Policy.from_json(grant.policy_json).webhook_url
+    except PolicyError:
+        return None
 
 
 def crossed(state: WindowState) -> list[int]:
@@ -148,12 +175,10 @@ class Notifier:
         await self._announce_event(grant_id, payload)
 
     async def _announce_event(self, grant_id: str, payload: dict[str, Any]) -> None:
-        from keyfob.allowance.service import policy_of
-
         grant = await self.store.grants.get(grant_id)
         if grant is None:
             return
-        url = policy_of(grant).webhook_url
+        url = webhook_url(grant)
         if not url:
             return
         body = json.dumps(
@@ -177,8 +202,6 @@ class Notifier:
     async def _announce(
         self, grant_id: str, due: list[tuple[WindowState, int]], refused: bool
     ) -> None:
-        from keyfob.allowance.service import policy_of
-
         now = time.time()
         grant = None
         for state, threshold in due:
@@ -191,7 +214,7 @@ class Notifier:
                 grant = await self.store.grants.get(grant_id)
             if grant is None:
                 return
-            url = policy_of(grant).webhook_url
+            url = webhook_url(grant)
             if not url:
                 continue
             body = json.dumps(

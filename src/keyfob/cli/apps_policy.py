@@ -67,8 +67,6 @@ def apps_policy(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Show or change an app's allowance: caps per window, rates, wallet, exhaustion."""
-    import dataclasses
-
     from keyfob.allowance.policy import PolicyError, SpendLimit, parse_duration
     from keyfob.allowance.service import policy_of
     from keyfob.money import parse_usd, usd_summary
@@ -125,7 +123,7 @@ def apps_policy(
                 changes["output_limit"] = output_limit
             if fit_floor is not None:
                 changes["fit_floor_tokens"] = fit_floor
-            policy = dataclasses.replace(policy, **changes)
+            policy = policy.with_changes(**changes)
             await kf.store.grants.set_policy(
                 grant.id, policy_json=policy.to_json(), cap_micro_usd=policy.primary_cap_micro_usd
             )

@@ -1,5 +1,6 @@
 """The OpenAI-compatible surface: authenticate, validate, meter, relay.
 
-Every call follows DESIGN.md section 3: token -> grant -> model -> provider -> terms ->
-worst-case price -> reservation -> upstream -> usage -> settlement -> headers.
+Every call follows the request path of docs/DESIGN-NOTES.md: token -> grant -> model ->
+provider -> terms -> worst-case price -> reservation -> upstream -> usage -> settlement
+-> headers.
 """

@@ -18,7 +18,6 @@ The cache keeps a lookup off the hot path without letting a revoked token throug
 
 from __future__ import annotations
 
-import functools
 import time
 
 from starlette.requests import Request
@@ -27,7 +26,6 @@ from keyfob.context import Keyfob
 from keyfob.gateway.cache import TTLCache
 from keyfob.gateway.errors import unauthorized
 from keyfob.oauth.rfc8707 import token_audience_ok
-from keyfob.store import sqlite_hot
 from keyfob.store.records import Grant, Token
 from keyfob.tokens import Kind, hash_token, kind_of
 
@@ -72,9 +70,7 @@ async def authenticate(
         stamp = wb.current_generation()
         found = cache.get(token_hash, stamp)
         if found is None:
-            found = await hot.read(
-                functools.partial(sqlite_hot.access_with_grant, token_hash=token_hash, now=now)
-            )
+            found = await kf.store.tokens.active_with_grant(token_hash, "access", now)
             if found is not None:
                 cache.put(token_hash, found, stamp)
     elif fresh:

@@ -11,43 +11,24 @@ refuses ends the chain, and the call fails as it would have without one. The ans
 says which model failed first in ``x-keyfob-fallback-from``; the ledger row of the model
 that served it names it in ``downgraded_from``.
 
-Grants without a chain never enter this module (``has_chain`` is a substring test), and
-for the others the policy is parsed only after a failure.
+This is the layer between the metered call (``metered.py``, which reserved the first
+attempt) and one upstream attempt (``attempt.Attempt.send``). Grants without a chain go
+straight through (``has_chain`` is a substring test), and for the others the policy is
+parsed only after a failure.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from keyfob.allowance.service import (
-    AllowanceExhausted,
-    CredentialRevoked,
-    Reservation,
-    policy_of,
-)
-from keyfob.context import Keyfob
-from keyfob.gateway.bounding import bound_for
+from keyfob.allowance.service import AllowanceExhausted, CredentialRevoked, policy_of
+from keyfob.gateway.attempt import Attempt, Unanswered
 from keyfob.gateway.errors import GatewayError
-from keyfob.gateway.headers import FALLBACK_FROM, MAX_TOKENS_LOWERED_FROM, keyfob_headers
-from keyfob.gateway.meter import Meter
-from keyfob.gateway.models import Resolved, resolve
-from keyfob.gateway.output import Ask, limit_plan
-from keyfob.gateway.state import GatewayState
-from keyfob.gateway.surface import Plan, Surface
-from keyfob.metering.types import Settlement
-from keyfob.pricing.bounds import fixed_uses
-from keyfob.pricing.usage import TokenUsage
-from keyfob.providers import ProviderAdapter, UpstreamError
+from keyfob.gateway.headers import FALLBACK_FROM
+from keyfob.providers import UpstreamError
 from keyfob.store.records import Grant
-
-if TYPE_CHECKING:
-    from keyfob.gateway.metered import Quote
 
 log = logging.getLogger("keyfob.gateway")
 
@@ -63,184 +44,97 @@ def falls_back(status: int) -> bool:
     return status == 429 or 500 <= status <= 599
 
 
-@dataclass(slots=True)
-class Attempt:
-    """The model a call is being tried on, with everything the metered path answers
-    with; ``send`` moves it along the chain in place."""
-
-    resolved: Resolved
-    adapter: ProviderAdapter
-    plan: Plan
-    api_key: str | None
-    quote: Quote
-    reservation: Reservation
-    meter: Meter
-    known: dict[str, str]
-
-    def unpack(
-        self,
-    ) -> tuple[
-        Resolved, ProviderAdapter, Plan, str | None, Quote, Reservation, Meter, dict[str, str]
-    ]:
-        return (
-            self.resolved,
-            self.adapter,
-            self.plan,
-            self.api_key,
-            self.quote,
-            self.reservation,
-            self.meter,
-            self.known,
-        )
-
-
-@dataclass(frozen=True)
-class Hooks:
-    """The metered path's own steps, handed in (metered.py imports this module)."""
-
-    send: Callable[
-        [Keyfob, ProviderAdapter, Resolved, str | None, Plan], Awaitable[aiohttp.ClientResponse]
-    ]
-    quote: Callable[[Keyfob, GatewayState, Resolved, TokenUsage, Ask | None], Awaitable[Quote]]
-    plan: Callable[[Surface, dict[str, Any], Resolved, Any, Keyfob], Plan]
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """What stays the same from one model of the chain to the next."""
-
-    kf: Keyfob
-    gw: GatewayState
-    grant: Grant
-    token_hash: str
-    surface: Surface
-    body: dict[str, Any]
-    bound: TokenUsage
-    streamed: bool
-    ask: Ask | None = None
-
-
 def next_models(chain: tuple[str, ...], current: str, tried: set[str]) -> list[str]:
     """The chain's models after ``current`` (all of it when ``current`` is not in it)."""
     start = chain.index(current) + 1 if current in chain else 0
     return [m for m in chain[start:] if m not in tried]
 
 
-async def _candidate(call: Call, hooks: Hooks, canonical: str) -> tuple[Any, ...] | None:
-    """Everything but the reservation for one model of the chain; None to skip it."""
-    kf, gw = call.kf, call.gw
-    try:
-        r = resolve(call.grant, await gw.providers_of(kf, call.grant.user_id), canonical)
-        adapter = gw.adapter(kf, r.provider.kind)
-        plan = hooks.plan(call.surface, call.body, r, adapter, kf)
-        api_key = await gw.credential(kf, r.provider)
-        bound = await bound_for(kf, gw, call.surface, call.body, r)  # its own image rule...
-        q = await hooks.quote(kf, gw, r, bound, call.ask)
-    except GatewayError as exc:
-        log.info("fallback model %s skipped: %s", canonical, exc.code)
-        return None
-    return r, adapter, plan, api_key, q
+async def send(a: Attempt) -> tuple[Attempt, aiohttp.ClientResponse]:
+    """Send the reserved attempt ``a`` upstream, moving the call along the grant's
+    fallback chain while its upstream fails before answering.
 
-
-def _failed_settlement(
-    meter: Meter, failure: UpstreamError | None, status: int | None, next_model: str
-) -> Settlement:
-    why = f"; fell back to {next_model}"
-    if failure is not None:  # as metered.py settles it: charged when work may have happened
-        if failure.reached:
-            return meter.charged(f"{failure}{why}", None)
-        return meter.failed(f"{failure}{why}", None)
-    return meter.failed(f"upstream answered HTTP {status}{why}", status)
-
-
-async def send(a: Attempt, hooks: Hooks, call: Call) -> aiohttp.ClientResponse:
-    """Send attempt ``a`` upstream, moving it along the grant's fallback chain while its
-    upstream fails before answering. Returns the response of the model ``a`` describes
-    afterwards (possibly an error answer), or raises that model's ``UpstreamError``;
-    either way ``a``'s meter is the one left to settle."""
-    first_meter, first_model = a.meter, a.resolved.canonical
+    Returns the attempt that answered and its response (possibly an error answer), or
+    raises ``Unanswered`` naming the attempt whose upstream failed last; either way that
+    attempt's meter is the one left to settle (the earlier ones are settled here)."""
+    if not has_chain(a.call.grant):
+        try:
+            return a, await a.send()
+        except UpstreamError as exc:
+            raise Unanswered(a, exc) from None
+    first = a
     chain: tuple[str, ...] | None = None
-    tried = {first_model}
+    tried = {a.resolved.canonical}
     resp: aiohttp.ClientResponse | None = None
     try:
         while True:
             failure: UpstreamError | None = None
             resp = None
             try:
-                resp = await hooks.send(call.kf, a.adapter, a.resolved, a.api_key, a.plan)
+                resp = await a.send()
             except UpstreamError as exc:
                 failure = exc
             if resp is not None and not falls_back(resp.status):
-                return resp
+                return a, resp
             if chain is None:
-                chain = policy_of(call.grant).fallback_chain
-            moved = False
+                chain = policy_of(a.call.grant).fallback_chain
+            moved: Attempt | None = None
             for model in next_models(chain, a.resolved.canonical, tried):
                 tried.add(model)
-                found = await _candidate(call, hooks, model)
-                if found is None:
-                    continue
-                moved = await _move(a, call, found, failure, resp, first_model)
-                break
-            if not moved:
+                found = await _candidate(a, model)
+                if found is not None:
+                    moved = await _move(a, found, failure, resp, first)
+                    break
+            if moved is None:
                 if resp is not None:
-                    return resp
+                    return a, resp
                 assert failure is not None
-                raise failure
+                raise Unanswered(a, failure)
             if resp is not None:
                 resp.close()
-    except UpstreamError:
-        raise  # the current attempt's failure: the metered path settles a.meter
+            a = moved
+    except Unanswered:
+        raise  # the current attempt's failure: the metered path settles its meter
     except BaseException:
         if resp is not None:
             resp.close()
-        if a.meter is not first_meter and not a.meter.settled:
+        if a is not first and not a.meter.settled:
             await a.meter.settle(a.meter.charged("gateway failed before the call settled", None))
         raise
 
 
+async def _candidate(a: Attempt, canonical: str) -> Attempt | None:
+    """The chain's next model prepared (its own bounds: image rule, context window...);
+    None to skip it."""
+    call = a.call
+    try:
+        return await Attempt.prepare(call, await call.resolve(canonical))
+    except GatewayError as exc:
+        log.info("fallback model %s skipped: %s", canonical, exc.code)
+        return None
+
+
 async def _move(
     a: Attempt,
-    call: Call,
-    found: tuple[Any, ...],
+    b: Attempt,
     failure: UpstreamError | None,
     resp: aiohttp.ClientResponse | None,
-    first_model: str,
-) -> bool:
-    """Settle the failed attempt, reserve the next model; False when it does not fit."""
-    r, adapter, plan, api_key, q = found
-    status = resp.status if resp is not None else None
-    await a.meter.settle(_failed_settlement(a.meter, failure, status, r.canonical))
+    first: Attempt,
+) -> Attempt | None:
+    """Settle the failed attempt ``a``, reserve ``b``; None when ``b`` does not fit."""
+    why = f"; fell back to {b.resolved.canonical}"
+    if failure is not None:
+        await a.meter.settle(a.meter.unanswered(failure, why))
+    else:
+        assert resp is not None
+        status = resp.status
+        await a.meter.settle(a.meter.failed(f"upstream answered HTTP {status}{why}", status))
     try:
-        reservation = await call.kf.allowance.reserve(
-            grant=call.grant,
-            token_hash=call.token_hash,
-            provider_id=r.provider.id,
-            model=r.canonical,
-            endpoint=call.surface.endpoint,
-            streamed=call.streamed,
-            amount_micro_usd=q.worst_micro_usd,
-            tokens_bound=q.tokens_bound,
-            downgraded_from=first_model,
-            refit=q.refitter(call.grant) if q.output.per_choice else None,
-        )
+        await b.reserve(downgraded_from=first.resolved.canonical)
     except (AllowanceExhausted, CredentialRevoked) as exc:
-        log.info("fallback to %s refused by the allowance: %s", r.canonical, type(exc).__name__)
-        return False
-    plan = limit_plan(plan, adapter, q.output)
-    a.resolved, a.adapter, a.plan, a.api_key, a.quote = r, adapter, plan, api_key, q
-    a.reservation = reservation
-    a.meter = Meter.of(call.kf, reservation, q)
-    a.meter.fixed_tool_uses = fixed_uses(call.bound.tool_uses)
-    resets_at = reservation.window.resets_at
-    a.known = {
-        **keyfob_headers(
-            entry_id=reservation.entry_id,
-            reserved_micro_usd=q.worst_micro_usd,
-            resets_at=resets_at if resets_at > time.time() else None,
-        ),
-        FALLBACK_FROM: first_model,
-    }
-    if q.output.lowered_from is not None:
-        a.known[MAX_TOKENS_LOWERED_FROM] = str(q.output.lowered_from)
-    return True
+        log.info(
+            "fallback to %s refused by the allowance: %s", b.resolved.canonical, type(exc).__name__
+        )
+        return None
+    b.known[FALLBACK_FROM] = first.resolved.canonical
+    return b

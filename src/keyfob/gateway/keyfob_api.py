@@ -32,9 +32,10 @@ from keyfob.gateway.chat import SURFACE as CHAT
 from keyfob.gateway.errors import GatewayError
 from keyfob.gateway.estimate import input_tokens as estimate_input_tokens
 from keyfob.gateway.headers import iso_utc
-from keyfob.gateway.metered import Quote, reservation_quote
 from keyfob.gateway.models import resolve
 from keyfob.gateway.output import ask_of, refit
+from keyfob.gateway.quote import Quote
+from keyfob.gateway.quote import quote as reservation_quote
 from keyfob.gateway.state import GatewayState
 from keyfob.gateway.validate import parse_json
 from keyfob.limits import BodyTooLarge, read_limited

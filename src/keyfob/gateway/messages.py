@@ -15,10 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from keyfob.context import Keyfob
+from keyfob.gateway.attempt import make_plan
 from keyfob.gateway.auth import authenticate
 from keyfob.gateway.errors import GatewayError, bounded, invalid
 from keyfob.gateway.estimate import count
-from keyfob.gateway.metered import make_plan, metered_call, read_body
+from keyfob.gateway.metered import metered_call, read_body
 from keyfob.gateway.models import Resolved, resolve
 from keyfob.gateway.state import GatewayState
 from keyfob.gateway.streams import AnthropicPassThrough, AnthropicWatcher, Translating, Watcher

@@ -16,18 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from keyfob import metrics
 from keyfob.allowance.service import Reservation
 from keyfob.context import Keyfob
+from keyfob.gateway.output import slack_limit
+from keyfob.gateway.overrun import report
+from keyfob.gateway.quote import Quote
 from keyfob.logs import REQUEST_ID
 from keyfob.metering.types import SettledStatus, Settlement
+from keyfob.pricing.bounds import fixed_uses
 from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
-
-if TYPE_CHECKING:
-    from keyfob.gateway.metered import Quote
+from keyfob.providers import UpstreamError
 
 log = logging.getLogger("keyfob.gateway")
 
@@ -80,6 +81,7 @@ class Meter:
             r.provider.user_id,
             r.provider.id,
             r.canonical,
+            fixed_tool_uses=fixed_uses(q.tool_uses),
         )
 
     @property
@@ -104,8 +106,6 @@ class Meter:
                 s.upstream_status,
             )
             if s.cost_micro_usd > self.reservation.amount_micro_usd or self.was_cut:
-                from keyfob.gateway.overrun import report
-
                 report(self, s)
             try:
                 left = self.kf.allowance.settle_now(self.reservation, s)
@@ -163,8 +163,6 @@ class Meter:
         )
 
     def _within_slack(self, usage: TokenUsage) -> bool:
-        from keyfob.gateway.output import slack_limit
-
         return usage.input_tokens <= self.input_bound and usage.output_tokens <= slack_limit(
             self.output_bound
         )
@@ -199,6 +197,13 @@ class Meter:
             upstream_status=upstream_status,
             error=error,
         )
+
+    def unanswered(self, exc: UpstreamError, note: str = "") -> Settlement:
+        """The upstream request failed before any answer: its reservation is charged when
+        the upstream may have worked (it was reached: a timeout), nothing otherwise."""
+        if exc.reached:
+            return self.charged(f"{exc}{note}", None)
+        return self.failed(f"{exc}{note}", None)
 
     @staticmethod
     def failed(error: str, upstream_status: int | None) -> Settlement:

@@ -11,16 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from keyfob.allowance.service import Reservation
+from keyfob.context import Keyfob
 from keyfob.metering.types import Settlement
-
-if TYPE_CHECKING:
-    from keyfob.gateway.meter import Meter
 
 log = logging.getLogger("keyfob.gateway")
 
 _TASKS: set[asyncio.Task[None]] = set()
+
+
+class Meter(Protocol):
+    """What an overrun report reads of the call's ``meter.Meter`` (a protocol, so this
+    module, which the meter calls, does not import it back)."""
+
+    @property
+    def kf(self) -> Keyfob: ...
+    @property
+    def reservation(self) -> Reservation: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def provider_id(self) -> str | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def output_bound(self) -> int: ...
+    @property
+    def was_cut(self) -> bool: ...
 
 
 def report(meter: Meter, s: Settlement) -> None:

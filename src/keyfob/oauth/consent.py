@@ -17,13 +17,12 @@ set elsewhere (rates, per-model caps, wallet, webhook...) is kept.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from keyfob import money
-from keyfob.allowance.policy import CALENDAR_PERIODS, Policy, SpendLimit
+from keyfob.allowance.policy import CALENDAR_PERIODS
 from keyfob.store.apps import UNCHANGED, Unchanged
 
 CAP_PARAMETER = "keyfob_cap_usd"
@@ -158,36 +157,3 @@ class ConsentAsk:
     #: metadata_document (its client_id is an https URL Keyfob fetched).
     client_kind: str
     suggestion: Suggestion
-
-
-def primary_limit(policy: Policy, window: str | None = None) -> SpendLimit | None:
-    """The grant-wide calendar limit the consent and edit pages show and change."""
-    candidates = [
-        lim for lim in policy.limits if lim.model is None and lim.period in CALENDAR_PERIODS
-    ]
-    for lim in candidates:
-        if lim.period == window:
-            return lim
-    return candidates[0] if candidates else None
-
-
-def with_primary(
-    policy: Policy, cap_micro_usd: int, window: str, old_window: str | None = None
-) -> Policy:
-    """``policy`` with its primary limit set to ``cap_micro_usd`` per ``window``."""
-    if window not in WINDOWS:
-        raise ValueError(f"the window is one of {', '.join(WINDOWS)}")
-    new = SpendLimit(window, cap_micro_usd)
-    old = primary_limit(policy, old_window)
-    limits = list(policy.limits)
-    if old is None:
-        limits.insert(0, new)
-    else:
-        limits[limits.index(old)] = new
-    # one grant-wide limit per calendar period: the one just set wins
-    kept = [
-        lim
-        for lim in limits
-        if lim is new or not (lim.model is None and lim.period == window and lim.seconds is None)
-    ]
-    return dataclasses.replace(policy, limits=tuple(kept))

@@ -8,11 +8,37 @@ URI have been validated, so an error can never be bounced to an unverified addre
 
 from __future__ import annotations
 
+from typing import Literal
+
+#: Every error code Keyfob answers with: RFC 6749 4.1.2.1 and 5.2, RFC 8628 3.5 (device
+#: flow), RFC 7591 3.2.2 (registration), RFC 8707 (``invalid_target``) and OpenID's
+#: ``request_not_supported`` / ``request_uri_not_supported`` (RFC 9101).
+ErrorCode = Literal[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "unsupported_response_type",
+    "invalid_scope",
+    "access_denied",
+    "server_error",
+    "temporarily_unavailable",
+    "authorization_pending",
+    "slow_down",
+    "expired_token",
+    "invalid_redirect_uri",
+    "invalid_client_metadata",
+    "invalid_target",
+    "request_not_supported",
+    "request_uri_not_supported",
+]
+
 
 class OAuthError(Exception):
     def __init__(
         self,
-        error: str,
+        error: ErrorCode,
         description: str = "",
         status: int = 400,
         *,
@@ -20,7 +46,7 @@ class OAuthError(Exception):
         state: str | None = None,
     ) -> None:
         super().__init__(f"{error}: {description}" if description else error)
-        self.error = error
+        self.error: ErrorCode = error
         self.description = description
         self.status = status
         #: Where the error may be sent (validated); None means "show it, never redirect".
@@ -28,7 +54,7 @@ class OAuthError(Exception):
         self.state = state
 
     def as_json(self) -> dict[str, str]:
-        body = {"error": self.error}
+        body: dict[str, str] = {"error": self.error}
         if self.description:
             body["error_description"] = self.description
         return body

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,19 +22,17 @@ from urllib.parse import unquote, urlsplit
 
 from keyfob.oauth import client_metadata, rfc7636, rfc8252, rfc8628, rfc8707, rfc9207
 from keyfob.oauth.consent import CAP_PARAMETER, ConsentAsk, Suggestion, parse_suggestion
-from keyfob.oauth.errors import OAuthError, invalid_client, invalid_grant
+from keyfob.oauth.errors import ErrorCode, OAuthError, invalid_client, invalid_grant
 from keyfob.oauth.grants import REFRESH, issue_tokens, new_pair
+from keyfob.oauth.scope import well_formed
 from keyfob.settings import Settings
-from keyfob.store import Store, sqlite_hot
+from keyfob.store import Store
+from keyfob.store.apps import RefreshExpired, RefreshGrantEnded, RefreshReplayed
 from keyfob.store.records import AuthCode, Client, Token
-from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.tokens import Kind, equal, hash_token, kind_of, new_token
 
 MAX_STATE = 1024
-MAX_SCOPE = 512
 MAX_PARAM = 2048
-#: RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")
 __all__ = ["CAP_PARAMETER", "AuthorizationRequest", "authenticate_client", "token_request"]
 
 
@@ -160,7 +156,7 @@ async def validate_authorization_request(
             redirect_uri=redirect_uri,
         )
 
-    def fail(error: str, description: str) -> OAuthError:
+    def fail(error: ErrorCode, description: str) -> OAuthError:
         return OAuthError(error, description, redirect_uri=redirect_uri, state=state)
 
     if repeated:
@@ -187,7 +183,7 @@ async def validate_authorization_request(
         raise fail(exc.error, exc.description) from None
 
     scope = params.get("scope", "")
-    if scope and (len(scope) > MAX_SCOPE or not SCOPE.match(scope)):
+    if not well_formed(scope):
         raise fail("invalid_scope", "scope is not a list of scope tokens")
 
     try:
@@ -280,14 +276,6 @@ def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return unquote(user.replace("+", " ")), unquote(password.replace("+", " "))
 
 
-async def _client(store: Store, client_id: str) -> Client | None:
-    """The stored client: one indexed read on SQLite's inline connection when the store
-    has one (a SQLAlchemy round trip costs ~20x more on the token endpoint's hot path)."""
-    if store.hot is not None:
-        return await store.hot.read(functools.partial(sqlite_hot.client, client_id=client_id))
-    return await store.clients.get(client_id)
-
-
 async def authenticate_client(
     store: Store, params: dict[str, str], authorization: str | None
 ) -> Client:
@@ -304,7 +292,7 @@ async def authenticate_client(
         secret = params.get("client_secret", "")
         if not client_id:
             raise invalid_client("client_id is required")
-    client = await _client(store, client_id) if len(client_id) <= 255 else None
+    client = await store.clients.get(client_id) if len(client_id) <= 255 else None
     # hash even for unknown clients, so timing says nothing about which ids exist
     presented = hash_token(secret) if secret else ""
     if client is None:
@@ -397,7 +385,7 @@ async def _refresh_token(
     if not presented:
         raise OAuthError("invalid_request", "refresh_token is required")
     token_hash = hash_token(presented)
-    token = await _refresh_record(store, token_hash) if kind_of(presented) is Kind.REFRESH else None
+    token = await store.tokens.get(token_hash) if kind_of(presented) is Kind.REFRESH else None
     if token is None or token.kind != REFRESH:
         raise invalid_grant("the refresh token is invalid")
     if not equal(token.client_id, client.id):
@@ -410,59 +398,10 @@ async def _refresh_token(
         if not set(params["scope"].split()) <= set(token.scope.split()):
             raise OAuthError("invalid_scope", "a refresh may not widen the scope")
         scope = " ".join(params["scope"].split())
-    if store.hot is not None:
-        return await _rotate_inline(store.hot, settings, client, token, scope, now)
-    if token.used_at is not None or not await store.tokens.mark_used(token_hash, now):
-        # Rotation (RFC 9700 4.14.2): a used refresh token presented again means two
-        # parties hold it. We cannot tell which one is legitimate, so the family ends.
-        # There is no grace period: a client that lost the answer signs in again.
-        await store.tokens.revoke_family(token.family_id)
-        raise invalid_grant("the refresh token was already used; its tokens are revoked")
-    if token.revoked_at is not None or token.expires_at < now:
-        raise invalid_grant("the refresh token is expired or revoked")
-    grant = await store.grants.get(token.grant_id)
-    if grant is None or not grant.live(now):
-        raise invalid_grant("the grant behind this token was revoked or has expired")
-    return await issue_tokens(
-        store,
-        settings,
-        grant_id=grant.id,
-        client_id=client.id,
-        family_id=token.family_id,
-        scope=scope,
-        resource=token.resource,
-        now=now,
-        not_after=grant.expires_at,
-    )
+    body: dict[str, Any] = {}
 
-
-async def _refresh_record(store: Store, token_hash: str) -> Token | None:
-    if store.hot is not None:
-        return await store.hot.read(functools.partial(sqlite_hot.token, token_hash=token_hash))
-    return await store.tokens.get(token_hash)
-
-
-async def _rotate_inline(
-    hot: SqliteHotPath,
-    settings: Settings,
-    client: Client,
-    token: Token,
-    scope: str,
-    now: float,
-) -> dict[str, Any]:
-    """The rest of the refresh grant as ONE SQLite transaction (mark used, check the
-    grant, store the new pair): the same checks in the same order as the store-call path
-    below it, which PostgreSQL keeps.
-
-    Why: that path makes four store round trips through SQLAlchemy (about 4 ms of CPU);
-    this is one transaction of four statements on the inline connection (about 0.1 ms)."""
-    if token.used_at is not None:  # known replay: nothing to spend, the family ends
-        outcome: str | None = sqlite_hot.REPLAYED
-        await hot.run(functools.partial(sqlite_hot.revoke_family_tx, family_id=token.family_id))
-    else:
-        # the grant's end caps the new pair (rotate_refresh_tx refuses an ended grant)
-        ends = await hot.read(functools.partial(sqlite_hot.grant_expiry, grant_id=token.grant_id))
-        records, body = new_pair(
+    def successors(grant_ends: float | None) -> tuple[Token, ...]:
+        records, answer = new_pair(
             settings,
             grant_id=token.grant_id,
             client_id=client.id,
@@ -470,21 +409,18 @@ async def _rotate_inline(
             scope=scope,
             resource=token.resource,
             now=now,
-            not_after=ends,
+            not_after=grant_ends,
         )
-        outcome = await hot.run(
-            functools.partial(
-                sqlite_hot.rotate_refresh_tx,
-                token_hash=token.token_hash,
-                family_id=token.family_id,
-                now=now,
-                new=records,
-            )
-        )
-    if outcome == sqlite_hot.REPLAYED:
-        raise invalid_grant("the refresh token was already used; its tokens are revoked")
-    if outcome == sqlite_hot.EXPIRED:
-        raise invalid_grant("the refresh token is expired or revoked")
-    if outcome == sqlite_hot.GRANT_REVOKED:
-        raise invalid_grant("the grant behind this token was revoked or has expired")
+        body.update(answer)
+        return records
+
+    try:
+        await store.tokens.rotate_refresh(token, now, successors)
+    except RefreshReplayed:
+        # RFC 9700 4.14.2: no grace period; a client that lost the answer signs in again
+        raise invalid_grant("the refresh token was already used; its tokens are revoked") from None
+    except RefreshExpired:
+        raise invalid_grant("the refresh token is expired or revoked") from None
+    except RefreshGrantEnded:
+        raise invalid_grant("the grant behind this token was revoked or has expired") from None
     return body

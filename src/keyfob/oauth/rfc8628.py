@@ -20,6 +20,7 @@ from keyfob.oauth import rfc8707
 from keyfob.oauth.consent import ConsentAsk, Suggestion, parse_suggestion
 from keyfob.oauth.errors import OAuthError, invalid_grant
 from keyfob.oauth.grants import issue_tokens
+from keyfob.oauth.scope import well_formed
 from keyfob.settings import Settings
 from keyfob.store import Store
 from keyfob.store.records import Client, DeviceCode
@@ -31,7 +32,6 @@ VERIFICATION_PATH = "/device"
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 USER_CODE_LENGTH = 8
 SLOW_DOWN_S = 5
-MAX_SCOPE = 512
 
 
 def new_user_code() -> str:
@@ -78,9 +78,7 @@ async def device_authorization(
 ) -> dict[str, Any]:
     """RFC 8628 3.1-3.2: create the codes for an authenticated (or public) client."""
     scope = params.get("scope", "")
-    from keyfob.oauth.rfc6749 import SCOPE  # the one scope grammar
-
-    if scope and (len(scope) > MAX_SCOPE or not SCOPE.match(scope)):
+    if not well_formed(scope):
         raise OAuthError("invalid_scope", "scope is not a list of scope tokens")
     resource = rfc8707.check_resource(params.get("resource"), settings)
     try:

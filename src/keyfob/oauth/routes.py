@@ -47,8 +47,6 @@ from keyfob.oauth.consent import (
     ConsentAsk,
     chosen_expiry,
     expiry_choices,
-    primary_limit,
-    with_primary,
 )
 from keyfob.oauth.errors import OAuthError
 from keyfob.oauth.grants import token_ttls_s
@@ -60,13 +58,13 @@ from keyfob.web import limit_backends
 from keyfob.web.consent_view import DEFAULT_CAP_USD, cheapest, model_choices, summary
 from keyfob.web.forms import Form, FormError, read_form
 from keyfob.web.render import current_user, error_page, kf_of, login_redirect, page, redirect
+from keyfob.web.sessions import PENDING_TTL_S
 
 log = logging.getLogger("keyfob.oauth")
 
 PENDING_KEY = "oauth_pending"
 PENDING_MAX = 3
 PENDING_MAX_CHARS = 2400
-PENDING_TTL_S = 15 * 60
 MAX_QUERY_BYTES = 8192
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 #: Discovery documents are public: any page may read them (never with credentials).
@@ -172,7 +170,7 @@ async def _consent(
             checked = [m for m in existing.models if m in models]
         else:
             checked = cheapest(choices)  # the safe default: the cheapest model only
-    current = primary_limit(policy_of(existing), existing.window) if existing else None
+    current = policy_of(existing).primary_limit(existing.window) if existing else None
     if cap_usd is None:
         if current is not None:
             cap_usd = _usd(current.cap_micro_usd)
@@ -289,10 +287,11 @@ async def save_grant(
     and ending it at ``expires_at`` (its tokens too; None: never)."""
     store = kf_of(request).store
     existing = await store.grants.active_for(user.id, client_id)
+    primary = SpendLimit(window, cap)
     if existing is not None:
-        policy = with_primary(policy_of(existing), cap, window, existing.window)
+        policy = policy_of(existing).with_changes(primary, old_window=existing.window)
     else:
-        policy = Policy(limits=(SpendLimit(window, cap),))
+        policy = Policy().with_changes(primary)
     return await store.grants.upsert(
         user_id=user.id,
         client_id=client_id,
@@ -321,6 +320,48 @@ async def _decision_form(request: Request, user: User) -> tuple[Form, dict[str, 
             user,
         )
     return form, entry
+
+
+async def _decide(
+    request: Request,
+    user: User,
+    form: Form,
+    ask: ConsentAsk,
+    request_id: str,
+    action_path: str,
+    now: float,
+) -> Grant | Response | None:
+    """The person's answer on a consent page, the same for the code and the device flow:
+    None when they denied (the request is forgotten; the caller tells the app), a page to
+    show (an unknown choice; the form again, with the error by its field), or the grant
+    they approved, saved with the models, cap, window and end they chose."""
+    action = form.get("action")
+    if action == "deny":
+        _forget(request, request_id)
+        return None
+    if action != "approve":
+        return error_page(request, 400, "Unknown choice", "Choose Allow or Deny.", user)
+    chosen = await _choice(request, user, form)
+    if chosen[0] is None:
+        checked, cap_text, window = chosen[2]
+        return await _consent(
+            request,
+            user,
+            ask,
+            request_id,
+            action_path,
+            status=400,
+            error=chosen[1],
+            error_field=chosen[3],
+            checked=checked,
+            cap_usd=cap_text,
+            window=window or None,
+        )
+    models, cap, window = chosen
+    ends = chosen_expiry(form.get("expires_in", KEEP_EXPIRY), now)
+    if isinstance(ends, str):
+        return error_page(request, 400, "Choose when access ends", ends, user)
+    return await save_grant(request, user, ask.client_id, models, cap, window, ends)
 
 
 # --- authorization endpoint ----------------------------------------------------------
@@ -388,9 +429,10 @@ async def authorize_decision(request: Request) -> Response:
         _forget(request, request_id)
         return _authorize_error(request, exc, 303)
 
-    action = form.get("action")
-    if action == "deny":
-        _forget(request, request_id)
+    grant = await _decide(
+        request, user, form, areq.ask(), request_id, rfc8414.AUTHORIZATION_PATH, time.time()
+    )
+    if grant is None:
         denied = OAuthError(
             "access_denied",
             "the person denied access",
@@ -398,29 +440,8 @@ async def authorize_decision(request: Request) -> Response:
             state=areq.state,
         )
         return redirect(rfc6749.error_redirect(denied, kf.settings.issuer))
-    if action != "approve":
-        return error_page(request, 400, "Unknown choice", "Choose Allow or Deny.", user)
-    chosen = await _choice(request, user, form)
-    if chosen[0] is None:
-        checked, cap_text, window = chosen[2]
-        return await _consent(
-            request,
-            user,
-            areq.ask(),
-            request_id,
-            rfc8414.AUTHORIZATION_PATH,
-            status=400,
-            error=chosen[1],
-            error_field=chosen[3],
-            checked=checked,
-            cap_usd=cap_text,
-            window=window or None,
-        )
-    models, cap, window = chosen
-    ends = chosen_expiry(form.get("expires_in", KEEP_EXPIRY), time.time())
-    if isinstance(ends, str):
-        return error_page(request, 400, "Choose when access ends", ends, user)
-    grant = await save_grant(request, user, areq.client_id, models, cap, window, ends)
+    if isinstance(grant, Response):
+        return grant
     code = await rfc6749.issue_code(
         kf.store, kf.settings, areq, user_id=user.id, grant_id=grant.id, now=time.time()
     )
@@ -500,9 +521,8 @@ async def device_decision(request: Request) -> Response:
             "Start again on your device to get a new code.",
             user,
         )
-    action = form.get("action")
-    if action == "deny":
-        _forget(request, request_id)
+    grant = await _decide(request, user, form, found.ask(), request_id, "/device/consent", now)
+    if grant is None:
         await rfc8628.decide(
             kf.store,
             found.device_code_hash,
@@ -514,29 +534,8 @@ async def device_decision(request: Request) -> Response:
         return page(
             request, "device_done.html", user=user, approved=False, app_name=found.client.name
         )
-    if action != "approve":
-        return error_page(request, 400, "Unknown choice", "Choose Allow or Deny.", user)
-    chosen = await _choice(request, user, form)
-    if chosen[0] is None:
-        checked, cap_text, window = chosen[2]
-        return await _consent(
-            request,
-            user,
-            found.ask(),
-            request_id,
-            "/device/consent",
-            status=400,
-            error=chosen[1],
-            error_field=chosen[3],
-            checked=checked,
-            cap_usd=cap_text,
-            window=window or None,
-        )
-    models, cap, window = chosen
-    ends = chosen_expiry(form.get("expires_in", KEEP_EXPIRY), now)
-    if isinstance(ends, str):
-        return error_page(request, 400, "Choose when access ends", ends, user)
-    grant = await save_grant(request, user, found.client.id, models, cap, window, ends)
+    if isinstance(grant, Response):
+        return grant
     decided = await rfc8628.decide(
         kf.store, found.device_code_hash, approved=True, user_id=user.id, grant_id=grant.id, now=now
     )

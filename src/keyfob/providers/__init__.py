@@ -12,8 +12,9 @@ translates (``gateway/translate/``) when it does not. Every upstream request goe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from keyfob.store.records import Provider
 
 ENTRY_POINT_GROUP = "keyfob.providers"
+#: The distribution whose entry points are the built-in adapters.
+BUILT_IN = "keyfob"
+
+log = logging.getLogger("keyfob.providers")
 
 Wire = Literal["openai", "anthropic"]
 
@@ -72,17 +77,61 @@ class ProviderAdapter(Protocol):
     ) -> aiohttp.ClientResponse: ...
 
 
+def _named(ep: EntryPoint) -> str:
+    """How a plugin is named in a warning: entry point, target and distribution."""
+    dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+    return f"{ep.group} entry point {ep.name!r} ({ep.value}, from {dist})"
+
+
+def _built_in(ep: EntryPoint) -> bool:
+    return ep.dist is not None and ep.dist.name == BUILT_IN
+
+
 @dataclass
 class ProviderRegistry:
     adapters: dict[str, type[ProviderAdapter]] = field(default_factory=dict)
+    #: What was not registered and why (each also logged as a warning).
+    refused: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls) -> ProviderRegistry:
-        found: dict[str, type[ProviderAdapter]] = {}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        """Every adapter of the ``keyfob.providers`` group, the built-in ones first.
+
+        A plugin that fails to import, or is no adapter, is skipped with a warning
+        naming its entry point: one broken package must not stop the server. A plugin
+        claiming a kind already registered is refused the same way: the first one stays
+        (a built-in, always), since a silent replacement would send a person's
+        credential to code they never chose."""
+        registry = cls()
+        seen: set[tuple[str, str]] = set()
+        eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: not _built_in(ep))
+        for ep in eps:
+            if (ep.name, ep.value) in seen:
+                continue  # the same distribution found twice on the path
+            seen.add((ep.name, ep.value))
+            registry._add(ep)
+        return registry
+
+    def _add(self, ep: EntryPoint) -> None:
+        try:
             adapter = ep.load()
-            found[adapter.kind] = adapter
-        return cls(found)
+        except Exception as exc:
+            return self._refuse(f"{_named(ep)} failed to load: {type(exc).__name__}: {exc}")
+        kind = getattr(adapter, "kind", None)
+        if not isinstance(kind, str) or not kind or not callable(getattr(adapter, "post", None)):
+            return self._refuse(f"{_named(ep)} is not a provider adapter (no kind or post)")
+        held = self.adapters.get(kind)
+        if held is not None and held is not adapter:
+            owner = f"{held.__module__}.{held.__qualname__}"
+            return self._refuse(
+                f"{_named(ep)} declares kind {kind!r}, which {owner} already provides; "
+                "refused, the first one is kept"
+            )
+        self.adapters[kind] = adapter
+
+    def _refuse(self, message: str) -> None:
+        log.warning("provider plugin skipped: %s", message)
+        self.refused.append(message)
 
     def kinds(self) -> list[str]:
         return sorted(self.adapters)

@@ -27,6 +27,7 @@ from keyfob.store.reports import RefusalsRepo
 from keyfob.store.sessions import SessionsRepo
 from keyfob.store.setup_tokens import SetupTokensRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
+from keyfob.store.sqlite_oauth import InlineClientsRepo, InlineTokensRepo
 from keyfob.store.wallets import WalletsRepo
 
 
@@ -71,14 +72,17 @@ class Store:
     def from_engine(
         cls, engine: AsyncEngine, metering: MeteringBackend, hot: SqliteHotPath | None = None
     ) -> Store:
+        """The repositories for this engine, chosen once: the metering backend, and on a
+        SQLite file the token and client lookups and the refresh rotation on the inline
+        connection."""
         return cls(
             engine,
             UsersRepo(engine),
             ProvidersRepo(engine),
-            ClientsRepo(engine),
+            ClientsRepo(engine) if hot is None else InlineClientsRepo(engine, hot),
             GrantsRepo(engine),
             CodesRepo(engine),
-            TokensRepo(engine),
+            TokensRepo(engine) if hot is None else InlineTokensRepo(engine, hot),
             metering,
             LedgerReads(engine),
             WalletsRepo(engine),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
+from collections.abc import Callable
 
 from sqlalchemy import and_, case, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -19,6 +20,28 @@ class Unchanged:
 
 
 UNCHANGED = Unchanged()
+
+
+class RotationRefused(Exception):
+    """A refresh token could not be rotated (``TokensRepo.rotate_refresh``); the same
+    outcomes on every backend, in the same order of checks."""
+
+
+class RefreshReplayed(RotationRefused):
+    """Used before: two parties hold it, so its whole family was revoked."""
+
+
+class RefreshExpired(RotationRefused):
+    """Revoked or expired (and now spent, as the separate steps leave it)."""
+
+
+class RefreshGrantEnded(RotationRefused):
+    """The grant behind it was revoked or has ended (the token is spent)."""
+
+
+#: Builds the successors of a spent refresh token, given the grant's end (None: never),
+#: which neither new token may outlive.
+Successors = Callable[[float | None], tuple[Token, ...]]
 
 
 async def _apply_expiry(
@@ -449,6 +472,26 @@ class TokensRepo:
                 .where(t.tokens.c.family_id == family_id, t.tokens.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
+
+    async def rotate_refresh(self, token: Token, now: float, successors: Successors) -> None:
+        """Spend the refresh token ``token`` (as read) and store its successors.
+
+        Rotation (RFC 9700 4.14.2): a token used before and presented again means two
+        parties hold it; which one is legitimate cannot be told, so the family ends, with
+        no grace period. The checks, in order: spend it only if unused (else revoke the
+        family: ``RefreshReplayed``), then refuse a revoked or expired token
+        (``RefreshExpired``), then an ended grant (``RefreshGrantEnded``), both leaving
+        it spent; then store ``successors(grant's end)``. The SQLite server does the
+        same in one inline transaction (``sqlite_oauth.InlineTokensRepo``)."""
+        if token.used_at is not None or not await self.mark_used(token.token_hash, now):
+            await self.revoke_family(token.family_id)
+            raise RefreshReplayed
+        if token.revoked_at is not None or token.expires_at < now:
+            raise RefreshExpired
+        grant = await GrantsRepo(self.engine).get(token.grant_id)
+        if grant is None or not grant.live(now):
+            raise RefreshGrantEnded
+        await self.save(*successors(grant.expires_at))
 
 
 class DeviceCodesRepo:

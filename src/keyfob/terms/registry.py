@@ -1,4 +1,5 @@
-"""Provider terms as found (DESIGN.md section 6), one frozen rule per credential kind.
+"""Provider terms as found (docs/DESIGN-NOTES.md, "Provider terms, as found"), one frozen
+rule per credential kind.
 
 Rules are matched in order; the first whose pattern matches the credential decides.
 Forbidden rules come first so a narrow forbidden prefix (``sk-ant-oat``) wins over a
@@ -164,7 +165,7 @@ CREDENTIAL_FILE = Rule(
         "a JSON credentials file is not an API key (and sign-in files are what the "
         "providers' terms forbid sharing); paste the API key itself"
     ),
-    source="Keyfob terms registry (DESIGN.md section 6)",
+    source="Keyfob terms registry (docs/DESIGN-NOTES.md, provider terms)",
     checked="2026-12",
 )
 
@@ -187,7 +188,7 @@ GENERIC_API_KEY = Rule(
     pattern=r"",
     verdict="allowed",
     summary="a per-token-billed API key, allowed in third-party apps by every provider known",
-    source="Keyfob terms registry default (DESIGN.md section 6)",
+    source="Keyfob terms registry default (docs/DESIGN-NOTES.md, provider terms)",
 )
 
 #: The verdict for a provider with no credential at all (a local server, say).
@@ -196,5 +197,5 @@ NO_CREDENTIAL = Rule(
     pattern=r"",
     verdict="allowed",
     summary="no credential: the owner's own server",
-    source="Keyfob terms registry default (DESIGN.md section 6)",
+    source="Keyfob terms registry default (docs/DESIGN-NOTES.md, provider terms)",
 )

@@ -9,7 +9,6 @@ posts only the cap): only what the person could see is changed.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -32,8 +31,6 @@ from keyfob.oauth.consent import (
     KEEP_EXPIRY,
     WINDOWS,
     chosen_expiry,
-    primary_limit,
-    with_primary,
 )
 from keyfob.oauth.grants import token_ttls_s
 from keyfob.store.apps import Unchanged
@@ -74,7 +71,7 @@ def _rows(limits: list[SpendLimit]) -> list[dict[str, str]]:
 
 def _values(policy: Policy, grant: Grant) -> dict[str, Any]:
     """What the form shows for a stored policy."""
-    primary = primary_limit(policy, grant.window)
+    primary = policy.primary_limit(grant.window)
     others = [lim for lim in policy.limits if lim is not primary]
     ceiling = policy.per_call_ceiling_micro_usd
     return {
@@ -137,12 +134,12 @@ def _parse(
         errors["window"] = "choose a day, a week or a month"
     new = policy
     if not errors:
-        new = with_primary(policy, cap, window, grant.window)
+        new = policy.with_changes(SpendLimit(window, cap), old_window=grant.window)
     if "limit_rows" in f:
-        limits, rows = _parse_limits(form, primary_limit(new, window), errors)
+        limits, rows = _parse_limits(form, new.primary_limit(window), errors)
         shown["rows"] = rows
         if limits is not None:
-            new = dataclasses.replace(new, limits=limits)
+            new = new.with_changes(limits=limits)
     changes: dict[str, Any] = {}
     if "rpm" in f:
         shown["rpm"] = form.get("rpm").strip()
@@ -200,7 +197,7 @@ def _parse(
     if errors:
         return shown, None, errors
     try:
-        new = dataclasses.replace(new, **changes)
+        new = new.with_changes(**changes)
     except PolicyError as exc:
         return shown, None, {"policy": str(exc)}
     return shown, new, errors
@@ -299,7 +296,7 @@ async def edit_grant(request: Request) -> Response:
     values, new, errors = _parse(form, policy, grant, available)
     if new is None:
         return show(400, values, errors)
-    primary = primary_limit(new, values["window"])
+    primary = new.primary_limit(values["window"])
     await kf.store.grants.set_policy(
         grant.id,
         policy_json=new.to_json(),

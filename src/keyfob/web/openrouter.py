@@ -29,13 +29,13 @@ from keyfob.providers.linking import LinkRefused, link_provider
 from keyfob.providers.openrouter_pkce import begin, exchange
 from keyfob.web.forms import FormError, read_form
 from keyfob.web.render import current_user, error_page, kf_of, login_redirect, page, redirect
+from keyfob.web.sessions import PENDING_TTL_S
 
 log = logging.getLogger("keyfob.web")
 
 CALLBACK_PATH = "/providers/openrouter/callback"
 #: The session key of a link in progress.
 PENDING = "openrouter_link"
-PENDING_TTL_S = 600.0
 MAX_CODE_LENGTH = 512
 
 

@@ -21,6 +21,10 @@ from keyfob.context import Keyfob
 from keyfob.store.records import User
 
 KEY = "sid"
+#: How long a flow the person started in this browser stays pending in the session: a
+#: sign-in request awaiting consent (``oauth/routes.py``), an OpenRouter link
+#: (``web/openrouter.py``). One value, so the person has the same time for either.
+PENDING_TTL_S = 15 * 60
 _CACHE = "kf_user"
 
 
