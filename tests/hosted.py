@@ -67,7 +67,8 @@ class Deployment:
             KEYFOB_MASTER_KEY=self.master_key,
             KEYFOB_SESSION_KEYS=self.session_keys,
             KEYFOB_PUBLIC_URL=self.public_url,
-            **{**self.extra, **more},
+            # the test upstreams listen on loopback: a deliberately private upstream
+            **{"KEYFOB_UPSTREAM_ALLOW_PRIVATE": "127.0.0.0/8", **self.extra, **more},
         )
 
     def cli(self, data_dir: Path, *args: str, check: bool = True, **more: str) -> str:

@@ -166,6 +166,8 @@ class InProcess:
 
     def __init__(self, data_dir: Path, models: tuple[str, ...] = ("m1", "m2"), **settings: Any):
         self.data_dir = data_dir
+        if settings.get("mode") == "hosted":  # hosted mode names its public URL
+            settings.setdefault("public_url", "http://127.0.0.1:8787")
         self.settings = Settings(data_dir=data_dir, **settings)
         self.app = create_app(self.settings)
         self.client = TestClient(self.app, base_url=self.settings.issuer, follow_redirects=False)
@@ -264,6 +266,8 @@ class LiveServer:
     ):
         self.port = free_port()
         self.data_dir = data_dir
+        if settings.get("mode") == "hosted":  # hosted mode names its public URL
+            settings.setdefault("public_url", f"http://127.0.0.1:{self.port}")
         self.settings = Settings(data_dir=data_dir, port=self.port, **settings)
         self.url = self.settings.issuer
         self._models = models

@@ -23,7 +23,9 @@ from tests.support import grant_token
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 PASSWORD = "people have good passwords"
-MASTER_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
+MASTER_KEY = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+#: The session key ring every process of a hosted deployment shares.
+SESSION_KEYS = secrets.token_urlsafe(48)
 _HASH: list[str] = []
 
 
@@ -50,6 +52,7 @@ def hosted(data_dir: Path, database_url: str, **settings: Any) -> InProcess:
     """An in-process hosted Keyfob on PostgreSQL (loopback, so http is allowed; the test
     upstreams listen on loopback, a deliberately private upstream)."""
     settings.setdefault("upstream_allow_private", ("127.0.0.0/8",))
+    settings.setdefault("session_keys", SESSION_KEYS)
     return InProcess(
         data_dir, mode="hosted", database_url=database_url, master_key=MASTER_KEY, **settings
     )

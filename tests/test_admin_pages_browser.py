@@ -25,7 +25,7 @@ from tests.chromium import browser, screenshot
 from tests.conftest import OWNER, OWNER_PASSWORD
 from tests.fake_upstream import FakeUpstream
 from tests.oauth_app import LiveServer
-from tests.people_support import MASTER_KEY, password_hash, pg_database
+from tests.people_support import MASTER_KEY, SESSION_KEYS, password_hash, pg_database
 from tests.support import grant_token
 from tests.test_pages_browser import WIDTHS, _check
 
@@ -90,6 +90,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             mode="hosted",
             database_url=url,
             master_key=MASTER_KEY,
+            session_keys=SESSION_KEYS,
             signup="invite",
             upstream_allow_private=("127.0.0.0/8",),  # the fake upstream is on loopback
         )

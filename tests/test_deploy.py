@@ -55,7 +55,7 @@ def test_pools_larger_than_the_budget_refuse_to_start(tmp_path: Path) -> None:
         ).launch()
         assert proc.exit_code() == 1
         log = proc.log()
-        assert "4 process(es) x (5 pool + 5 overflow) + 2 spare = 42" in log, log
+        assert "4 process(es) x (5 pool + 5 overflow + 5 metering) + 2 spare = 62" in log, log
         assert "Traceback" not in log
         # against the server's own max_connections when no budget is given
         big = HostedProcess(d, tmp_path / "b", more={"KEYFOB_DB_PROCESSES": "1000"}).launch()

@@ -560,8 +560,9 @@ def _streams_in_flight(c: Cluster, base: str, token: str, n: int) -> list[Any]:
             stream=True,
         )
         assert response.status_code == 200, response.read()
-        next(response.iter_raw())  # the stream has begun upstream
-        started.append((http, response))
+        chunks = response.iter_raw()
+        next(chunks)  # the stream has begun upstream (the iterator is kept: dropping it
+        started.append((http, response, chunks))  # would close the stream)
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         list(pool.map(one, range(n)))
@@ -603,10 +604,11 @@ def test_a_restart_with_the_same_id_releases_its_reservations_at_once(
     streams = _streams_in_flight(cluster, cluster.pinned[0], tokens["access_token"], 6)
     killed_at = time.monotonic()
     _kill_9(victim)
-    for http, response in streams:
+    for http, response, _chunks in streams:
         response.close()
         http.close()
-    assert len(_open_rows(cluster, grant_id)[1]) == 6  # held by the dead process
+    rows, held = _open_rows(cluster, grant_id)
+    assert len(held) == 6, [(r.status, r.error) for r in rows]  # held by the dead process
     again = HostedProcess(
         cluster.deployment, victim.data_dir, port=victim.port, more=victim.more
     ).start()
@@ -631,7 +633,7 @@ def test_a_dead_peers_reservations_are_released_within_seconds(
     streams = _streams_in_flight(cluster, cluster.pinned[1], tokens["access_token"], 4)
     killed_at = time.monotonic()
     _kill_9(victim)
-    for http, response in streams:
+    for http, response, _chunks in streams:
         response.close()
         http.close()
     bound = DEAD_AFTER_S + 2 * HEARTBEAT_S + 5

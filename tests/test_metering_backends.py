@@ -340,3 +340,31 @@ class _stores:
             await s.close()
         if self._pg is not None:
             await self._pg.__aexit__(None, None, None)  # type: ignore[attr-defined]
+
+
+async def test_computing_counters_while_calls_settle(kind: str, tmp_path: Path) -> None:
+    """Calls in flight settle while other calls find their counters stale and compute
+    them from the ledger (a grant edited under load), over several stores: no lock cycle
+    between the computation and the settlements, and the counters end exact."""
+    async with _stores(kind, tmp_path, 1 if kind == "writeback" else 4) as stores:
+        ids = await seed(stores[0], 10**9)
+        start = time.time() - 100
+        month = Limit(
+            KEY, "month", 10**9, (Counter(ids[2], KEY, starts_at=start, ends_at=start + 10**6),)
+        )
+        basis = await _grant_version(stores[0], ids[2])
+
+        async def call(i: int, basis: float) -> None:
+            store = stores[i % len(stores)]
+            r = await store.metering.reserve(
+                request(ids, f"s{basis}-{i}", 100, (month,), basis=basis)
+            )
+            assert isinstance(r, Reserved)
+            await asyncio.sleep(0)
+            await store.metering.settle(f"s{basis}-{i}", settled(40))
+
+        for _round in range(3):  # each round: a new grant version, every counter stale
+            await asyncio.gather(*(call(i, basis) for i in range(40)))
+            basis = await _grant_version(stores[0], ids[2])
+        [values] = await stores[0].ledger.values([month], basis)
+        assert values == [(3 * 40 * 40, 0)]

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from keyfob.cli import app as cli_app
 from keyfob.server import create_app
 from keyfob.settings import Settings, UnsafeSettings
+from keyfob.settings_checks import check_safe
 from keyfob.store import Store, prepare_sqlite_file
 from keyfob.store.migrate import alembic_config
 from tests.fake_upstream import FakeUpstream
@@ -33,6 +34,7 @@ from tests.oauth_app import OWNER, OWNER_PASSWORD, InProcess, hidden, pkce
 from tests.people_support import (
     MASTER_KEY,
     PASSWORD,
+    SESSION_KEYS,
     add_person,
     csrf,
     hosted,
@@ -485,6 +487,8 @@ def test_hosted_setup_needs_its_token_and_closes_once_an_admin_exists(tmp_path: 
             mode="hosted",
             database_url=url,
             master_key=MASTER_KEY,
+            session_keys=SESSION_KEYS,
+            public_url="http://127.0.0.1:8787",
             setup_token=token,
         )
         with TestClient(
@@ -522,10 +526,10 @@ def test_hosted_setup_needs_its_token_and_closes_once_an_admin_exists(tmp_path: 
 
 def test_personal_mode_stays_closed() -> None:
     with pytest.raises(UnsafeSettings, match="signup is for hosted mode"):
-        Settings(signup="open").check_safe()
+        check_safe(Settings(signup="open"))
     with pytest.raises(UnsafeSettings, match="KEYFOB_SIGNUP is one of"):
-        Settings(signup="public").check_safe()
-    Settings().check_safe()
+        check_safe(Settings(signup="public"))
+    check_safe(Settings())
 
 
 def test_users_cli(tmp_path: Path) -> None:

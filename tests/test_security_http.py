@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from keyfob.guard import Guard, allowed_hosts, host_name
 from keyfob.server import create_app
 from keyfob.settings import Settings, UnsafeSettings
+from keyfob.settings_checks import check_safe
 from keyfob.web.ratelimit import ACCOUNT_FREE_ATTEMPTS, FREE_ATTEMPTS, LoginThrottle
 from tests.conftest import OWNER, OWNER_PASSWORD
 from tests.oauth_app import InProcess
@@ -109,7 +110,7 @@ def test_rotating_forwarded_for_does_not_escape_the_device_limits(server: Keyfob
 
 def test_personal_mode_refuses_trusted_proxies(tmp_path: Path) -> None:
     with pytest.raises(UnsafeSettings, match="trusts no proxy"):
-        Settings(data_dir=tmp_path, trusted_proxies=("127.0.0.1",)).check_safe()
+        check_safe(Settings(data_dir=tmp_path, trusted_proxies=("127.0.0.1",)))
 
 
 def hosted(tmp_path: Path, **more: object) -> Settings:
@@ -124,7 +125,7 @@ def hosted(tmp_path: Path, **more: object) -> Settings:
 
 def test_hosted_mode_refuses_a_proxy_that_is_not_an_address(tmp_path: Path) -> None:
     with pytest.raises(UnsafeSettings, match="not an address"):
-        hosted(tmp_path, trusted_proxies=("proxy.internal",)).check_safe()
+        check_safe(hosted(tmp_path, trusted_proxies=("proxy.internal",)))
 
 
 def scope(client: str, *headers: tuple[str, str], host: str = "keys.example.org") -> dict:  # type: ignore[type-arg]

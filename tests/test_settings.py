@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from keyfob.settings import Settings, SettingsError, Spec, UnsafeSettings, specs
+from keyfob.settings_checks import check_safe
 from keyfob.settings_docs import markdown
 from tests.support import cli, keyfob_env
 
@@ -152,8 +153,8 @@ def hosted(tmp_path: Path, **more: Any) -> Settings:
 
 
 def test_a_complete_hosted_configuration_passes(tmp_path: Path) -> None:
-    hosted(tmp_path).check_safe()
-    hosted(tmp_path, session_keys=f"{SESSION[::-1]},{SESSION}").check_safe()
+    check_safe(hosted(tmp_path))
+    check_safe(hosted(tmp_path, session_keys=f"{SESSION[::-1]},{SESSION}"))
 
 
 @pytest.mark.parametrize(
@@ -181,14 +182,14 @@ def test_unsafe_hosted_configurations_refuse_to_start(
     tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(UnsafeSettings, match=message):
-        hosted(tmp_path, **change).check_safe()
+        check_safe(hosted(tmp_path, **change))
 
 
 def test_personal_mode_is_one_process_on_loopback(tmp_path: Path) -> None:
     with pytest.raises(UnsafeSettings, match="one process"):
-        Settings(data_dir=tmp_path, workers=2).check_safe()
+        check_safe(Settings(data_dir=tmp_path, workers=2))
     with pytest.raises(UnsafeSettings, match="loopback only"):
-        Settings(data_dir=tmp_path, host="0.0.0.0").check_safe()
+        check_safe(Settings(data_dir=tmp_path, host="0.0.0.0"))
 
 
 def test_a_hosted_serve_without_its_secrets_says_so(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from keyfob.providers import egress
 from keyfob.providers.linking import LinkRefused, link_provider
 from keyfob.server import create_app
 from keyfob.settings import Settings, UnsafeSettings
+from keyfob.settings_checks import check_safe
 from tests.support import free_port, grant_token
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -95,7 +96,7 @@ async def test_one_private_answer_among_public_ones_refuses_the_name() -> None:
 
 def test_a_bad_allow_list_entry_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(UnsafeSettings, match="UPSTREAM_ALLOW_PRIVATE"):
-        Settings(data_dir=tmp_path, upstream_allow_private=("intranet",)).check_safe()
+        check_safe(Settings(data_dir=tmp_path, upstream_allow_private=("intranet",)))
 
 
 def test_the_allow_list_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,6 +168,8 @@ async def _serve(
         data_dir=tmp_path / "data",
         database_url=pg_url,
         master_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        session_keys=secrets.token_urlsafe(48),
+        public_url="http://127.0.0.1:8787",
         upstream_allow_private=("127.0.0.1/32",),
     )
     app = create_app(settings, resolve=resolve)

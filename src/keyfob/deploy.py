@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from keyfob.settings import Settings, SettingsError
+from keyfob.shared import shown_url
 
 if TYPE_CHECKING:
     from keyfob.context import Keyfob
@@ -27,16 +28,6 @@ _warned: list[bool] = []  # the no-Redis warning, once per process
 
 class StartRefused(SettingsError):
     """The process cannot serve: the message says what to fix."""
-
-
-def shown_url(url: str) -> str:
-    """A database or Redis URL with its password hidden (for messages)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparsable URL)"
 
 
 async def open_checked(settings: Settings, *, serving: bool = False) -> Keyfob:

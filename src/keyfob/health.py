@@ -84,12 +84,12 @@ async def readyz(request: Request) -> Response:
         "schema": schema,
         "draining": draining,
     }
-    ready = (
-        database == "ok"
-        and redis in ("ok", "not configured")
-        and schema in ("head", "ahead")
-        and not draining
-    )
+    # Redis away does not make a process unready: money is in PostgreSQL and the limits
+    # kept in Redis fall back to each process's memory (web/limit_backends.py); pulling
+    # every process out of the balancer would turn that into an outage
+    if redis not in ("ok", "not configured"):
+        checks["redis"] = f"{redis}; limits kept per process"
+    ready = database == "ok" and schema in ("head", "ahead") and not draining
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,
@@ -111,17 +111,18 @@ async def metrics(request: Request) -> Response:
     settings = request.app.state.settings
     if not settings.metrics:
         return PlainTextResponse("Not Found", status_code=404)
-    if settings.mode == "hosted":
-        token = settings.metrics_token
-        if not token:
-            return PlainTextResponse("Not Found", status_code=404)
-        given = request.headers.get("authorization", "").encode("utf-8", "replace")
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            return PlainTextResponse(
-                "metrics need KEYFOB_METRICS_TOKEN as a bearer token",
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-            )
+    # in every mode a token: the labels name people's providers and models, and a
+    # personal server may have more than one person (or other local users)
+    token = settings.metrics_token
+    if not token:
+        return PlainTextResponse("Not Found", status_code=404)
+    given = request.headers.get("authorization", "").encode("utf-8", "replace")
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        return PlainTextResponse(
+            "metrics need KEYFOB_METRICS_TOKEN as a bearer token",
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     from keyfob.metrics import exposition
 
     body, content_type = exposition()

@@ -34,6 +34,7 @@ from keyfob.logs import REQUEST_ID
 from keyfob.metrics import OBSERVE, surface_of
 from keyfob.providers import egress
 from keyfob.settings import Settings
+from keyfob.settings_checks import check_safe
 from keyfob.vault import write_secret_file
 
 log = logging.getLogger("keyfob")
@@ -251,7 +252,7 @@ def create_app(
     """The ASGI app. ``announce`` is told the one-time setup link when the store has no
     owner yet (``keyfob serve`` prints it in the terminal; nothing logs it). ``resolve``
     replaces the system resolver for upstream names (tests: no real DNS)."""
-    settings.check_safe()
+    check_safe(settings)
     from keyfob import logs
 
     logs.configure(settings.log_level, settings.log_format)

@@ -243,8 +243,8 @@ class Settings:
     )
     metrics_token: str | None = setting(
         None,
-        "Bearer token /metrics requires in hosted mode (at least 32 characters); without "
-        "it, hosted /metrics answers 404.",
+        "Bearer token /metrics requires (at least 32 characters); without it /metrics "
+        "answers 404 (its labels name people's providers and models).",
         group="secrets",
         secret=True,
     )
@@ -405,12 +405,6 @@ class Settings:
             if value != getattr(base, spec.name) or spec.name == "data_dir":
                 out[spec.env] = spec.render(value)
         return out
-
-    def check_safe(self) -> None:
-        """Refuse configurations that would expose a person's credentials or money."""
-        from keyfob.settings_checks import check_safe
-
-        check_safe(self)
 
 
 _SPECS: list[Spec] = []

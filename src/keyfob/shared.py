@@ -12,12 +12,20 @@ from keyfob.settings import SettingsError
 CONNECT_TIMEOUT_S = 3.0
 
 
+def shown_url(url: str) -> str:
+    """A database or Redis URL with its password hidden (for messages)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparsable URL)"
+
+
 async def connect_redis(url: str) -> Any:
     """A connected ``redis.asyncio.Redis``, or SettingsError naming the unreachable URL."""
     import redis.asyncio as redis
     from redis.exceptions import RedisError
-
-    from keyfob.deploy import shown_url
 
     client = redis.Redis.from_url(
         url,

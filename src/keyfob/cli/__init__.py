@@ -3,8 +3,8 @@
 ``vault``, ``dev_token``, ``terms``, ``deploy`` (``migrate``, ``setup-link``);
 ``common`` holds what they share.
 
-``keyfob.cli_users`` registers ``keyfob users`` and gives every command that acts for a
-person its ``--user NAME`` option; it is imported last, once every command exists.
+``users`` registers ``keyfob users`` and gives every command that acts for a
+person its ``--user NAME`` option; it is installed last, once every command exists.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from keyfob.cli import (
     serve,
     terms,
     usage,
+    users,
     vault,
     wallet,
 )
@@ -49,7 +50,7 @@ _ = apps_policy  # registers `apps policy` on apps.app
 
 # `keyfob users ...` and `--user NAME` on the commands that act for a person (after every
 # command is registered: it wraps them)
-from keyfob import cli_users  # noqa: E402, F401
+users.install(app)
 
 
 def main() -> None:

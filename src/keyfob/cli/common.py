@@ -58,7 +58,7 @@ async def open_kf(data_dir: Path | None, database_url: str | None) -> Keyfob:
     return await Keyfob.open(settings_for(data_dir, database_url))
 
 
-#: The person a command acts for (``--user NAME``, set by ``keyfob.cli_users``).
+#: The person a command acts for (``--user NAME``, set by ``keyfob.cli.users``).
 ACTING: contextvars.ContextVar[str | None] = contextvars.ContextVar("keyfob_user", default=None)
 
 

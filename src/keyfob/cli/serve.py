@@ -10,6 +10,7 @@ import typer
 
 from keyfob.cli.common import console, fail, run
 from keyfob.settings import Settings, SettingsError, specs
+from keyfob.settings_checks import check_safe
 
 
 def _serve_parameters() -> list[inspect.Parameter]:
@@ -52,7 +53,7 @@ def serve(**flags: Any) -> None:
 
     try:
         settings = Settings.load(flags)
-        settings.check_safe()
+        check_safe(settings)
     except SettingsError as exc:
         raise fail(str(exc)) from None
 

@@ -338,7 +338,7 @@ def paths() -> dict[str, Any]:
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics (hosted mode: a bearer KEYFOB_METRICS_TOKEN)",
+                "summary": "Prometheus metrics (a bearer KEYFOB_METRICS_TOKEN)",
                 "tags": ["server"],
                 "responses": {
                     "200": {

@@ -9,13 +9,22 @@ Redis restart) only forgets some failed logins. Money stays in PostgreSQL.
 
 Both backends have one async interface, so the endpoints do not know which one runs;
 each Redis operation is one round trip (a Lua script where a read and a write must not
-interleave). Clocks: Redis keys expire by Redis's clock; back-off times compare wall
+interleave).
+
+When Redis does not answer (down, restarting, a network split), each limit falls back to
+this process's own memory (``FallbackWindow``, ``FallbackThrottle``): still enforced, but
+per process (behind N processes, up to N times the documented rate) until Redis answers
+again, when the shared counts are used again. Logins and registrations keep working, and
+a warning is logged (at most every ``WARN_EVERY_S``). Failing closed instead would turn a
+Redis outage into nobody being able to sign in, for limits whose loss only forgets some
+failed attempts. Clocks: Redis keys expire by Redis's clock; back-off times compare wall
 clocks of the processes, which NTP keeps within milliseconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Any, Protocol
 
@@ -62,6 +71,72 @@ class LocalThrottle:
 
     async def succeeded(self, username: str, address: str) -> None:
         self.inner.succeeded(username, address)
+
+
+log = logging.getLogger("keyfob.limits")
+
+#: A Redis outage is logged at most this often (seconds).
+WARN_EVERY_S = 30.0
+_warned_at = [0.0]
+
+
+def _redis_down(exc: BaseException) -> None:
+    now = time.monotonic()
+    if now - _warned_at[0] >= WARN_EVERY_S:
+        _warned_at[0] = now
+        log.warning(
+            "Redis does not answer (%s): login throttles and per-address limits are kept "
+            "per process until it does",
+            type(exc).__name__,
+        )
+
+
+def _unavailable() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, TimeoutError)
+
+
+class FallbackWindow:
+    """Redis's shared window, or this process's own while Redis does not answer."""
+
+    def __init__(self, shared: WindowBackend, local: WindowBackend) -> None:
+        self.shared, self.local = shared, local
+
+    async def hit(self, key: str) -> float:
+        try:
+            return await self.shared.hit(key)
+        except _unavailable() as exc:
+            _redis_down(exc)
+            return await self.local.hit(key)
+
+
+class FallbackThrottle:
+    """Redis's shared throttle, or this process's own while Redis does not answer."""
+
+    def __init__(self, shared: ThrottleBackend, local: ThrottleBackend) -> None:
+        self.shared, self.local = shared, local
+
+    async def retry_after(self, username: str, address: str) -> float:
+        try:
+            return await self.shared.retry_after(username, address)
+        except _unavailable() as exc:
+            _redis_down(exc)
+            return await self.local.retry_after(username, address)
+
+    async def failed(self, username: str, address: str) -> None:
+        await self.local.failed(username, address)  # counted here too: the fallback's memory
+        try:
+            await self.shared.failed(username, address)
+        except _unavailable() as exc:
+            _redis_down(exc)
+
+    async def succeeded(self, username: str, address: str) -> None:
+        await self.local.succeeded(username, address)
+        try:
+            await self.shared.succeeded(username, address)
+        except _unavailable() as exc:
+            _redis_down(exc)
 
 
 def _key(prefix: str, *parts: str) -> str:
@@ -162,7 +237,13 @@ def window_limiter(request: Request, name: str, limit: int, window_s: float) -> 
     kf = request.app.state.kf
     if kf.redis is not None:
         prefix = kf.settings.redis_prefix
-        return _cached(request, name, lambda: RedisWindow(kf.redis, prefix, name, limit, window_s))  # type: ignore[no-any-return]
+        return _cached(  # type: ignore[no-any-return]
+            request,
+            name,
+            lambda: FallbackWindow(
+                RedisWindow(kf.redis, prefix, name, limit, window_s), LocalWindow(limit, window_s)
+            ),
+        )
     return _cached(request, name, lambda: LocalWindow(limit, window_s))  # type: ignore[no-any-return]
 
 
@@ -172,5 +253,9 @@ def throttle(request: Request, name: str = "login") -> ThrottleBackend:
     kf = request.app.state.kf
     if kf.redis is not None:
         prefix = kf.settings.redis_prefix
-        return _cached(request, name, lambda: RedisThrottle(kf.redis, prefix, name))  # type: ignore[no-any-return]
+        return _cached(  # type: ignore[no-any-return]
+            request,
+            name,
+            lambda: FallbackThrottle(RedisThrottle(kf.redis, prefix, name), LocalThrottle()),
+        )
     return _cached(request, name, LocalThrottle)  # type: ignore[no-any-return]

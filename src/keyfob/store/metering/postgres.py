@@ -16,9 +16,11 @@ reservations of that grant. Counters are always locked in (scope, key) order.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -49,6 +51,30 @@ _SETTLE = (
 #: computation answers for one grant version, so this only loops if the grant is edited
 #: again meanwhile (which then raises ``GrantChanged``).
 MAX_SEED_ROUNDS = 4
+
+
+#: A transaction PostgreSQL rolled back to break a lock cycle or a serialisation
+#: conflict is tried again this many times in all (it changed nothing).
+ATTEMPTS = 4
+
+T = TypeVar("T")
+
+
+async def _retried(fn: Callable[[], Awaitable[T]]) -> T:
+    """``fn()``, again after a deadlock or serialisation failure: PostgreSQL rolled the
+    whole statement or transaction back, so trying again can neither lose nor double a
+    hold or a charge. The lock order makes these rare; this makes them invisible."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return await fn()
+        except (
+            asyncpg.exceptions.DeadlockDetectedError,
+            asyncpg.exceptions.SerializationError,
+        ):
+            if attempt == ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.005 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def dollar(sql: str) -> str:
@@ -88,7 +114,9 @@ class PostgresMetering:
 
     async def reserve(self, req: ReserveRequest) -> Reserved | Refused:
         for _ in range(MAX_SEED_ROUNDS):
-            row = await self.pool.fetchrow(_RESERVE, *self._arguments(req))
+            row = await _retried(
+                functools.partial(self.pool.fetchrow, _RESERVE, *self._arguments(req))
+            )
             assert row is not None
             outcome = row["outcome"]
             if outcome == 0:
@@ -166,12 +194,28 @@ class PostgresMetering:
         ]
 
     async def seed(self, counters: Sequence[Counter], basis: float | None) -> None:
-        """Compute counters from the ledger (``rules.seed_sql``), each under its row lock:
-        a reservation holding it waits, and the open rows of its period are locked
-        before they are summed, so a settlement in progress finishes first (and is then
-        summed as settled) and one that starts later reads the key added to its row."""
+        """Compute counters from the ledger (``rules.seed_sql``) in one transaction.
+
+        Locks are taken in the order a settlement takes them, ledger rows before counters,
+        so the two never wait on each other in a cycle: first the open rows of every
+        counter's period (in id order), then the counters (in (scope, key) order). A
+        settlement in progress therefore finishes first (and is summed as settled), one
+        that starts later reads the key added to its row, and a reservation holding a
+        counter waits for it to be computed."""
+        await _retried(lambda: self._seed_once(counters, basis))
+
+    async def _seed_once(self, counters: Sequence[Counter], basis: float | None) -> None:
+        ordered = sorted(counters, key=lambda c: (c.scope, c.key))
         async with self.pool.acquire() as conn, conn.transaction():
-            for c in sorted(counters, key=lambda c: (c.scope, c.key)):
+            scopes = sorted({c.scope for c in ordered})
+            since = min(c.starts_at for c in ordered if c.starts_at is not None)
+            await conn.execute(
+                "SELECT id FROM ledger WHERE grant_id = ANY($1) AND created_at >= $2 "
+                "AND status = 'reserved' ORDER BY id FOR UPDATE",
+                scopes,
+                since,
+            )
+            for c in ordered:
                 await conn.execute(
                     "INSERT INTO counters (scope, key, spent, reserved, expires_at) "
                     "VALUES ($1, $2, 0, 0, $3) ON CONFLICT DO NOTHING",
@@ -184,11 +228,12 @@ class PostgresMetering:
                     c.scope,
                     c.key,
                 )
+            for c in ordered:
                 where, args = rules.period_where(c)
                 open_rows = await conn.fetch(
                     dollar(
                         f"SELECT id, window_keys_json FROM ledger WHERE {where} "  # noqa: S608 (constants)
-                        "AND status = 'reserved' ORDER BY id FOR UPDATE"
+                        "AND status = 'reserved' ORDER BY id"
                     ),
                     *args,
                 )
@@ -224,20 +269,22 @@ class PostgresMetering:
         self, entry_id: str, s: Settlement, now: float | None = None
     ) -> tuple[CounterState, ...]:
         now = time.time() if now is None else now
-        rows = await self.pool.fetch(
-            _SETTLE,
-            entry_id,
-            s.status,
-            s.cost_micro_usd,
-            s.usage_source,
-            s.input_tokens,
-            s.output_tokens,
-            s.cached_input_tokens,
-            s.reasoning_tokens,
-            s.needs_reconciliation,
-            s.upstream_status,
-            s.error,
-            now,
+        rows = await _retried(
+            lambda: self.pool.fetch(
+                _SETTLE,
+                entry_id,
+                s.status,
+                s.cost_micro_usd,
+                s.usage_source,
+                s.input_tokens,
+                s.output_tokens,
+                s.cached_input_tokens,
+                s.reasoning_tokens,
+                s.needs_reconciliation,
+                s.upstream_status,
+                s.error,
+                now,
+            )
         )
         return tuple(CounterState(r[0], r[1], int(r[2]), int(r[3])) for r in rows)
 

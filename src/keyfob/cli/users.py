@@ -1,6 +1,6 @@
 """``keyfob users ...`` (people, roles, password links, invites) and the ``--user NAME``
 option of every command that acts for a person (providers, models, apps, usage, wallet,
-dev-token). Registered on the ``keyfob`` command by one import at the end of
+dev-token). Installed on the ``keyfob`` command by ``install()`` at the end of
 ``keyfob/cli/__init__.py``, after every other command.
 
 Why ``--user`` is added here rather than in each command: the commands find their person
@@ -28,7 +28,6 @@ from typing import Annotated, Any
 import typer
 from typer.models import CommandInfo
 
-from keyfob.cli import app
 from keyfob.cli.apps import app as apps_app
 from keyfob.cli.common import ACTING as _ACTING
 from keyfob.cli.common import DatabaseUrl, DataDir, console, err, fail
@@ -41,7 +40,6 @@ users_app = typer.Typer(
     help="People, roles, password links and invite codes.", no_args_is_help=True
 )
 invite_app = typer.Typer(help="Invite codes for signup mode `invite`.", no_args_is_help=True)
-app.add_typer(users_app, name="users")
 users_app.add_typer(invite_app, name="invite")
 
 
@@ -91,7 +89,7 @@ def _name(info: CommandInfo) -> str:
     return callback.__name__.replace("_", "-")
 
 
-def acting_commands() -> list[tuple[str, CommandInfo]]:
+def acting_commands(app: typer.Typer) -> list[tuple[str, CommandInfo]]:
     """Every command that acts for a person, as (``group command``, info)."""
     found: list[tuple[str, CommandInfo]] = []
     names = {id(t.typer_instance): t.name for t in app.registered_groups}
@@ -105,9 +103,13 @@ def acting_commands() -> list[tuple[str, CommandInfo]]:
     return found
 
 
-for _label, _info in acting_commands():
-    assert _info.callback is not None
-    _info.callback = _acting(_info.callback)
+def install(app: typer.Typer) -> None:
+    """Add ``keyfob users`` to the root command and give every command that acts for a
+    person its ``--user`` option (call once every command is registered)."""
+    app.add_typer(users_app, name="users")
+    for _label, info in acting_commands(app):
+        assert info.callback is not None
+        info.callback = _acting(info.callback)
 
 
 # --- keyfob users ---------------------------------------------------------------------
