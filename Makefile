@@ -8,7 +8,7 @@ install:  ## the project and its test tools, editable; the Python client for app
 	$(PYTHON) -m pip install -e clients/python
 
 test:  ## the whole default suite (what the README and CI run)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2
 
 test-llama:  ## the real-model tests (builds llama-cpp-python the first time)
 	PYTHON=$(PYTHON) bash scripts/llama.sh

@@ -4,6 +4,7 @@ the database a test's Keyfob runs on (SQLite unless the test asks for both engin
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import threading
@@ -15,6 +16,10 @@ import asyncpg
 import pytest
 
 from tests.support import FakeLLM, KeyfobServer, cli, start_fakellm
+
+# CLI tables (Rich) take the terminal's width; pytest-xdist's workers have none, and a
+# narrow default would cut the names and ids the tests look for
+os.environ.setdefault("COLUMNS", "200")
 
 OWNER = "owner"
 OWNER_PASSWORD = "correct horse battery staple"
