@@ -24,7 +24,7 @@ from keyfob.gateway.output import slack_limit
 from keyfob.gateway.overrun import report
 from keyfob.gateway.quote import Quote
 from keyfob.logs import REQUEST_ID
-from keyfob.metering.types import SettledStatus, Settlement
+from keyfob.metering.types import SettledStatus, Settlement, UsageSource
 from keyfob.pricing.bounds import fixed_uses
 from keyfob.pricing.prices import Price
 from keyfob.pricing.usage import TokenUsage
@@ -125,7 +125,7 @@ class Meter:
         usage: TokenUsage,
         *,
         status: SettledStatus,
-        source: str,
+        source: UsageSource,
         upstream_status: int | None,
     ) -> Settlement:
         """A settlement for known (or estimated) usage, at its real cost.

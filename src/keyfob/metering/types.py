@@ -17,6 +17,8 @@ Measure = Literal["usd", "calls", "tokens"]
 LimitKind = Literal["window", "rolling", "rate", "wallet"]
 #: What a settled ledger row says about its call.
 SettledStatus = Literal["settled", "estimated", "charged_reservation", "failed"]
+#: Where a settled call's usage came from.
+UsageSource = Literal["upstream", "estimated", "reservation", "none"]
 
 #: The wallet's counter key; its scope is ``wallet_scope(user_id)``.
 WALLET_KEY = "wallet"
@@ -141,7 +143,7 @@ class Refused:
 class Settlement:
     status: SettledStatus
     cost_micro_usd: int
-    usage_source: str
+    usage_source: UsageSource
     input_tokens: int | None = None
     output_tokens: int | None = None
     cached_input_tokens: int | None = None

@@ -151,7 +151,7 @@ def settlement_of(fields: Sequence[object]) -> Settlement:
     return Settlement(
         status=fields[0],  # type: ignore[arg-type]
         cost_micro_usd=int(fields[1]),  # type: ignore[call-overload]
-        usage_source=str(fields[2]),
+        usage_source=fields[2],  # type: ignore[arg-type]
         input_tokens=fields[3],  # type: ignore[arg-type]
         output_tokens=fields[4],  # type: ignore[arg-type]
         cached_input_tokens=fields[5],  # type: ignore[arg-type]
