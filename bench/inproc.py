@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import targets
-from bench.upstream import start_nginx
+from bench.upstream import MODEL, start_nginx
 
 ASGIApp = Callable[..., Awaitable[None]]
 
@@ -164,14 +164,12 @@ def main() -> int:
             from keyfob.server import create_app as keyfob_app
             from keyfob.settings import Settings
 
-            model = f"nginxs/{targets.MODEL}" if args.stream else f"nginx/{targets.MODEL}"
-            payload = targets.Target("k", "", {}, "", f"nginx/{targets.MODEL}", "", model)
+            model = f"nginxs/{MODEL}" if args.stream else f"nginx/{MODEL}"
+            payload = targets.Target("k", "", {}, "", f"nginx/{MODEL}", "", model)
             kbody = payload.body(args.stream)
             auth = [(b"authorization", f"Bearer {seeded['access_token']}".encode())]
             bpath = "/stream/v1/chat/completions" if args.stream else "/v1/chat/completions"
-            bbody = targets.Target("b", "", {}, "", targets.MODEL, "", targets.MODEL).body(
-                args.stream
-            )
+            bbody = targets.Target("b", "", {}, "", MODEL, "", MODEL).body(args.stream)
 
             async def measure() -> None:
                 for r in range(args.rounds):
