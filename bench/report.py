@@ -72,7 +72,10 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
                 for n in conns
                 if (name, n, stream) in c and c[(name, n, stream)]["error_rate"] <= 0.01
             ]
-            s[f"{kind}_max_rps"] = max(ok) if ok else 0.0
+            if ok:
+                s[f"{kind}_max_rps"] = max(ok)
+            elif any((name, n, stream) in c for n in conns):
+                s[f"{kind}_max_rps"] = 0.0  # measured, but every cell had errors
             for n in conns:
                 cell = c.get((name, n, stream))
                 base = c.get(("direct", n, stream))

@@ -328,7 +328,9 @@ def _master_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
 
 
-def hosted_env(data_dir: Path, database_url: str, port: int, workers: int) -> dict[str, str]:
+def hosted_env(
+    data_dir: Path, database_url: str, port: int, workers: int, redis_url: str = ""
+) -> dict[str, str]:
     """Every setting hosted mode requires (docs/SETTINGS.md, settings_checks.py), as
     tests/hosted.py's ``Deployment`` gives them: the two key rings, a public URL (plain
     http is allowed on loopback), Redis with a prefix of its own, and the nginx upstream
@@ -340,7 +342,7 @@ def hosted_env(data_dir: Path, database_url: str, port: int, workers: int) -> di
         KEYFOB_MASTER_KEY=_master_key(),
         KEYFOB_SESSION_KEYS=secrets.token_urlsafe(48),
         KEYFOB_PUBLIC_URL=f"http://127.0.0.1:{port}",
-        KEYFOB_REDIS_URL=REDIS_URL,
+        KEYFOB_REDIS_URL=redis_url or REDIS_URL,
         KEYFOB_REDIS_PREFIX=f"kf-bench-{secrets.token_hex(4)}:",
         KEYFOB_UPSTREAM_ALLOW_PRIVATE="127.0.0.0/8",
         KEYFOB_WORKERS=str(workers),
@@ -362,7 +364,13 @@ def _cli(env: dict[str, str], *args: str, **more: str) -> None:
 
 
 def prepare_hosted(
-    upstream: Upstream, workdir: Path, refresh_chains: int, *, grants: int = 1, workers: int = 1
+    upstream: Upstream,
+    workdir: Path,
+    refresh_chains: int,
+    *,
+    grants: int = 1,
+    workers: int = 1,
+    redis_url: str = "",
 ) -> tuple[dict[str, str], dict[str, Any], str]:
     """A fresh database migrated and seeded like the personal target (the owner through
     ``keyfob init``): (environment, seeded credentials, database name). The caller drops
@@ -374,10 +382,11 @@ def prepare_hosted(
     name, url = create_database()
     try:
         port = procs.free_port()
-        env = hosted_env(data_dir, url, port, workers)
+        env = hosted_env(data_dir, url, port, workers, redis_url)
         env["KEYFOB_PORT"] = str(port)
+        password = secrets.token_urlsafe(24)
         _cli(env, "migrate")
-        _cli(env, "init", "--username", "bench", KEYFOB_PASSWORD=secrets.token_urlsafe(24))
+        _cli(env, "init", "--username", "bench", KEYFOB_PASSWORD=password)
         seeded = asyncio.run(
             _seed_keyfob(
                 data_dir,
@@ -392,6 +401,7 @@ def prepare_hosted(
     except BaseException:
         drop_database(name)
         raise
+    seeded["password"] = password
     return env, seeded, name
 
 
@@ -404,12 +414,13 @@ def keyfob_hosted(
     name: str = "keyfob-hosted",
     workers: int = 1,
     grants: int = 1,
+    redis_url: str = "",
 ) -> Target:
     """``keyfob serve --mode hosted`` on a database of its own (dropped at stop), with
     ``workers`` processes on one port (``--workers``) and ``grants`` grants, whose tokens
     wrk uses in turn (one grant: every call contends on the same counters)."""
     env, seeded, db = prepare_hosted(
-        upstream, workdir, refresh_chains, grants=grants, workers=workers
+        upstream, workdir, refresh_chains, grants=grants, workers=workers, redis_url=redis_url
     )
     port = int(env["KEYFOB_PORT"])
     try:
