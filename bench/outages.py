@@ -221,7 +221,15 @@ def main() -> int:
             time.sleep(3)
             base = targets.PG_ADMIN_URL.rsplit("/", 1)[0]
             report["ledger after"] = asyncio.run(_open_rows(f"{base}/{t.db_name}"))
-            report["log tail"] = t.proc.log_tail(15) if t.proc else ""
+            log = t.proc.log_tail(100000) if t.proc else ""
+            # what the server said about it: each error line once, with its count
+            errors = collections.Counter(
+                line.strip()[:200]
+                for line in log.splitlines()
+                if re.search(r"(Error|error|failed|WARNING|ERROR)\b", line)
+                and not line.startswith(" ")
+            )
+            report["log tail"] = "\n".join(f"{n} x {line}" for line, n in errors.most_common(20))
         finally:
             if t is not None:
                 t.stop()
@@ -229,7 +237,7 @@ def main() -> int:
             up.stop()
     log_tail = report.pop("log tail", "")
     print(json.dumps(report, indent=2))
-    print("\nserver log (last lines):\n" + log_tail)
+    print("\nserver log, error lines (count x line):\n" + log_tail)
     return 0
 
 
