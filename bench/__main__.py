@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "chains": 8,
     },
 }
-ALL_TARGETS = ["direct", "bare", "keyfob", "litellm"]
+ALL_TARGETS = ["direct", "bare", "keyfob", "keyfob-hosted", "litellm", "portkey", "tensorzero"]
 CONNECTIONS = (1, 10, 50)
 RESULTS = Path(__file__).resolve().parent / "results"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
@@ -57,7 +57,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("mode", nargs="?", choices=["run", "profile"], default="run")
+    ap.add_argument("mode", nargs="?", choices=["run", "profile", "scale"], default="run")
     ap.add_argument("--quick", action="store_true", help="short preset (default: full)")
     ap.add_argument(
         "--targets",
@@ -84,6 +84,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--write-docs", action="store_true", help="replace the results block of docs/BENCHMARKS.md"
     )
     ap.add_argument("--profile-s", type=float, default=20.0, help="profile: seconds sampled")
+    ap.add_argument(
+        "--profile-target",
+        choices=["keyfob", "keyfob-hosted"],
+        default="keyfob",
+        help="profile: personal (SQLite) or hosted (PostgreSQL) mode",
+    )
+    ap.add_argument(
+        "--workers",
+        default="1,2,4",
+        help="scale: hosted process counts to measure (comma-separated)",
+    )
     args = ap.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     args.preset = "quick" if args.quick else "full"
@@ -110,7 +121,7 @@ def say(msg: str) -> None:
 
 def smoke(t: targets.Target, workdir: Path) -> None:
     """One call of each kind must succeed before anything is timed."""
-    for stream in (False, True):
+    for stream in (False, True) if not t.no_streams else (False,):
         r = load.stream_timing(t, 1, 10) if stream else load.fixed_rate(t, 1, 1)
         if (r.get("calls") or r.get("ok")) != 1:
             log = t.proc.log_tail() if t.proc else ""
@@ -130,15 +141,30 @@ def cpu_model() -> str:
 
 
 def litellm_version() -> str:
-    py = targets.LITELLM_VENV / "bin" / "python"
+    return _venv_version(targets.LITELLM_VENV, "litellm")
+
+
+def _venv_version(venv: Path, dist: str) -> str:
+    py = venv / "bin" / "python"
     if not py.exists():
         return "-"
     out = subprocess.run(
-        [str(py), "-c", "import importlib.metadata as m;print(m.version('litellm'))"],
+        [str(py), "-c", f"import importlib.metadata as m;print(m.version({dist!r}))"],
         capture_output=True,
         text=True,
     )
     return out.stdout.strip() or "-"
+
+
+def anchor_versions(names: list[str]) -> dict[str, str]:
+    out = {}
+    if "litellm" in names:
+        out["LiteLLM"] = litellm_version()
+    if "portkey" in names:
+        out["Portkey gateway"] = targets.PORTKEY_SPEC.rsplit("@", 1)[1]
+    if "tensorzero" in names:
+        out["TensorZero"] = _venv_version(targets.TENSORZERO_VENV, "tensorzero")
+    return out
 
 
 def start_targets(
@@ -148,7 +174,10 @@ def start_targets(
         "direct": lambda: targets.direct(up),
         "bare": lambda: targets.bare(up, workdir, server_cpus),
         "keyfob": lambda: targets.keyfob(up, workdir, server_cpus, chains),
+        "keyfob-hosted": lambda: targets.keyfob_hosted(up, workdir, server_cpus, chains),
         "litellm": lambda: targets.litellm(up, workdir, server_cpus),
+        "portkey": lambda: targets.portkey(up, workdir, server_cpus),
+        "tensorzero": lambda: targets.tensorzero(up, workdir, server_cpus),
     }
     started: dict[str, targets.Target] = {}
     try:
@@ -207,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
             "python": platform.python_version(),
             "notes": [],
             "litellm_version": litellm_version() if "litellm" in args.targets else "-",
+            "anchors": {},
         },
         "targets": args.targets,
         "wrk": [],
@@ -215,13 +245,14 @@ def run(args: argparse.Namespace) -> int:
         "memory": {"calls_small": args.calls[0], "calls_large": args.calls[1]},
         "refresh": None,
     }
-    raw["meta"]["notes"].append(targets.HOSTED_SLOT)
     with tempfile.TemporaryDirectory(prefix="keyfob-bench-") as tmp:
         workdir = Path(tmp)
         up = start_nginx(workdir, load_cpus)
         ts: dict[str, targets.Target] = {}
         try:
             ts = start_targets(args.targets, up, workdir, server_cpus, args.chains)
+            raw["meta"]["anchors"] = anchor_versions(args.targets)
+            raw["meta"]["notes"] += [t.no_streams for t in ts.values() if t.no_streams]
             measured = [t for t in ts.values() if t.worker_pid]
 
             say("memory: RSS after call counts " + " / ".join(map(str, args.calls)))
@@ -237,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
             say("warm-up")
             for t in ts.values():
                 load.run_wrk(t, workdir, connections=10, duration_s=2)
-                load.run_wrk(t, workdir, connections=10, duration_s=1, stream=True)
+                if not t.no_streams:
+                    load.run_wrk(t, workdir, connections=10, duration_s=1, stream=True)
 
             dead: set[str] = set()
 
@@ -255,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
                 for stream in (False, True):
                     for n in CONNECTIONS:
                         for t in ts.values():
-                            if t.name in dead:
+                            if t.name in dead or (stream and t.no_streams):
                                 continue
                             try:
                                 r = load.run_wrk(
@@ -277,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
 
             live = [t for t in ts.values() if t.name not in dead]
             for t in live:
+                if t.no_streams:
+                    continue
                 raw["stream_timing"][t.name] = st = load.stream_timing(
                     t, args.stream_calls, max_s=args.duration * 3
                 )
@@ -291,13 +325,16 @@ def run(args: argparse.Namespace) -> int:
                     f"p99 {fr['p99_ms']:.2f} ms, errors {fr['errors']}"
                 )
 
-            if "keyfob" in ts:
-                raw["refresh"] = ref = refresh_grants(ts["keyfob"], args.refresh_s)
-                say(
-                    f"refresh grants: {ref['grants_per_s']:.0f}/s, "
-                    f"{ref['grants_per_cpu_s']:.0f} per server CPU-second, "
-                    f"errors {ref['errors']} {ref['failures']}"
-                )
+            raw["refresh_by"] = {}
+            for name in ("keyfob", "keyfob-hosted"):
+                if name in ts and name not in dead:
+                    raw["refresh_by"][name] = ref = refresh_grants(ts[name], args.refresh_s)
+                    say(
+                        f"refresh grants {name}: {ref['grants_per_s']:.0f}/s, "
+                        f"{ref['grants_per_cpu_s']:.0f} per server CPU-second, "
+                        f"errors {ref['errors']} {ref['failures']}"
+                    )
+            raw["refresh"] = raw["refresh_by"].get("keyfob")
 
             for t in measured:
                 if t.name in dead:
@@ -334,6 +371,10 @@ def main() -> int:
         from bench.profile import profile
 
         return profile(args)
+    if args.mode == "scale":
+        from bench.scale import scale
+
+        return scale(args)
     return run(args)
 
 

@@ -40,6 +40,8 @@ class WrkResult:
     p99_ms: float
     mean_ms: float
     cpu_s: float = 0.0
+    #: PostgreSQL's CPU for the target's database during the run (hosted targets)
+    db_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -56,12 +58,19 @@ class WrkResult:
         ok = self.requests - self.errors
         return 1000 * self.cpu_s / ok if ok else math.nan
 
+    @property
+    def db_cpu_ms_per_call(self) -> float:
+        ok = self.requests - self.errors
+        return 1000 * self.db_cpu_s / ok if ok else math.nan
+
     def as_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "rps": self.rps,
             "error_rate": self.error_rate,
             "cpu_ms_per_call": self.cpu_ms_per_call,
+            "db_cpu_ms_per_call": self.db_cpu_ms_per_call,
+            "total_cpu_ms_per_call": self.cpu_ms_per_call + self.db_cpu_ms_per_call,
         }
 
 
@@ -71,10 +80,26 @@ def _lua_string(data: str) -> str:
 
 def wrk_script(target: Target, stream: bool) -> str:
     """POST body and headers, and a ``done`` hook printing the result as JSON (no
-    ``response`` hook: defining one makes wrk hand every body to Lua, slowing it down)."""
-    headers = {"Content-Type": "application/json", **target.headers}
+    ``response`` hook: defining one makes wrk hand every body to Lua, slowing it down).
+    A target with several tokens gets a ``request`` hook that uses them in turn, each
+    request pre-formatted once."""
+    headers = {"Content-Type": "application/json", **target.headers_for(stream)}
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(target.body(stream).decode())}"]
     lines += [f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()]
+    if target.tokens:
+        lines += ["local reqs = {}", "local n = 0", "init = function(args)"]
+        for tok in target.tokens:
+            lines.append(
+                f'  wrk.headers["Authorization"] = {_lua_string("Bearer " + tok)}; '
+                "reqs[#reqs + 1] = wrk.format()"
+            )
+        lines += [
+            "end",
+            "request = function()",
+            "  n = n % #reqs + 1",
+            "  return reqs[n]",
+            "end",
+        ]
     lines += [
         "done = function(summary, latency, requests)",
         "  local e = summary.errors",
@@ -105,7 +130,9 @@ def run_wrk(
     script = workdir / f"wrk-{target.name}-{'s' if stream else 'c'}.lua"
     script.write_text(wrk_script(target, stream))
     procs.wait_idle(target.worker_pid)
-    cpu0 = procs.cpu_seconds(target.worker_pid) if target.worker_pid else 0.0
+    pids = target.cpu_pids()
+    cpu0 = procs.cpu_snapshot(pids)
+    db0 = procs.cpu_snapshot(procs.postgres_pids(target.db_name)) if target.db_name else {}
     out = subprocess.run(
         [
             wrk,
@@ -121,10 +148,11 @@ def run_wrk(
         text=True,
         timeout=duration_s + 60,
     )
-    cpu1 = procs.cpu_seconds(target.worker_pid) if target.worker_pid else 0.0
+    cpu1 = procs.cpu_snapshot(pids)
+    db1 = procs.cpu_snapshot(procs.postgres_pids(target.db_name)) if target.db_name else {}
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if line is None:
-        if target.proc is not None and not target.proc.alive:
+        if target.proc is not None and not target.proc.alive():
             raise TargetDied(target.name, target.proc.popen.returncode, target.proc.log_tail())
         raise RuntimeError(f"wrk gave no result for {target.name}:\n{out.stdout}\n{out.stderr}")
     d = json.loads(line.removeprefix("BENCH_JSON "))
@@ -140,7 +168,8 @@ def run_wrk(
         d["p90"] / 1000,
         d["p99"] / 1000,
         d["mean"] / 1000,
-        cpu1 - cpu0,
+        procs.cpu_delta(cpu0, cpu1),
+        procs.cpu_delta(db0, db1),
     )
 
 
@@ -162,8 +191,8 @@ def percentile(values: list[float], pct: float) -> float:
     return s[k]
 
 
-def _headers(target: Target) -> dict[str, str]:
-    return {"Content-Type": "application/json", **target.headers}
+def _headers(target: Target, stream: bool) -> dict[str, str]:
+    return {"Content-Type": "application/json", **target.headers_for(stream)}
 
 
 async def _stream_timing(target: Target, calls: int, max_s: float) -> dict[str, Any]:
@@ -172,7 +201,7 @@ async def _stream_timing(target: Target, calls: int, max_s: float) -> dict[str, 
     first: list[float] = []
     total: list[float] = []
     errors = 0
-    body, url, headers = target.body(True), target.url(True), _headers(target)
+    body, url, headers = target.body(True), target.url(True), _headers(target, True)
     timeout = aiohttp.ClientTimeout(total=WRK_TIMEOUT_S)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=1), timeout=timeout
@@ -213,7 +242,7 @@ async def _fixed_rate(target: Target, rate: float, duration_s: float) -> dict[st
     """Open loop: call i is due at start + i/rate, whatever happened to earlier calls."""
     latencies: list[float] = []
     errors = 0
-    body, url, headers = target.body(False), target.url(False), _headers(target)
+    body, url, headers = target.body(False), target.url(False), _headers(target, False)
     timeout = aiohttp.ClientTimeout(total=WRK_TIMEOUT_S)
     n = int(rate * duration_s)
     async with aiohttp.ClientSession(

@@ -216,3 +216,59 @@ def wait_idle(pid: int, timeout_s: float = 60.0, interval_s: float = 0.3) -> flo
     except OSError:
         pass
     return time.monotonic() - start
+
+
+def cpu_seconds_of(pids: Iterable[int]) -> float:
+    """CPU seconds of several processes (one that exited meanwhile counts as 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def wait_workers(root_pid: int, workers: int, timeout_s: float = 120.0) -> None:
+    """Wait until ``root_pid`` (a supervisor) has at least ``workers`` children."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(_children(root_pid)) >= workers:
+            time.sleep(2.0)  # each worker opens its pools and runs its checks at start
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{workers} workers of {root_pid} did not start in {timeout_s}s")
+
+
+def postgres_pids(db_name: str) -> list[int]:
+    """PostgreSQL's processes that work for ``db_name``: its backends and the server's
+    own background processes (WAL writer, checkpointer...), not other databases'
+    backends. Found by their process titles (``postgres: 15/main: USER DB ADDR STATE``),
+    so this needs the server on this machine and /proc readable (root, or its user)."""
+    pids: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if not title.startswith("postgres: "):
+            continue
+        words = title.split(": ", 2)[-1].split()
+        is_backend = len(words) >= 3 and "(" in words[2]
+        if not is_backend or words[1] == db_name:
+            pids.append(int(entry))
+    return pids
+
+
+def cpu_snapshot(pids: Iterable[int]) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[pid] = cpu_seconds(pid)
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two snapshots; a process born in between counts whole (one that
+    died in between is lost: pools keep their connections, so that is rare)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())

@@ -1,5 +1,8 @@
 """``python -m bench profile``: where Keyfob's time goes under load.
 
+``--profile-target keyfob-hosted`` profiles hosted mode (PostgreSQL + Redis) instead;
+PostgreSQL's own CPU per call is printed beside it.
+
 Why py-spy: it samples the running server from outside (no code change, no import hook
 skewing the numbers; ``--nonblocking`` so sampling does not slow it down). Keyfob runs alone
 against nginx with wrk at c=8 on chat calls plus two streaming connections.
@@ -66,6 +69,7 @@ def top_frames(collapsed: Path, n: int = 25) -> tuple[int, list[tuple[str, int, 
 
 
 LIBRARIES = (
+    "asyncpg",
     "aiosqlite",
     "sqlalchemy",
     "aiohttp",
@@ -123,7 +127,10 @@ def profile(args: argparse.Namespace) -> int:
         up = start_nginx(workdir, load_cpus)
         kf: targets.Target | None = None
         try:
-            kf = targets.keyfob(up, workdir, server_cpus, refresh_chains=1)
+            if getattr(args, "profile_target", "keyfob") == "keyfob-hosted":
+                kf = targets.keyfob_hosted(up, workdir, server_cpus, 1)
+            else:
+                kf = targets.keyfob(up, workdir, server_cpus, refresh_chains=1)
             load.run_wrk(kf, workdir, connections=10, duration_s=3)  # warm-up
             threads0 = thread_cpu(kf.worker_pid)
             recorders = []
@@ -170,13 +177,14 @@ def profile(args: argparse.Namespace) -> int:
     print(
         f"load during the profile: {r.rps:,.0f} chat req/s at c=8 (+2 streaming), "
         f"{r.cpu_ms_per_call:.3f} ms CPU per chat call"
+        + (f", PostgreSQL {r.db_cpu_ms_per_call:.3f} ms" if kf.db_name else "")
     )
     calls = max(r.requests - r.errors, 1)
     print("\nCPU per chat call by thread (from /proc; streams' CPU included):")
     for tid, (name, cpu1) in sorted(threads1.items()):
         used = cpu1 - threads0.get(tid, (name, 0.0))[1]
         if used > 0:
-            role = "event loop" if tid == str(kf.worker_pid) else "other thread (aiosqlite)"
+            role = "event loop" if tid == str(kf.worker_pid) else "other thread"
             print(f"{1000 * used / calls:8.2f} ms  tid {tid} {name} ({role})")
     libs, ours = by_library(raw)
     total = sum(libs.values()) or 1
