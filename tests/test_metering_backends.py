@@ -368,3 +368,46 @@ async def test_computing_counters_while_calls_settle(kind: str, tmp_path: Path) 
             basis = await _grant_version(stores[0], ids[2])
         [values] = await stores[0].ledger.values([month], basis)
         assert values == [(3 * 40 * 40, 0)]
+
+
+async def test_lost_postgresql_connections_lose_nothing(tmp_path: Path) -> None:
+    """PostgreSQL drops every connection of the database while calls run (a restart, a
+    failover): reservations and settlements go on over new connections, and no
+    reservation is left held or counted twice."""
+    import asyncpg
+
+    from tests.backends import PG_ADMIN
+
+    async with _stores("postgresql", tmp_path, 1) as stores:
+        store = stores[0]
+        ids = await seed(store, 10**9)
+        limits = (window_limit(ids[2], KEY, 10**9),)
+        name = store.engine.url.database
+
+        async def drop_all() -> None:
+            admin = await asyncpg.connect(PG_ADMIN)
+            try:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    name,
+                )
+            finally:
+                await admin.close()
+
+        async def call(i: int) -> None:
+            r = await store.metering.reserve(request(ids, f"l{i}", 100, limits))
+            assert isinstance(r, Reserved)
+            await asyncio.sleep(0.001 * (i % 5))
+            await store.metering.settle(r.entry_id, settled(60))
+
+        tasks = [asyncio.create_task(call(i)) for i in range(60)]
+        for _ in range(3):
+            await asyncio.sleep(0.01)
+            await drop_all()
+        await asyncio.gather(*tasks)
+        rows = await store.ledger.entries(grant_id=ids[2], limit=1000)
+        assert not [r for r in rows if r.status == "reserved"]
+        spent = sum(r.cost_micro_usd or 0 for r in rows)
+        assert len([r for r in rows if r.status == "settled"]) == 60
+        assert await store.ledger.counter(ids[2], KEY) == (spent, 0) == (60 * 60, 0)

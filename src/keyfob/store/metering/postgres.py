@@ -20,6 +20,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -30,12 +31,16 @@ from keyfob.metering.types import (
     CounterState,
     CredentialRevoked,
     GrantChanged,
+    Limit,
+    Measure,
     Refused,
     Reserved,
     ReserveRequest,
     Settlement,
 )
+from keyfob.store.metering.pg_connections import LOST, Connections
 from keyfob.store.metering.sqlite_tx import dead_settlement, keys_json, keys_of
+from keyfob.tokens import new_sortable_id
 
 _RESERVE = (
     "SELECT outcome, refused, seeds, spent, reserved FROM keyfob_reserve("  # noqa: S608 (constants)
@@ -60,21 +65,30 @@ ATTEMPTS = 4
 T = TypeVar("T")
 
 
-async def _retried(fn: Callable[[], Awaitable[T]]) -> T:
+_CONFLICTS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+async def _retried(fn: Callable[[], Awaitable[T]], *, lost_too: bool = False) -> T:
     """``fn()``, again after a deadlock or serialisation failure: PostgreSQL rolled the
     whole statement or transaction back, so trying again can neither lose nor double a
-    hold or a charge. The lock order makes these rare; this makes them invisible."""
+    hold or a charge. The lock order makes these rare; this makes them invisible.
+    ``lost_too``: also after a lost connection, for what is safe to repeat whether or
+    not it committed (a settlement)."""
+    retry = (*_CONFLICTS, *LOST) if lost_too else _CONFLICTS
     for attempt in range(ATTEMPTS):
         try:
             return await fn()
-        except (
-            asyncpg.exceptions.DeadlockDetectedError,
-            asyncpg.exceptions.SerializationError,
-        ):
+        except retry:
             if attempt == ATTEMPTS - 1:
                 raise
             await asyncio.sleep(0.005 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+#: How a reservation whose call never went upstream is released.
+_NOT_SENT = Settlement(
+    "failed", 0, "none", error="the metering connection was lost before the call was sent"
+)
 
 
 def dollar(sql: str) -> str:
@@ -89,22 +103,66 @@ def plain_url(url: str) -> str:
     return "postgresql://" + rest if scheme.startswith("postgres") else url
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The arrays ``keyfob_reserve`` takes for one plan's limits (all but the holds)."""
+
+    scopes: list[str]
+    keys: list[str]
+    starts: list[float | None]
+    expires: list[float | None]
+    limit_of: list[int]
+    caps: list[int]
+    single: list[bool]
+    measures: list[Measure]
+
+
+#: id(limits) -> (the limits, their shape); the entry keeps the tuple alive, so its id is
+#: not reused meanwhile. Keyed by identity: hashing the nested limits costs more than
+#: building the arrays.
+_SHAPES: dict[int, tuple[tuple[Limit, ...], _Shape]] = {}
+
+
+def _shape(limits: tuple[Limit, ...]) -> _Shape:
+    """Memoised per plan: the allowance service hands over the same limits for every call
+    of a grant and model until a period or bucket moves on (``allowance/plan.py``)."""
+    found = _SHAPES.get(id(limits))
+    if found is not None and found[0] is limits:
+        return found[1]
+    shape = _Shape([], [], [], [], [], [], [], [])
+    for j, lim in enumerate(limits, start=1):
+        for c in lim.counters:
+            shape.scopes.append(c.scope)
+            shape.keys.append(c.key)
+            shape.starts.append(c.starts_at)
+            shape.expires.append(c.expires_at)
+            shape.limit_of.append(j)
+        shape.caps.append(lim.cap)
+        shape.single.append(len(lim.counters) == 1)
+        shape.measures.append(rules.measure_of(lim.counters[-1].key))
+    if len(_SHAPES) >= 4096:
+        _SHAPES.clear()
+    _SHAPES[id(limits)] = (limits, shape)
+    return shape
+
+
 class PostgresMetering:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Connections) -> None:
         self.pool = pool
 
     @classmethod
     async def open(
         cls, url: str, *, min_size: int = 1, max_size: int = 10, statement_cache_size: int = 100
     ) -> PostgresMetering:
-        """A pool of its own. ``statement_cache_size=0`` for PgBouncer in transaction
-        pooling (server-side prepared statements do not survive a pooled transaction)."""
-        pool = await asyncpg.create_pool(
-            plain_url(url),
-            min_size=min_size,
-            max_size=max_size,
-            statement_cache_size=statement_cache_size,
-        )
+        """Connections of its own (``pg_connections``: no reset round trip per call).
+        ``statement_cache_size=0`` for PgBouncer in transaction pooling (server-side
+        prepared statements do not survive a pooled transaction)."""
+        pool = Connections(plain_url(url), max_size, statement_cache_size)
+        try:
+            await pool.warm(min_size)
+        except BaseException:
+            await pool.close()
+            raise
         return cls(pool)
 
     async def close(self) -> None:
@@ -114,9 +172,7 @@ class PostgresMetering:
 
     async def reserve(self, req: ReserveRequest) -> Reserved | Refused:
         for _ in range(MAX_SEED_ROUNDS):
-            row = await _retried(
-                functools.partial(self.pool.fetchrow, _RESERVE, *self._arguments(req))
-            )
+            row = await self._reserve_call(req)
             assert row is not None
             outcome = row["outcome"]
             if outcome == 0:
@@ -146,26 +202,34 @@ class PostgresMetering:
             await self.seed([counters[i - 1] for i in row["seeds"]], req.basis)
         raise GrantChanged
 
+    async def _reserve_call(self, req: ReserveRequest) -> Any:
+        """One ``keyfob_reserve`` call; when the connection is lost on the way, whether
+        it committed is unknown: a reservation found in the ledger is released at once
+        (settled as failed, nothing went upstream) and the call is tried again under a
+        new entry id, so a lost connection can neither hold money nor drop a call."""
+        for attempt in range(ATTEMPTS):
+            try:
+                return await _retried(
+                    functools.partial(self.pool.fetchrow, _RESERVE, *self._arguments(req))
+                )
+            except LOST:
+                if attempt == ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+                found = await self.pool.fetchrow(
+                    "SELECT status FROM ledger WHERE id = $1", req.entry_id
+                )
+                if found is not None:
+                    await self.settle(req.entry_id, _NOT_SENT)
+                    req.entry_id = new_sortable_id()
+        raise AssertionError("unreachable")
+
     @staticmethod
     def _arguments(req: ReserveRequest) -> list[Any]:
-        scopes, keys, starts, expires, limit_of = [], [], [], [], []
-        caps, needs, single = [], [], []
-        for j, lim in enumerate(req.limits, start=1):
-            for c in lim.counters:
-                scopes.append(c.scope)
-                keys.append(c.key)
-                starts.append(c.starts_at)
-                expires.append(c.expires_at)
-                limit_of.append(j)
-            caps.append(lim.cap)
-            needs.append(
-                rules.hold_of(
-                    rules.measure_of(lim.counters[-1].key),
-                    req.amount_micro_usd,
-                    req.tokens_reserved,
-                )
-            )
-            single.append(len(lim.counters) == 1)
+        shape = _shape(req.limits)
+        needs = [
+            rules.hold_of(m, req.amount_micro_usd, req.tokens_reserved) for m in shape.measures
+        ]
         return [
             req.entry_id,
             req.token_hash,
@@ -182,14 +246,14 @@ class PostgresMetering:
             req.basis,
             req.downgraded_from,
             req.instance_id,
-            scopes,
-            keys,
-            starts,
-            expires,
-            limit_of,
-            caps,
+            shape.scopes,
+            shape.keys,
+            shape.starts,
+            shape.expires,
+            shape.limit_of,
+            shape.caps,
             needs,
-            single,
+            shape.single,
             req.refill.period_key if req.refill is not None else None,
         ]
 
@@ -202,7 +266,7 @@ class PostgresMetering:
         settlement in progress therefore finishes first (and is summed as settled), one
         that starts later reads the key added to its row, and a reservation holding a
         counter waits for it to be computed."""
-        await _retried(lambda: self._seed_once(counters, basis))
+        await _retried(lambda: self._seed_once(counters, basis), lost_too=True)
 
     async def _seed_once(self, counters: Sequence[Counter], basis: float | None) -> None:
         ordered = sorted(counters, key=lambda c: (c.scope, c.key))
@@ -270,7 +334,8 @@ class PostgresMetering:
     ) -> tuple[CounterState, ...]:
         now = time.time() if now is None else now
         rows = await _retried(
-            lambda: self.pool.fetch(
+            lost_too=True,  # a settlement only moves a row still reserved: safe to repeat
+            fn=lambda: self.pool.fetch(
                 _SETTLE,
                 entry_id,
                 s.status,
@@ -284,7 +349,7 @@ class PostgresMetering:
                 s.upstream_status,
                 s.error,
                 now,
-            )
+            ),
         )
         return tuple(CounterState(r[0], r[1], int(r[2]), int(r[3])) for r in rows)
 
