@@ -1,6 +1,9 @@
-"""``TokensRepo.rotate_refresh`` on both backends: SQLite's one inline transaction and
-the SQLAlchemy steps PostgreSQL runs must give the same outcome, with the same exception,
-for every way a refresh can go (RFC 9700 4.14.2), and let one of two racing refreshes win.
+"""``TokensRepo.rotate_refresh`` on both backends: SQLite's one inline transaction
+(``sqlite_oauth.rotate_refresh_tx``) and PostgreSQL's one function call
+(``pg_oauth.sql``'s ``keyfob_rotate_refresh``) must give the same outcome, with the same
+exception, for every way a refresh can go (RFC 9700 4.14.2), let one of two racing
+refreshes win (and end the family), and never let a successor outlive its grant, even
+while the grant's end is being changed.
 """
 
 from __future__ import annotations
@@ -14,18 +17,22 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from keyfob.oauth.grants import new_pair
+from keyfob.oauth.grants import new_pair, token_ttls_s
 from keyfob.settings import Settings
 from keyfob.store import Store, schema
 from keyfob.store.apps import (
+    ClientsRepo,
     RefreshExpired,
     RefreshGrantEnded,
     RefreshReplayed,
     RotationRefused,
     Successors,
+    TokensRepo,
 )
+from keyfob.store.engine import PoolOptions
+from keyfob.store.pg_oauth import PgClientsRepo, PgTokensRepo
 from keyfob.store.records import Token
-from keyfob.store.sqlite_oauth import InlineTokensRepo
+from keyfob.store.sqlite_oauth import InlineClientsRepo, InlineTokensRepo
 from tests.support import both_databases
 
 SETTINGS = Settings()
@@ -49,7 +56,7 @@ async def first_pair(store: Store, *, grant_ends: float | None = None) -> tuple[
         user_id=user.id, client_id=client.id, models=["p/m"], cap_micro_usd=10**6
     )
     if grant_ends is not None:
-        await store.grants.set_expiry(grant.id, grant_ends, token_ttls_s=(3600, 30 * 86400))
+        await store.grants.set_expiry(grant.id, grant_ends, token_ttls_s=token_ttls_s(SETTINGS))
     records, _body = new_pair(
         SETTINGS,
         grant_id=grant.id,
@@ -104,7 +111,21 @@ async def live(store: Store, token: Token) -> bool:
 
 
 async def test_the_backend_is_the_engines(store: Store, database_url: str | None) -> None:
-    assert isinstance(store.tokens, InlineTokensRepo) is (database_url is None)
+    sqlite = database_url is None
+    assert isinstance(store.tokens, InlineTokensRepo if sqlite else PgTokensRepo)
+    assert isinstance(store.clients, InlineClientsRepo if sqlite else PgClientsRepo)
+
+
+async def test_the_lookups_read_what_sqlalchemy_reads(store: Store) -> None:
+    """The token endpoint's own reads (inline / asyncpg) give the reference's records."""
+    access, refresh = await first_pair(store)
+    for token in (access, refresh):
+        assert await store.tokens.get(token.token_hash) == token
+        assert await TokensRepo(store.engine).get(token.token_hash) == token
+    assert await store.tokens.get("no-such-token") is None
+    client = await ClientsRepo(store.engine).get(refresh.client_id)
+    assert client is not None and await store.clients.get(client.id) == client
+    assert await store.clients.get("kfapp_missing") is None
 
 
 async def test_rotation_spends_the_token_and_stores_its_successors(store: Store) -> None:
@@ -138,12 +159,59 @@ async def test_a_replay_read_before_the_first_use_is_still_caught(store: Store) 
 
 
 async def test_two_racing_refreshes_one_wins(store: Store) -> None:
-    _access, refresh = await first_pair(store)
+    """Both read it unused and spend it at once: one gets successors, the other is the
+    replay, and the family ends, the winner's successors with it."""
+    access, refresh = await first_pair(store)
     outcomes = await asyncio.gather(
         rotate(store, refresh), rotate(store, refresh), return_exceptions=True
     )
     assert sum(isinstance(o, tuple) for o in outcomes) == 1, outcomes
     assert sum(isinstance(o, RefreshReplayed) for o in outcomes) == 1, outcomes
+    won = next(o for o in outcomes if isinstance(o, tuple))
+    for token in (access, *won):
+        assert not await live(store, token)
+
+
+async def test_two_processes_racing_on_one_token_one_wins(
+    store: Store, database_url: str | None, tmp_path: Path
+) -> None:
+    """The same race from two stores on one database (two processes: PostgreSQL's row
+    lock decides; SQLite's CLI-style second opener writes through its own connection),
+    many times over."""
+    other = await Store.open(database_url or f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
+    try:
+        _access, sibling = await first_pair(store)
+        for _ in range(10):
+            access, refresh = await first_pair_on(store, sibling)
+            outcomes = await asyncio.gather(
+                rotate(store, refresh), rotate(other, refresh), return_exceptions=True
+            )
+            assert sum(isinstance(o, tuple) for o in outcomes) == 1, outcomes
+            assert sum(isinstance(o, RefreshReplayed) for o in outcomes) == 1, outcomes
+            won = next(o for o in outcomes if isinstance(o, tuple))
+            for token in (access, *won):
+                assert not await live(store, token)
+    finally:
+        await other.close()
+
+
+async def test_rotation_without_prepared_statements(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    """Behind PgBouncer in transaction pooling (``statement_cache_size=0``) the asyncpg
+    path still rotates and still catches a replay."""
+    url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
+    store = await Store.open(url, pool=PoolOptions(statement_cache_size=0))
+    try:
+        _access, refresh = await first_pair(store)
+        head = refresh
+        for _ in range(3):
+            head = (await rotate(store, head))[1]
+        with pytest.raises(RefreshReplayed):
+            await rotate(store, refresh)
+        assert not await live(store, head)
+    finally:
+        await store.close()
 
 
 async def test_an_expired_token_is_refused_and_left_spent(store: Store) -> None:
@@ -193,3 +261,90 @@ async def test_successors_never_outlive_the_grant(store: Store) -> None:
     issued: list[float | None] = []
     await store.tokens.rotate_refresh(current, time.time(), successors_of(current, issued))
     assert issued == [pytest.approx(ends)]  # the builder was told the grant's end
+
+
+async def test_a_grant_end_moved_after_the_read_caps_the_successors(store: Store) -> None:
+    """The token (and its grant's end) read, then the end brought forward before the
+    rotation: the successors are built for the new end, and stored so."""
+    ends = time.time() + 3600
+    _access, refresh = await first_pair(store, grant_ends=ends)
+    current = await store.tokens.get(refresh.token_hash)
+    assert current is not None
+    sooner = time.time() + 600
+    await store.grants.set_expiry(refresh.grant_id, sooner, token_ttls_s=token_ttls_s(SETTINGS))
+    issued: list[float | None] = []
+    made: list[tuple[Token, ...]] = []
+    make = successors_of(current, issued)
+    await store.tokens.rotate_refresh(
+        current, time.time(), lambda e: made.append(make(e)) or made[-1]
+    )
+    assert issued[-1] == pytest.approx(sooner)
+    for token in made[-1]:
+        stored = await store.tokens.get(token.token_hash)
+        assert stored is not None and stored.expires_at <= sooner
+
+
+async def test_rotations_racing_an_expiry_change_never_outlive_the_grant(store: Store) -> None:
+    """Eight chains rotate while the grant's end is brought forward step by step: every
+    live token ends by the grant's final end (the rotation and the change of end are
+    ordered by the grant's row, never interleaved)."""
+    first = time.time() + 7200
+    _access, refresh = await first_pair(store, grant_ends=first)
+    heads = [refresh]
+    for _ in range(7):
+        _a, r = await first_pair_on(store, refresh, first)
+        heads.append(r)
+    stop = asyncio.Event()
+
+    async def chain(head: Token) -> None:
+        # bounded, and yielding: a rotation that completes without suspending (the
+        # SQLite server's inline path) would otherwise starve ``shorten`` for ever
+        for _ in range(500):
+            if stop.is_set():
+                return
+            head = (await rotate(store, head))[1]
+            await asyncio.sleep(0)
+
+    async def shorten() -> float:
+        ends = first
+        for _ in range(15):
+            ends -= 60
+            await store.grants.set_expiry(
+                refresh.grant_id, ends, token_ttls_s=token_ttls_s(SETTINGS)
+            )
+            await asyncio.sleep(0.01)
+        stop.set()
+        return ends
+
+    chains = [asyncio.create_task(chain(h)) for h in heads]
+    final = await shorten()
+    await asyncio.gather(*chains)
+    async with store.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                schema.tokens.select().where(
+                    schema.tokens.c.grant_id == refresh.grant_id,
+                    schema.tokens.c.revoked_at.is_(None),
+                )
+            )
+        ).all()
+    assert len(rows) > 16  # the chains did rotate meanwhile
+    assert max(r.expires_at for r in rows) <= final
+
+
+async def first_pair_on(
+    store: Store, sibling: Token, grant_ends: float | None = None
+) -> tuple[Token, Token]:
+    """Another family's first pair on ``sibling``'s grant (another code exchange)."""
+    records, _body = new_pair(
+        SETTINGS,
+        grant_id=sibling.grant_id,
+        client_id=sibling.client_id,
+        family_id=secrets.token_hex(8),
+        scope="",
+        resource=None,
+        now=time.time(),
+        not_after=grant_ends,
+    )
+    await store.tokens.save(*records)
+    return records

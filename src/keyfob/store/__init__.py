@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +30,9 @@ from keyfob.store.setup_tokens import SetupTokensRepo
 from keyfob.store.sqlite_hot import SqliteHotPath
 from keyfob.store.sqlite_oauth import InlineClientsRepo, InlineTokensRepo
 from keyfob.store.wallets import WalletsRepo
+
+if TYPE_CHECKING:  # asyncpg is imported only when a PostgreSQL store opens
+    from keyfob.store.metering.pg_connections import Connections
 
 
 def prepare_sqlite_file(url: str) -> str | None:
@@ -70,19 +74,32 @@ class Store:
 
     @classmethod
     def from_engine(
-        cls, engine: AsyncEngine, metering: MeteringBackend, hot: SqliteHotPath | None = None
+        cls,
+        engine: AsyncEngine,
+        metering: MeteringBackend,
+        hot: SqliteHotPath | None = None,
+        pg: Connections | None = None,
     ) -> Store:
-        """The repositories for this engine, chosen once: the metering backend, and on a
-        SQLite file the token and client lookups and the refresh rotation on the inline
-        connection."""
+        """The repositories for this engine, chosen once: the metering backend, and the
+        token endpoint's client and token lookups and the refresh rotation on the SQLite
+        file's inline connection (``hot``) or on PostgreSQL's asyncpg connections
+        (``pg``, the metering backend's); SQLAlchemy otherwise."""
+        clients: ClientsRepo = ClientsRepo(engine)
+        tokens: TokensRepo = TokensRepo(engine)
+        if hot is not None:
+            clients, tokens = InlineClientsRepo(engine, hot), InlineTokensRepo(engine, hot)
+        elif pg is not None:
+            from keyfob.store.pg_oauth import PgClientsRepo, PgTokensRepo
+
+            clients, tokens = PgClientsRepo(engine, pg), PgTokensRepo(engine, pg)
         return cls(
             engine,
             UsersRepo(engine),
             ProvidersRepo(engine),
-            ClientsRepo(engine) if hot is None else InlineClientsRepo(engine, hot),
+            clients,
             GrantsRepo(engine),
             CodesRepo(engine),
-            TokensRepo(engine) if hot is None else InlineTokensRepo(engine, hot),
+            tokens,
             metering,
             LedgerReads(engine),
             WalletsRepo(engine),
@@ -112,7 +129,8 @@ class Store:
         memory with a journal (``store.metering.writeback``); raises ``JournalBusy`` when
         another server already does. Every other SQLite opener (the CLI, scripts) meters
         with one transaction per call. PostgreSQL meters with one function call per call
-        on a pool of its own (``pool.metering`` connections); ``pool``: pool sizes
+        on a pool of its own (``pool.metering`` connections), which also carries the token
+        endpoint's lookups and refresh rotation (``pg_oauth``); ``pool``: pool sizes
         (settings)."""
         url = normalise_database_url(url)
         path = prepare_sqlite_file(url)
@@ -133,7 +151,7 @@ class Store:
             except BaseException:
                 await engine.dispose()
                 raise
-            return cls.from_engine(engine, pg)
+            return cls.from_engine(engine, pg, pg=pg.pool)
         hot = SqliteHotPath(path)
         metering: MeteringBackend = SqliteMetering(hot)
         if serving:

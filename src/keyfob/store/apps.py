@@ -482,7 +482,9 @@ class TokensRepo:
         family: ``RefreshReplayed``), then refuse a revoked or expired token
         (``RefreshExpired``), then an ended grant (``RefreshGrantEnded``), both leaving
         it spent; then store ``successors(grant's end)``. The SQLite server does the
-        same in one inline transaction (``sqlite_oauth.InlineTokensRepo``)."""
+        same in one inline transaction (``sqlite_oauth.InlineTokensRepo``), PostgreSQL
+        in one function call (``pg_oauth.PgTokensRepo``); ``Store.open`` always picks
+        one of those, so these separate steps are the reference, not a path served."""
         if token.used_at is not None or not await self.mark_used(token.token_hash, now):
             await self.revoke_family(token.family_id)
             raise RefreshReplayed

@@ -5,9 +5,10 @@ Why a second implementation: through SQLAlchemy + aiosqlite the refresh grant is
 store round trips (about 4 ms of CPU, a thread handoff per statement); here it is one
 read and one transaction of four statements on the connection the metering hot path
 already holds (``sqlite_hot.SqliteHotPath``), about 0.1 ms. The reference is
-``apps.TokensRepo`` / ``apps.ClientsRepo``, which PostgreSQL uses: the same checks in
-the same order, the same outcomes (``apps.RotationRefused``). ``Store`` picks these when
-it opens a SQLite file, so nothing above the store knows which engine runs.
+``apps.TokensRepo`` / ``apps.ClientsRepo``: the same checks in the same order, the same
+outcomes (``apps.RotationRefused``); PostgreSQL applies them in one function call
+(``pg_oauth.py``, ``pg_oauth.sql``). ``Store`` picks these when it opens a SQLite file,
+so nothing above the store knows which engine runs.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def rotate_refresh_tx(
     Mirrors the reference steps in their order: mark used only if unused (else revoke
     the family: a replay), then refuse a revoked or expired token, then a revoked grant
     (both with the token left spent, as the reference's separate commits leave it), then
-    insert the new pair. Returns None on success, else one of the outcomes above."""
+    insert the new pair. Returns None on success, else one of the outcomes above.
+
+    Its twin on PostgreSQL is ``keyfob_rotate_refresh`` (``pg_oauth.sql``): a change of
+    rule here is a change there (and a migration), held together by
+    tests/test_token_rotation.py, which runs both."""
     row = conn.execute(
         "UPDATE tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL "
         "RETURNING revoked_at, expires_at, grant_id",
