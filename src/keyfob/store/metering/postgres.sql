@@ -170,6 +170,15 @@ $$;
 -- Settle one call: the ledger row leaves ``reserved`` (only once: a settled row is left
 -- alone) and every counter it lists moves (reserved -= held, spent += actual, by the
 -- counter's measure: rules.settle_moves). A wallet charge writes its history row.
+--
+-- Its commit does not wait for the WAL flush (synchronous_commit off for this
+-- transaction only): the reservation before it was flushed, so the call is in the
+-- ledger whatever happens; a settlement lost to a crash of PostgreSQL itself (not of a
+-- gateway: a gateway's kill -9 loses nothing committed) leaves the row reserved, which
+-- is the bound, never less. The gateway replays its recent settlements after it loses
+-- its connections (postgres.py, Replays), and this function is idempotent. Why: the
+-- flush held the counters' row locks for a disk sync per settlement, the c=1 latency of
+-- every call and the throughput ceiling of a grant's calls (docs/BENCHMARKS.md).
 CREATE OR REPLACE FUNCTION keyfob_settle(
   p_entry_id text, p_status text, p_cost bigint, p_usage_source text,
   p_input integer, p_output integer, p_cached integer, p_reasoning integer,
@@ -181,6 +190,7 @@ DECLARE
   v_grant text; v_user text; v_reserved bigint; v_tokens integer; v_keys text;
   v_scope text; v_key text; v_measure text; v_held bigint; v_actual bigint;
 BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
   UPDATE ledger SET status = p_status, cost_micro_usd = p_cost, usage_source = p_usage_source,
          input_tokens = p_input, output_tokens = p_output, cached_input_tokens = p_cached,
          reasoning_tokens = p_reasoning, needs_reconciliation = p_recon,
