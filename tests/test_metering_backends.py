@@ -26,12 +26,12 @@ from keyfob.metering.types import (
     wallet_scope,
 )
 from keyfob.store import Store
-from tests.backends import BACKENDS, backend_store, pg_database, request, seed, window_limit
+from tests.backends import RULE_BACKENDS, backend_store, pg_database, request, seed, window_limit
 
 KEY = "month:2026-11"
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=RULE_BACKENDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -325,7 +325,7 @@ class _stores:
         self._pg: object = None
 
     async def __aenter__(self) -> list[Store]:
-        if self.kind == "postgresql":
+        if self.kind.startswith("postgresql"):
             self._pg = pg_database()
             url = await self._pg.__aenter__()  # type: ignore[attr-defined]
         else:
@@ -333,6 +333,8 @@ class _stores:
         for i in range(self.n):
             serving = self.kind == "writeback" and i == 0
             self.stores.append(await Store.open(url, migrate=i == 0, serving=serving))
+            if self.kind == "postgresql-procedure":
+                self.stores[-1].metering.form = "procedure"  # type: ignore[attr-defined]
         return self.stores
 
     async def __aexit__(self, *exc: object) -> None:

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -50,11 +50,11 @@ from keyfob.store.metering.pg_connections import LOST, Connections
 from keyfob.store.metering.sqlite_tx import dead_settlement, keys_json, keys_of
 from keyfob.tokens import new_sortable_id
 
-_RESERVE = (
-    "SELECT outcome, refused, seeds, spent, reserved FROM keyfob_reserve("  # noqa: S608 (constants)
-    + ", ".join(f"${i}" for i in range(1, 25))
-    + ")"
-)
+_ARGS = ", ".join(f"${i}" for i in range(1, 25))
+#: A reservation in one transaction, flushed before its locks are released.
+_RESERVE = f"SELECT outcome, refused, seeds, spent, reserved FROM keyfob_reserve({_ARGS})"  # noqa: S608 (constants)
+#: The same reservation, its locks released before the flush (``postgres.sql``).
+_RESERVE_DURABLY = f"CALL keyfob_reserve_durably({_ARGS})"
 _SETTLE = (
     "SELECT scope, key, spent, reserved FROM keyfob_settle("  # noqa: S608 (constants)
     + ", ".join(f"${i}" for i in range(1, 13))
@@ -209,8 +209,22 @@ class Replays:
 
 
 class PostgresMetering:
+    """Reservations take one of two forms, the same rules either way: alone in this
+    process, one transaction whose commit is flushed under its row locks (the fewest
+    steps: the lowest latency for a lone call); while another reservation of this
+    process is on its way, ``keyfob_reserve_durably``, which releases the locks before
+    the flush (one more commit, but calls of one grant no longer wait for each other's
+    disk syncs, and concurrent flushes are one). Measured: ``python -m bench.pg_metering``
+    (docs/BENCHMARKS.md)."""
+
+    #: "auto" as above; "one" or "procedure": always that form (the shared backend
+    #: tests run the rules against each; ``bench.pg_metering`` compares them).
+    form: Literal["auto", "one", "procedure"] = "auto"
+
     def __init__(self, pool: Connections, replays: Replays | None = None) -> None:
         self.pool = pool
+        #: Reservations of this process on their way to PostgreSQL now.
+        self._reserving = 0
         self.replays = replays or Replays()
         pool.on_lost = self.replays.lost
 
@@ -295,9 +309,15 @@ class PostgresMetering:
         new entry id, so a lost connection can neither hold money nor drop a call."""
         for attempt in range(ATTEMPTS):
             try:
-                return await _retried(
-                    functools.partial(self.pool.fetchrow, _RESERVE, *self._arguments(req))
-                )
+                durably = self.form == "procedure" or (self.form == "auto" and self._reserving)
+                sql = _RESERVE_DURABLY if durably else _RESERVE
+                self._reserving += 1
+                try:
+                    return await _retried(
+                        functools.partial(self.pool.fetchrow, sql, *self._arguments(req))
+                    )
+                finally:
+                    self._reserving -= 1
             except LOST:
                 if attempt == ATTEMPTS - 1:
                     raise

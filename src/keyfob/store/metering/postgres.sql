@@ -223,3 +223,39 @@ BEGIN
   END LOOP;
 END
 $$;
+
+-- A reservation, durable before it returns, without holding its locks through the disk
+-- sync: keyfob_reserve's transaction commits without waiting for the WAL flush (its row
+-- locks on the counters, the grant and the ledger row are released at once), then a
+-- second transaction writes one WAL record (a transactional logical message: no table,
+-- no lock) and commits waiting for the flush, which covers everything written before it
+-- in the WAL, the reservation included. So the caller sends nothing upstream before the
+-- reservation is on disk (invariant 2), and the calls of one grant no longer queue
+-- behind each other's disk syncs: concurrent flushes are one (group commit). Called
+-- with CALL, outside any transaction block (it commits inside).
+CREATE OR REPLACE PROCEDURE keyfob_reserve_durably(
+  p_entry_id text, p_token_hash text, p_grant_id text, p_user_id text, p_client_id text,
+  p_provider_id text, p_model text, p_endpoint text, p_streamed boolean,
+  p_amount bigint, p_tokens integer, p_now double precision, p_basis double precision,
+  p_downgraded_from text, p_instance_id text,
+  p_scopes text[], p_keys text[], p_starts double precision[], p_expires double precision[],
+  p_limit_of integer[], p_caps bigint[], p_needs bigint[], p_single boolean[],
+  p_refill_key text,
+  INOUT outcome integer DEFAULT NULL, INOUT refused integer DEFAULT NULL,
+  INOUT seeds integer[] DEFAULT NULL, INOUT spent bigint[] DEFAULT NULL,
+  INOUT reserved bigint[] DEFAULT NULL
+) LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
+  SELECT r.outcome, r.refused, r.seeds, r.spent, r.reserved
+    INTO outcome, refused, seeds, spent, reserved
+    FROM keyfob_reserve(p_entry_id, p_token_hash, p_grant_id, p_user_id, p_client_id,
+      p_provider_id, p_model, p_endpoint, p_streamed, p_amount, p_tokens, p_now, p_basis,
+      p_downgraded_from, p_instance_id, p_scopes, p_keys, p_starts, p_expires,
+      p_limit_of, p_caps, p_needs, p_single, p_refill_key) r;
+  IF outcome = 0 THEN
+    COMMIT;
+    PERFORM pg_logical_emit_message(true, 'keyfob', 'reserved');
+  END IF;
+END
+$$;
