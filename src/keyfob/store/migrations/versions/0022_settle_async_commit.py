@@ -1,7 +1,7 @@
 """metering functions: a settlement's commit does not wait for the WAL flush
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0022
+Revises: 0021
 Create Date: 2026-12-11 10:00:00.000000
 
 Why: ``keyfob_settle`` now sets ``synchronous_commit`` off for its own transaction (the
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0021"
-down_revision = "0020"
+revision = "0022"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 
