@@ -21,6 +21,10 @@ from keyfob.store.records import Token
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ["writeback", "sqlite", "postgresql"]
+#: The rules suite also runs PostgreSQL with every reservation in the form that releases
+#: its locks before the disk sync (``PostgresMetering.form``), which the backend
+#: otherwise only takes while another reservation of the process is on its way.
+RULE_BACKENDS = [*BACKENDS, "postgresql-procedure"]
 
 
 @contextlib.asynccontextmanager
@@ -40,9 +44,11 @@ async def pg_database() -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def backend_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
-    if kind == "postgresql":
+    if kind.startswith("postgresql"):
         async with pg_database() as url:
             store = await Store.open(url)
+            if kind == "postgresql-procedure":
+                store.metering.form = "procedure"  # type: ignore[attr-defined]
             try:
                 yield store
             finally:

@@ -26,12 +26,12 @@ from keyfob.metering.types import (
     wallet_scope,
 )
 from keyfob.store import Store
-from tests.backends import BACKENDS, backend_store, pg_database, request, seed, window_limit
+from tests.backends import RULE_BACKENDS, backend_store, pg_database, request, seed, window_limit
 
 KEY = "month:2026-11"
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=RULE_BACKENDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -325,7 +325,7 @@ class _stores:
         self._pg: object = None
 
     async def __aenter__(self) -> list[Store]:
-        if self.kind == "postgresql":
+        if self.kind.startswith("postgresql"):
             self._pg = pg_database()
             url = await self._pg.__aenter__()  # type: ignore[attr-defined]
         else:
@@ -333,6 +333,8 @@ class _stores:
         for i in range(self.n):
             serving = self.kind == "writeback" and i == 0
             self.stores.append(await Store.open(url, migrate=i == 0, serving=serving))
+            if self.kind == "postgresql-procedure":
+                self.stores[-1].metering.form = "procedure"  # type: ignore[attr-defined]
         return self.stores
 
     async def __aexit__(self, *exc: object) -> None:
@@ -411,3 +413,61 @@ async def test_lost_postgresql_connections_lose_nothing(tmp_path: Path) -> None:
         spent = sum(r.cost_micro_usd or 0 for r in rows)
         assert len([r for r in rows if r.status == "settled"]) == 60
         assert await store.ledger.counter(ids[2], KEY) == (spent, 0) == (60 * 60, 0)
+
+
+async def test_a_settlement_lost_with_postgresql_is_replayed(tmp_path: Path) -> None:
+    """A settlement commits without waiting for the WAL flush, for its own transaction
+    only; when PostgreSQL loses it (a crash before the flush, imitated here by undoing
+    the settlement and ending every connection, which a crash does too), the next
+    metering call settles it again, exactly once however often connections are lost."""
+    import asyncpg
+
+    from tests.backends import PG_ADMIN
+
+    async with _stores("postgresql", tmp_path, 1) as stores:
+        store = stores[0]
+        ids = await seed(store, 10**9)
+        limits = (window_limit(ids[2], KEY, 10**9),)
+        name = store.engine.url.database
+        db = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            async with db.transaction():
+                await db.fetch(
+                    "SELECT * FROM keyfob_settle('none', 'settled', "
+                    + "0, 'upstream', 0, 0, 0, 0, false, 200, NULL, 0)"
+                )
+                assert await db.fetchval("SHOW synchronous_commit") == "off"
+            assert await db.fetchval("SHOW synchronous_commit") == "on"  # its own only
+
+            assert isinstance(
+                await store.metering.reserve(request(ids, "e1", 100, limits)), Reserved
+            )
+            await store.metering.settle("e1", settled(60))
+            assert await store.ledger.counter(ids[2], KEY) == (60, 0)
+            async with db.transaction():  # as if the commit had never reached the disk
+                await db.execute(
+                    "UPDATE ledger SET status = 'reserved', cost_micro_usd = NULL, "
+                    "settled_at = NULL WHERE id = 'e1'"
+                )
+                await db.execute(
+                    "UPDATE counters SET spent = spent - 60, reserved = reserved + 100 "
+                    "WHERE scope = $1 AND key = $2",
+                    ids[2],
+                    KEY,
+                )
+            for round_ in range(2):
+                await db.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    name,
+                )
+                await asyncio.sleep(0.05)  # the client sees its connections close
+                r = await store.metering.reserve(request(ids, f"n{round_}", 100, limits))
+                assert isinstance(r, Reserved)
+                assert await store.ledger.counter(ids[2], KEY) == (60, 100)
+                await store.metering.settle(f"n{round_}", settled(0))
+            [e1] = [e for e in await store.ledger.entries(grant_id=ids[2]) if e.id == "e1"]
+            assert (e1.status, e1.cost_micro_usd) == ("settled", 60)
+            assert not store.metering.replays.due  # type: ignore[attr-defined]
+        finally:
+            await db.close()

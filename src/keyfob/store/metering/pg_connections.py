@@ -8,6 +8,9 @@ Metering needs none of what the reset undoes: it runs single statements (a funct
 call each) or one short transaction, opens no cursors, takes no session advisory locks,
 never LISTENs and never SETs. A connection that fails, or comes back inside a
 transaction, is closed rather than reused.
+
+A connection found lost is reported (``on_lost``): the backend then replays its recent
+settlements, whose commits may not have been flushed (``postgres.Replays``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -35,9 +38,16 @@ LOST: tuple[type[BaseException], ...] = (
 
 
 class Connections:
-    def __init__(self, dsn: str, max_size: int, statement_cache_size: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        max_size: int,
+        statement_cache_size: int,
+        on_lost: Callable[[], None] = lambda: None,
+    ) -> None:
         self.dsn = dsn
         self.statement_cache_size = statement_cache_size
+        self.on_lost = on_lost
         self._free: deque[Any] = deque()
         self._room = asyncio.Semaphore(max(1, max_size))
         self._closed = False
@@ -59,8 +69,13 @@ class Connections:
                 if not candidate.is_closed():
                     conn = candidate
                     break
+                self.on_lost()  # closed while idle: the server went away
             if conn is None:
-                conn = await self._connect()
+                try:
+                    conn = await self._connect()
+                except LOST:
+                    self.on_lost()
+                    raise
             reusable = False
             try:
                 yield conn
@@ -69,6 +84,11 @@ class Connections:
                 # the statement was refused (a deadlock, a constraint): the connection is
                 # fine, unless the error is the connection's own
                 reusable = not isinstance(exc, LOST)
+                if not reusable:
+                    self.on_lost()
+                raise
+            except LOST:
+                self.on_lost()
                 raise
             finally:
                 # anything else (lost, cancelled mid-statement) leaves it unknown: closed

@@ -12,16 +12,24 @@ Correctness: a limit of one counter holds with a conditional upsert (``spent + r
 + amount <= cap``), atomic in any number of processes; a limit summing several counters
 (rolling windows, rates) takes the grant's row lock first, which serialises the
 reservations of that grant. Counters are always locked in (scope, key) order.
+
+Durability: a reservation's commit waits for the WAL flush (the call goes upstream only
+once it is in the ledger); a settlement's does not (``keyfob_settle`` turns
+``synchronous_commit`` off for its own transaction), and ``Replays`` applies the recent
+settlements again after the connections were lost, in case PostgreSQL itself crashed
+before flushing them. What that buys and costs: docs/ARCHITECTURE.md, "Hosted metering".
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -42,16 +50,18 @@ from keyfob.store.metering.pg_connections import LOST, Connections
 from keyfob.store.metering.sqlite_tx import dead_settlement, keys_json, keys_of
 from keyfob.tokens import new_sortable_id
 
-_RESERVE = (
-    "SELECT outcome, refused, seeds, spent, reserved FROM keyfob_reserve("  # noqa: S608 (constants)
-    + ", ".join(f"${i}" for i in range(1, 25))
-    + ")"
-)
+_ARGS = ", ".join(f"${i}" for i in range(1, 25))
+#: A reservation in one transaction, flushed before its locks are released.
+_RESERVE = f"SELECT outcome, refused, seeds, spent, reserved FROM keyfob_reserve({_ARGS})"  # noqa: S608 (constants)
+#: The same reservation, its locks released before the flush (``postgres.sql``).
+_RESERVE_DURABLY = f"CALL keyfob_reserve_durably({_ARGS})"
 _SETTLE = (
     "SELECT scope, key, spent, reserved FROM keyfob_settle("  # noqa: S608 (constants)
     + ", ".join(f"${i}" for i in range(1, 13))
     + ")"
 )
+log = logging.getLogger("keyfob.metering")
+
 #: A reservation decided again after counters were computed from the ledger: each
 #: computation answers for one grant version, so this only loops if the grant is edited
 #: again meanwhile (which then raises ``GrantChanged``).
@@ -146,9 +156,77 @@ def _shape(limits: tuple[Limit, ...]) -> _Shape:
     return shape
 
 
+#: Settlements kept for replay at least this long, and longer when PostgreSQL's WAL
+#: writer is configured slower: an asynchronous commit is flushed within three
+#: ``wal_writer_delay`` (200 ms by default).
+REPLAY_MIN_S = 2.0
+#: At most this many settlements are kept (about 20 s of a busy process's calls).
+REPLAY_MAX = 50_000
+
+
+class Replays:
+    """The settlements of the last seconds, applied again after connections were lost.
+
+    Why: a settlement commits without waiting for the WAL flush; if PostgreSQL itself
+    crashes before the flush, the settlement is gone and its row is still reserved (the
+    call stays held at its bound: never an overspend, but money held until someone
+    settles it). A crash ends every connection, so a lost connection is the sign: the
+    next metering call first settles the recent ones again. Settling is idempotent
+    (``keyfob_settle`` moves only a row still reserved), so a replay after a mere network
+    blip changes nothing."""
+
+    def __init__(self, keep_s: float = REPLAY_MIN_S) -> None:
+        self.keep_s = keep_s
+        self._recent: deque[tuple[float, str, Settlement, float]] = deque()
+        #: Bumped by every loss; a replay clears ``due`` only if none happened meanwhile.
+        self._losses = 0
+        self._replayed = 0
+        self.lock = asyncio.Lock()
+
+    @property
+    def due(self) -> bool:
+        return self._replayed != self._losses
+
+    def lost(self) -> None:
+        self._losses += 1
+
+    def add(self, entry_id: str, s: Settlement, now: float) -> None:
+        at = time.monotonic()
+        self._recent.append((at, entry_id, s, now))
+        if self.due:
+            return  # keep everything until the replay ran
+        while self._recent and (
+            self._recent[0][0] < at - self.keep_s or len(self._recent) > REPLAY_MAX
+        ):
+            self._recent.popleft()
+
+    def start(self) -> tuple[int, list[tuple[str, Settlement, float]]]:
+        """What to replay now, and the loss count it answers for."""
+        return self._losses, [(e, s, now) for _, e, s, now in self._recent]
+
+    def finished(self, losses: int) -> None:
+        self._replayed = losses
+
+
 class PostgresMetering:
-    def __init__(self, pool: Connections) -> None:
+    """Reservations take one of two forms, the same rules either way: alone in this
+    process, one transaction whose commit is flushed under its row locks (the fewest
+    steps: the lowest latency for a lone call); while another reservation of this
+    process is on its way, ``keyfob_reserve_durably``, which releases the locks before
+    the flush (one more commit, but calls of one grant no longer wait for each other's
+    disk syncs, and concurrent flushes are one). Measured: ``python -m bench.pg_metering``
+    (docs/BENCHMARKS.md)."""
+
+    #: "auto" as above; "one" or "procedure": always that form (the shared backend
+    #: tests run the rules against each; ``bench.pg_metering`` compares them).
+    form: Literal["auto", "one", "procedure"] = "auto"
+
+    def __init__(self, pool: Connections, replays: Replays | None = None) -> None:
         self.pool = pool
+        #: Reservations of this process on their way to PostgreSQL now.
+        self._reserving = 0
+        self.replays = replays or Replays()
+        pool.on_lost = self.replays.lost
 
     @classmethod
     async def open(
@@ -160,19 +238,41 @@ class PostgresMetering:
         pool = Connections(plain_url(url), max_size, statement_cache_size)
         try:
             await pool.warm(min_size)
+            delay_ms = await pool.fetchrow(
+                "SELECT setting::integer FROM pg_settings WHERE name = 'wal_writer_delay'"
+            )
         except BaseException:
             await pool.close()
             raise
-        return cls(pool)
+        keep_s = max(REPLAY_MIN_S, 3 * (delay_ms[0] if delay_ms else 200) / 1000 + 1.0)
+        return cls(pool, Replays(keep_s))
 
     async def close(self) -> None:
         await self.pool.close()
 
     # -- reserve -------------------------------------------------------------------------
 
+    async def replay_if_due(self) -> None:
+        """After lost connections: settle the recent settlements again (one replay at a
+        time; the calls meanwhile wait for it, so no decision reads a counter that a lost
+        settlement should have moved)."""
+        if not self.replays.due:
+            return
+        async with self.replays.lock:
+            if not self.replays.due:
+                return
+            losses, todo = self.replays.start()
+            # independent rows: as many at once as there are connections
+            await asyncio.gather(*(self._settle_call(e, s, now) for e, s, now in todo))
+            self.replays.finished(losses)
+            if todo:
+                log.info("replayed %d recent settlements after lost connections", len(todo))
+
     async def reserve(self, req: ReserveRequest) -> Reserved | Refused:
+        await self.replay_if_due()
         for _ in range(MAX_SEED_ROUNDS):
             row = await self._reserve_call(req)
+            await self.replay_if_due()  # a loss found on the way (decided conservatively)
             assert row is not None
             outcome = row["outcome"]
             if outcome == 0:
@@ -209,13 +309,20 @@ class PostgresMetering:
         new entry id, so a lost connection can neither hold money nor drop a call."""
         for attempt in range(ATTEMPTS):
             try:
-                return await _retried(
-                    functools.partial(self.pool.fetchrow, _RESERVE, *self._arguments(req))
-                )
+                durably = self.form == "procedure" or (self.form == "auto" and self._reserving)
+                sql = _RESERVE_DURABLY if durably else _RESERVE
+                self._reserving += 1
+                try:
+                    return await _retried(
+                        functools.partial(self.pool.fetchrow, sql, *self._arguments(req))
+                    )
+                finally:
+                    self._reserving -= 1
             except LOST:
                 if attempt == ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
+                await self.replay_if_due()
                 found = await self.pool.fetchrow(
                     "SELECT status FROM ledger WHERE id = $1", req.entry_id
                 )
@@ -333,7 +440,14 @@ class PostgresMetering:
         self, entry_id: str, s: Settlement, now: float | None = None
     ) -> tuple[CounterState, ...]:
         now = time.time() if now is None else now
-        rows = await _retried(
+        await self.replay_if_due()
+        rows = await self._settle_call(entry_id, s, now)
+        self.replays.add(entry_id, s, now)
+        await self.replay_if_due()  # a loss this settlement found on its way
+        return tuple(CounterState(r[0], r[1], int(r[2]), int(r[3])) for r in rows)
+
+    async def _settle_call(self, entry_id: str, s: Settlement, now: float) -> list[Any]:
+        return await _retried(
             lost_too=True,  # a settlement only moves a row still reserved: safe to repeat
             fn=lambda: self.pool.fetch(
                 _SETTLE,
@@ -351,7 +465,6 @@ class PostgresMetering:
                 now,
             ),
         )
-        return tuple(CounterState(r[0], r[1], int(r[2]), int(r[3])) for r in rows)
 
     async def reconcile_dead(
         self, *, started_before: float | None = None, instance_ids: Sequence[str] = ()

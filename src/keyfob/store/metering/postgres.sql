@@ -170,6 +170,15 @@ $$;
 -- Settle one call: the ledger row leaves ``reserved`` (only once: a settled row is left
 -- alone) and every counter it lists moves (reserved -= held, spent += actual, by the
 -- counter's measure: rules.settle_moves). A wallet charge writes its history row.
+--
+-- Its commit does not wait for the WAL flush (synchronous_commit off for this
+-- transaction only): the reservation before it was flushed, so the call is in the
+-- ledger whatever happens; a settlement lost to a crash of PostgreSQL itself (not of a
+-- gateway: a gateway's kill -9 loses nothing committed) leaves the row reserved, which
+-- is the bound, never less. The gateway replays its recent settlements after it loses
+-- its connections (postgres.py, Replays), and this function is idempotent. Why: the
+-- flush held the counters' row locks for a disk sync per settlement, the c=1 latency of
+-- every call and the throughput ceiling of a grant's calls (docs/BENCHMARKS.md).
 CREATE OR REPLACE FUNCTION keyfob_settle(
   p_entry_id text, p_status text, p_cost bigint, p_usage_source text,
   p_input integer, p_output integer, p_cached integer, p_reasoning integer,
@@ -181,6 +190,7 @@ DECLARE
   v_grant text; v_user text; v_reserved bigint; v_tokens integer; v_keys text;
   v_scope text; v_key text; v_measure text; v_held bigint; v_actual bigint;
 BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
   UPDATE ledger SET status = p_status, cost_micro_usd = p_cost, usage_source = p_usage_source,
          input_tokens = p_input, output_tokens = p_output, cached_input_tokens = p_cached,
          reasoning_tokens = p_reasoning, needs_reconciliation = p_recon,
@@ -211,5 +221,41 @@ BEGIN
       RETURN NEXT;
     END IF;
   END LOOP;
+END
+$$;
+
+-- A reservation, durable before it returns, without holding its locks through the disk
+-- sync: keyfob_reserve's transaction commits without waiting for the WAL flush (its row
+-- locks on the counters, the grant and the ledger row are released at once), then a
+-- second transaction writes one WAL record (a transactional logical message: no table,
+-- no lock) and commits waiting for the flush, which covers everything written before it
+-- in the WAL, the reservation included. So the caller sends nothing upstream before the
+-- reservation is on disk (invariant 2), and the calls of one grant no longer queue
+-- behind each other's disk syncs: concurrent flushes are one (group commit). Called
+-- with CALL, outside any transaction block (it commits inside).
+CREATE OR REPLACE PROCEDURE keyfob_reserve_durably(
+  p_entry_id text, p_token_hash text, p_grant_id text, p_user_id text, p_client_id text,
+  p_provider_id text, p_model text, p_endpoint text, p_streamed boolean,
+  p_amount bigint, p_tokens integer, p_now double precision, p_basis double precision,
+  p_downgraded_from text, p_instance_id text,
+  p_scopes text[], p_keys text[], p_starts double precision[], p_expires double precision[],
+  p_limit_of integer[], p_caps bigint[], p_needs bigint[], p_single boolean[],
+  p_refill_key text,
+  INOUT outcome integer DEFAULT NULL, INOUT refused integer DEFAULT NULL,
+  INOUT seeds integer[] DEFAULT NULL, INOUT spent bigint[] DEFAULT NULL,
+  INOUT reserved bigint[] DEFAULT NULL
+) LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
+  SELECT r.outcome, r.refused, r.seeds, r.spent, r.reserved
+    INTO outcome, refused, seeds, spent, reserved
+    FROM keyfob_reserve(p_entry_id, p_token_hash, p_grant_id, p_user_id, p_client_id,
+      p_provider_id, p_model, p_endpoint, p_streamed, p_amount, p_tokens, p_now, p_basis,
+      p_downgraded_from, p_instance_id, p_scopes, p_keys, p_starts, p_expires,
+      p_limit_of, p_caps, p_needs, p_single, p_refill_key) r;
+  IF outcome = 0 THEN
+    COMMIT;
+    PERFORM pg_logical_emit_message(true, 'keyfob', 'reserved');
+  END IF;
 END
 $$;

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from importlib import resources
 
 import sqlalchemy as sa
 from alembic import op
@@ -85,14 +84,9 @@ def upgrade() -> None:
 def install_functions() -> None:
     """(Re)install the PostgreSQL metering functions (``CREATE OR REPLACE``): a later
     change to them comes with a migration that calls this again."""
-    from sqlalchemy.util import await_only
+    from keyfob.store.metering import pg_functions
 
-    sql = resources.files("keyfob.store.metering").joinpath("postgres.sql").read_text()
-    # asyncpg's simple query protocol runs the whole file (several statements, with
-    # ``:`` and ``$`` inside function bodies that a bound statement would misread)
-    raw = op.get_bind().connection.driver_connection
-    assert raw is not None
-    await_only(raw.execute(sql))
+    pg_functions.install()
 
 
 def downgrade() -> None:
