@@ -23,8 +23,18 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ["writeback", "sqlite", "postgresql"]
 #: The rules suite also runs PostgreSQL with every reservation in the form that releases
 #: its locks before the disk sync (``PostgresMetering.form``), which the backend
-#: otherwise only takes while another reservation of the process is on its way.
-RULE_BACKENDS = [*BACKENDS, "postgresql-procedure"]
+#: otherwise only takes while another reservation of the process is on its way, and
+#: with the common case's one-statement functions off (``common_case``), so that
+#: ``keyfob_reserve`` is held to the rules for single-counter limits too.
+RULE_BACKENDS = [*BACKENDS, "postgresql-procedure", "postgresql-general"]
+
+
+def configure(store: Store, kind: str) -> None:
+    """The PostgreSQL metering variant a backend kind names."""
+    if kind == "postgresql-procedure":
+        store.metering.form = "procedure"  # type: ignore[attr-defined]
+    if kind == "postgresql-general":
+        store.metering.common_case = False  # type: ignore[attr-defined]
 
 
 @contextlib.asynccontextmanager
@@ -47,8 +57,7 @@ async def backend_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
     if kind.startswith("postgresql"):
         async with pg_database() as url:
             store = await Store.open(url)
-            if kind == "postgresql-procedure":
-                store.metering.form = "procedure"  # type: ignore[attr-defined]
+            configure(store, kind)
             try:
                 yield store
             finally:

@@ -26,7 +26,15 @@ from keyfob.metering.types import (
     wallet_scope,
 )
 from keyfob.store import Store
-from tests.backends import RULE_BACKENDS, backend_store, pg_database, request, seed, window_limit
+from tests.backends import (
+    RULE_BACKENDS,
+    backend_store,
+    configure,
+    pg_database,
+    request,
+    seed,
+    window_limit,
+)
 
 KEY = "month:2026-11"
 
@@ -333,8 +341,7 @@ class _stores:
         for i in range(self.n):
             serving = self.kind == "writeback" and i == 0
             self.stores.append(await Store.open(url, migrate=i == 0, serving=serving))
-            if self.kind == "postgresql-procedure":
-                self.stores[-1].metering.form = "procedure"  # type: ignore[attr-defined]
+            configure(self.stores[-1], self.kind)
         return self.stores
 
     async def __aexit__(self, *exc: object) -> None:

@@ -35,6 +35,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from keyfob.metering import rules
 from keyfob.metering.types import (
+    WALLET_KEY,
     Counter,
     CounterState,
     CredentialRevoked,
@@ -55,6 +56,18 @@ _ARGS = ", ".join(f"${i}" for i in range(1, 25))
 _RESERVE = f"SELECT outcome, refused, seeds, spent, reserved FROM keyfob_reserve({_ARGS})"  # noqa: S608 (constants)
 #: The same reservation, its locks released before the flush (``postgres.sql``).
 _RESERVE_DURABLY = f"CALL keyfob_reserve_durably({_ARGS})"
+_ONE_ARGS = ", ".join(f"${i}" for i in range(1, 22))
+#: The common case (one limit of one money counter) in one statement, each form.
+_RESERVE_ONE = f"SELECT spent, reserved FROM keyfob_reserve_one({_ONE_ARGS})"  # noqa: S608 (constants)
+_RESERVE_ONE_DURABLY = f"CALL keyfob_reserve_one_durably({_ONE_ARGS})"
+_SETTLE_ONE = (
+    "SELECT scope, key, spent, reserved FROM keyfob_settle_one("  # noqa: S608 (constants)
+    + ", ".join(f"${i}" for i in range(1, 15))
+    + ")"
+)
+#: At most this many calls in flight are remembered as reserved in the common case (a
+#: forgotten one settles through ``keyfob_settle``, which is always right).
+ONE_MAX = 100_000
 _SETTLE = (
     "SELECT scope, key, spent, reserved FROM keyfob_settle("  # noqa: S608 (constants)
     + ", ".join(f"${i}" for i in range(1, 13))
@@ -221,10 +234,16 @@ class PostgresMetering:
     #: tests run the rules against each; ``bench.pg_metering`` compares them).
     form: Literal["auto", "one", "procedure"] = "auto"
 
+    #: False: never the one-statement common case (``keyfob_reserve_one``), so the shared
+    #: tests hold ``keyfob_reserve`` to the rules for single-counter limits too.
+    common_case = True
+
     def __init__(self, pool: Connections, replays: Replays | None = None) -> None:
         self.pool = pool
         #: Reservations of this process on their way to PostgreSQL now.
         self._reserving = 0
+        #: entry id -> (scope, key): calls in flight reserved by ``keyfob_reserve_one``.
+        self._one: dict[str, tuple[str, str]] = {}
         self.replays = replays or Replays()
         pool.on_lost = self.replays.lost
 
@@ -268,8 +287,31 @@ class PostgresMetering:
             if todo:
                 log.info("replayed %d recent settlements after lost connections", len(todo))
 
+    def _one_counter(self, req: ReserveRequest) -> Counter | None:
+        """The counter of a call in the common case (``keyfob_reserve_one``), or None."""
+        if not self.common_case or len(req.limits) != 1 or req.refill is not None:
+            return None
+        [lim] = req.limits
+        if len(lim.counters) != 1:
+            return None
+        [c] = lim.counters
+        if c.scope != req.grant_id or rules.measure_of(c.key) != "usd" or c.key == WALLET_KEY:
+            return None
+        return c
+
     async def reserve(self, req: ReserveRequest) -> Reserved | Refused:
         await self.replay_if_due()
+        counter = self._one_counter(req)
+        if counter is not None:
+            [lim] = req.limits
+            row = await self._reserve_call(req, counter)
+            await self.replay_if_due()
+            if row is not None and row["reserved"] is not None:
+                if len(self._one) >= ONE_MAX:
+                    self._one.clear()
+                self._one[req.entry_id] = (counter.scope, counter.key)
+                return Reserved(req.entry_id, (rules.state_of(lim, row[0], row[1]),))
+            # not held: keyfob_reserve decides (a refusal, a change, counters to compute)
         for _ in range(MAX_SEED_ROUNDS):
             row = await self._reserve_call(req)
             await self.replay_if_due()  # a loss found on the way (decided conservatively)
@@ -302,20 +344,24 @@ class PostgresMetering:
             await self.seed([counters[i - 1] for i in row["seeds"]], req.basis)
         raise GrantChanged
 
-    async def _reserve_call(self, req: ReserveRequest) -> Any:
-        """One ``keyfob_reserve`` call; when the connection is lost on the way, whether
-        it committed is unknown: a reservation found in the ledger is released at once
-        (settled as failed, nothing went upstream) and the call is tried again under a
-        new entry id, so a lost connection can neither hold money nor drop a call."""
+    async def _reserve_call(self, req: ReserveRequest, one: Counter | None = None) -> Any:
+        """One ``keyfob_reserve`` call (``keyfob_reserve_one`` for ``one``'s common case);
+        when the connection is lost on the way, whether it committed is unknown: a
+        reservation found in the ledger is released at once (settled as failed, nothing
+        went upstream) and the call is tried again under a new entry id, so a lost
+        connection can neither hold money nor drop a call."""
         for attempt in range(ATTEMPTS):
             try:
                 durably = self.form == "procedure" or (self.form == "auto" and self._reserving)
-                sql = _RESERVE_DURABLY if durably else _RESERVE
+                if one is None:
+                    sql = _RESERVE_DURABLY if durably else _RESERVE
+                    args = self._arguments(req)
+                else:
+                    sql = _RESERVE_ONE_DURABLY if durably else _RESERVE_ONE
+                    args = self._one_arguments(req, one)
                 self._reserving += 1
                 try:
-                    return await _retried(
-                        functools.partial(self.pool.fetchrow, sql, *self._arguments(req))
-                    )
+                    return await _retried(functools.partial(self.pool.fetchrow, sql, *args))
                 finally:
                     self._reserving -= 1
             except LOST:
@@ -330,6 +376,33 @@ class PostgresMetering:
                     await self.settle(req.entry_id, _NOT_SENT)
                     req.entry_id = new_sortable_id()
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _one_arguments(req: ReserveRequest, c: Counter) -> list[Any]:
+        [lim] = req.limits
+        return [
+            req.entry_id,
+            req.token_hash,
+            req.grant_id,
+            req.user_id,
+            req.client_id,
+            req.provider_id,
+            req.model,
+            req.endpoint,
+            req.streamed,
+            req.amount_micro_usd,
+            req.tokens_reserved,
+            req.now,
+            req.basis,
+            req.downgraded_from,
+            req.instance_id,
+            c.scope,
+            c.key,
+            c.starts_at,
+            c.expires_at,
+            lim.cap,
+            rules.hold_of("usd", req.amount_micro_usd, req.tokens_reserved),
+        ]
 
     @staticmethod
     def _arguments(req: ReserveRequest) -> list[Any]:
@@ -441,16 +514,24 @@ class PostgresMetering:
     ) -> tuple[CounterState, ...]:
         now = time.time() if now is None else now
         await self.replay_if_due()
-        rows = await self._settle_call(entry_id, s, now)
+        rows = None
+        one = self._one.pop(entry_id, None)
+        if one is not None:
+            rows = await self._settle_call(entry_id, s, now, one) or None
+        if rows is None:  # not the common case, or not any more: keyfob_settle decides
+            rows = await self._settle_call(entry_id, s, now)
         self.replays.add(entry_id, s, now)
         await self.replay_if_due()  # a loss this settlement found on its way
         return tuple(CounterState(r[0], r[1], int(r[2]), int(r[3])) for r in rows)
 
-    async def _settle_call(self, entry_id: str, s: Settlement, now: float) -> list[Any]:
+    async def _settle_call(
+        self, entry_id: str, s: Settlement, now: float, one: tuple[str, str] | None = None
+    ) -> list[Any]:
+        sql, more = (_SETTLE, ()) if one is None else (_SETTLE_ONE, one)
         return await _retried(
             lost_too=True,  # a settlement only moves a row still reserved: safe to repeat
             fn=lambda: self.pool.fetch(
-                _SETTLE,
+                sql,
                 entry_id,
                 s.status,
                 s.cost_micro_usd,
@@ -463,6 +544,7 @@ class PostgresMetering:
                 s.upstream_status,
                 s.error,
                 now,
+                *more,
             ),
         )
 
