@@ -745,3 +745,57 @@ def _usage(i: int, o: int) -> Any:
     from keyfob.pricing.usage import TokenUsage
 
     return TokenUsage(i, o)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_answers_do_not_wait_for_the_settlement_and_lose_nothing_on_postgresql(
+    pg_app: InProcess, up: AdversarialUpstream, stream: bool
+) -> None:
+    """An answer goes out once its settlement is decided, before PostgreSQL has it
+    (``metering.pending``). Attacked with every settlement's write held back 0.3 s: a
+    client calling again at once near its cap is still never refused for the room its
+    last call freed (a refusal waits for the settlements on their way), each answer's
+    allowance header is what the ledger ends up saying, and a read sees every call."""
+    app = pg_app
+    up.configure("openai_compatible", Behaviour(price=PRICE, natural_tokens=10))
+    metering = app.store.metering
+    real_settle = metering.settle
+    writes: list[float] = []
+
+    async def slow_settle(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        writes.append(time.monotonic())
+        return await real_settle(*args, **kwargs)
+
+    metering.settle = slow_settle  # type: ignore[method-assign]
+    # each call reserves ~4,000 micro-USD (1,000 output tokens at 4) and costs ~60: two
+    # reservations never fit in 6,000 at once, so every call needs the last one's release
+    cap = 6_000
+    token = mint(app, ["openai_compatible/m"], cap_micro_usd=cap)
+    body = {"model": "openai_compatible/m", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1000, "stream": stream}  # fmt: skip
+
+    async def one_after_another() -> list[tuple[dict[str, Any], float]]:
+        transport = httpx.ASGITransport(app=app.app)
+        async with httpx.AsyncClient(transport=transport, base_url=app.url) as http:
+            out = []
+            for _ in range(4):
+                out.append((await _one(http, app.url, token, "chat", body), time.monotonic()))
+            return out
+
+    answers = app.run(one_after_another)
+    assert [got["ok"] for got, _ in answers] == [True] * 4, answers
+    assert len(up.of("openai_compatible")) == 4
+    rows = sorted(ledger(app).values(), key=lambda r: r["id"])  # a read waits for the writes
+    assert [r["status"] for r in rows] == ["settled"] * 4
+    assert all(0 < r["cost_micro_usd"] < 200 for r in rows)
+    assert all(w > at for w, (_got, at) in zip(writes, answers, strict=True))
+    spent = 0
+    for (got, _at), row in zip(answers, rows, strict=True):
+        spent += row["cost_micro_usd"]
+        if not stream:  # a stream's headers go out before its usage is known
+            assert Decimal(got["headers"][h.COST]) * 1_000_000 == row["cost_micro_usd"]
+            assert Decimal(got["headers"][h.LEFT]) * 1_000_000 == cap - spent
+    kf = app.app.state.kf
+    [month] = app.run(kf.allowance.limits, app.run(kf.store.grants.get, rows[0]["grant_id"]))
+    assert (month.spent_micro_usd, month.reserved_micro_usd) == (spent, 0)

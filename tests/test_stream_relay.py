@@ -7,7 +7,9 @@ the upstream's body in a real ``aiohttp.StreamReader`` (so ``read_nowait``, ``re
 
 The invariant is "no lost usage": every call that reached the upstream ends with exactly
 one settlement, whatever the client or the upstream does; the upstream response is always
-closed; and neither a task nor a cancellation request outlives the call. Why attack it
+closed; and neither a task nor a cancellation request outlives the call (but the
+settlement's write, which the stream's end does not wait for: ``metering.pending``,
+awaited here as a reader would). Why attack it
 here: the relay sends its own ASGI messages and runs its own disconnect listener, so
 every ending (hang-up, cancellation, a broken upstream) is its code, not Starlette's.
 
@@ -37,6 +39,7 @@ from keyfob.gateway.headers import STREAM_COST_COMMENT
 from keyfob.gateway.meter import Meter
 from keyfob.gateway.relay import MeteredStream, StreamRelay
 from keyfob.gateway.streams import OpenAIPassThrough, OpenAIWatcher
+from keyfob.metering import pending
 from keyfob.metering.types import Settlement
 from keyfob.money import format_usd
 from keyfob.pricing.prices import Price
@@ -256,18 +259,20 @@ class Call:
             OpenAIPassThrough(watcher, client_wants_usage=wants_usage),
         )
         self.app = MeteredStream(self.relay, {"X-Keyfob-Entry-Id": "entry-1"})
-        #: Settlements written when the client was sent the terminal event, each time.
-        self.settled_at_done: list[int] = []
+        #: Whether the settlement was decided (started) when the client was sent the
+        #: terminal event, each time (it is written after: ``metering.pending``).
+        self.settled_at_done: list[bool] = []
 
     async def _send(self, message: Message) -> None:
         if b"data: [DONE]" in message.get("body", b""):
-            self.settled_at_done.append(len(self.ledger.written))
+            self.settled_at_done.append(self.meter.settled)
         await self.client.send(message)
 
     async def run(self) -> int:
         """The ASGI call as the server makes it; returns the cancellation requests its
         task is left with (a swallowed hang-up must leave none)."""
         await self.app(SCOPE, self.client.receive, self._send)
+        await pending.settled()  # as a reader would: the write the answer did not wait for
         task = asyncio.current_task()
         assert task is not None
         return task.cancelling()
@@ -354,7 +359,7 @@ async def test_whole_stream_is_relayed_in_one_message_and_settled_from_its_usage
     assert call.client.body == with_cost(stream, USAGE_COST, eol)
     assert len(call.client.bodies) == 1 and call.client.ended
     assert not call.client.listening.is_set()
-    assert call.settled_at_done == [1]  # the ledger row was final before the client saw it
+    assert call.settled_at_done == [True]  # its cost was final before the client saw it
     assert_upstream_usage(call.settled_once())
     await no_tasks_left()
 
@@ -409,7 +414,7 @@ async def test_slow_stream_reaches_the_client_byte_for_byte(
     assert call.client.body == with_cost(WITH_USAGE, USAGE_COST)
     assert len(call.client.bodies) > 2  # relayed as it came, not buffered to the end
     assert call.client.listening.is_set()
-    assert call.settled_at_done == [1]
+    assert call.settled_at_done == [True]
     assert_upstream_usage(call.settled_once())
     await no_tasks_left()
 

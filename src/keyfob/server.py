@@ -327,7 +327,9 @@ def create_app(
             if limiter is not None:
                 limiter.close()  # the hashing worker process ends with the server
             from keyfob.gateway import overrun
+            from keyfob.metering import pending
 
+            await pending.settled(timeout_s=settings.drain_timeout_s)  # none is lost
             await overrun.drain()  # the notices of calls that ended go out first
             await kf.allowance.notifier.drain()
             if heartbeat is not None:

@@ -19,7 +19,7 @@ from keyfob.allowance.plan import Plan, current_window, plan_for, policy_of
 from keyfob.allowance.policy import Policy
 from keyfob.allowance.webhooks import Notifier
 from keyfob.allowance.windows import Window, calendar_month
-from keyfob.metering import rules
+from keyfob.metering import pending, rules
 from keyfob.metering.types import (
     CounterState,
     CredentialRevoked,
@@ -303,6 +303,11 @@ class AllowanceService:
             self.instance_id,
         )
         result = await self.store.metering.reserve(req)
+        if isinstance(result, Refused) and pending.unfinished():
+            # calls of this process that ended may still be settling (their answers did
+            # not wait): a sequential client is never refused for room its last call freed
+            await pending.settled()
+            result = await self.store.metering.reserve(req)
         if isinstance(result, Refused):
             raise await self._exhausted(grant, plan, result, amount, now)
         return self._reservation(req, plan, result, grant, token_hash, now)
@@ -375,6 +380,14 @@ class AllowanceService:
         if reservation.grant_id:
             self.notifier.settled(reservation.grant_id, tuple(states))
         return min(s.left_micro_usd for s in states)
+
+
+def left_once_settled(reservation: Reservation, cost_micro_usd: int) -> int:
+    """What ``AllowanceService.settle`` will report left for a call settled at
+    ``cost_micro_usd``, before it has been written: the reservation's room plus what the
+    call did not use (every money limit of the call moves by the same amount). Calls of
+    the grant settled or reserved meanwhile are not in it, as in any answer's snapshot."""
+    return max(0, reservation.left_micro_usd + reservation.amount_micro_usd - cost_micro_usd)
 
 
 def spending_limits(grant: Grant, now: float) -> list[Limit]:

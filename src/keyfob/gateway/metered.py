@@ -299,7 +299,7 @@ async def _whole_answer(
         s = meter.from_usage(
             counted, status="estimated", source="estimated", upstream_status=status
         )
-    left = await meter.settle(s)
+    left = meter.settle_soon(s)  # the answer does not wait for the write (meter.py)
     if plan.whole is not None:
         headers = {**known, **keyfob_headers(cost_micro_usd=s.cost_micro_usd, left_micro_usd=left)}
         if parsed is None:  # a translated answer carries Keyfob's own count, flagged

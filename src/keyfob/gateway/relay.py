@@ -106,7 +106,7 @@ class StreamRelay:
             s = self.meter.from_usage(
                 counted, status="estimated", source="estimated", upstream_status=status
             )
-        await self.meter.settle(s)
+        self.meter.settle_soon(s)  # the stream's end does not wait for the write
         return s.cost_micro_usd
 
     async def abort(self, reason: str) -> None:

@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from keyfob.metering import rules
+from keyfob.metering import pending, rules
 from keyfob.metering.types import (
     WALLET_KEY,
     Counter,
@@ -646,7 +646,9 @@ def sync_reads() -> None:
 async def synced() -> None:
     """Write the pending batch before a read on another connection (usage pages, the
     allowance API, exports, wallet reads), waiting for the write lock if a checkpoint or
-    the CLI holds it, so a reader in this process sees every call that ended."""
+    the CLI holds it, so a reader in this process sees every call that ended. The
+    settlements still on their way to any backend are waited for first (``pending``)."""
+    await pending.settled()
     for owner in list(_OWNERS.get(threading.get_ident(), ())):
         if owner.pending:
             try:

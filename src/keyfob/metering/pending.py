@@ -1,0 +1,53 @@
+"""Settlements this process has started and not yet finished.
+
+Why: a gateway call answers its client as soon as its settlement is *decided* (the cost
+and what is left are known from the reservation and the usage), not when the backend
+has written it: on PostgreSQL that write is a round trip, and waiting for it was one of
+the two round trips on every call's path (docs/BENCHMARKS.md, "Hosted mode: where the
+time goes"). A settlement is then a task of its own, and three places must see it done:
+
+- a read in this process (usage pages, the allowance API, exports: ``store/metering/
+  reads.py``), so a client that reads its usage after an answer sees the call;
+- a reservation about to be refused (``allowance/service.py``), so a settlement still on
+  its way cannot make a sequential client's next call look over its cap;
+- the server's shutdown (``server.py``), so no settlement is lost with the event loop.
+
+A process that dies with a settlement in flight loses nothing: its reservation is in the
+ledger, and the reaper charges it in full, flagged (invariant 2), as for a call that was
+still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+log = logging.getLogger("keyfob.metering")
+
+_TASKS: set[asyncio.Future[Any]] = set()
+
+
+def track(task: asyncio.Future[Any]) -> None:
+    """Keep ``task`` (a settlement) until it ends (the reference also keeps it alive)."""
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+def unfinished() -> bool:
+    return any(not t.done() for t in _TASKS)
+
+
+async def settled(timeout_s: float = 5.0) -> None:
+    """Wait for the settlements started before this call (not for later ones); a
+    settlement that fails is logged where it runs, and one slower than ``timeout_s``
+    leaves the caller reading a little before it (never raises)."""
+    me = asyncio.current_task()
+    if me in _TASKS:
+        return  # a settlement reading (its notices) never waits for the others
+    todo = [t for t in _TASKS if not t.done()]
+    if not todo:
+        return
+    _done, late = await asyncio.wait(todo, timeout=timeout_s)
+    if late:
+        log.warning("%d settlement(s) still on their way after %g s", len(late), timeout_s)
