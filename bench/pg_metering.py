@@ -30,11 +30,12 @@ from keyfob.store.records import Token
 #: common case's one-statement functions; one transaction when alone in the process, the
 #: procedure that releases its locks before the disk sync while others are on their
 #: way), each form alone, and the general functions (``keyfob_reserve``/``_settle``).
-VARIANTS: dict[str, tuple[Literal["auto", "one", "procedure"], bool]] = {
-    "as chosen": ("auto", True),
-    "always the procedure": ("procedure", True),
-    "always one transaction": ("one", True),
-    "general functions, as chosen": ("auto", False),
+VARIANTS: dict[str, tuple[Literal["auto", "one", "procedure"], bool, bool]] = {
+    "as chosen (batched)": ("auto", True, True),
+    "unbatched, as chosen": ("auto", True, False),
+    "always the procedure": ("procedure", True, False),
+    "always one transaction": ("one", True, False),
+    "general functions, as chosen": ("auto", False, False),
 }
 
 
@@ -102,23 +103,31 @@ async def run(n: int, concurrency: int, rounds: int) -> None:
                     await call(i)
 
             await asyncio.gather(*(worker(k) for k in range(concurrency)))  # warm-up: n calls
-            results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in VARIANTS}
+            results: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in VARIANTS}
             for _ in range(rounds):
-                for variant, (form, common) in VARIANTS.items():  # interleaved
+                for variant, (form, common, batching) in VARIANTS.items():  # interleaved
                     store.metering.form = form  # type: ignore[attr-defined]
                     store.metering.common_case = common  # type: ignore[attr-defined]
+                    store.metering.batching = batching  # type: ignore[attr-defined]
+                    batches = store.metering.batches  # type: ignore[attr-defined]
+                    trips0, ops0 = batches.round_trips, batches.ops
                     cpu0, wall0 = _postgres_cpu_s(), time.perf_counter()
                     proc0 = time.process_time()
                     await asyncio.gather(*(worker(k) for k in range(concurrency)))
                     wall = time.perf_counter() - wall0
                     pg = _postgres_cpu_s() - cpu0
                     own = time.process_time() - proc0
-                    results[variant].append((n / wall, pg / n * 1e6, own / n * 1e6))
+                    trips = batches.round_trips - trips0
+                    per_trip = (batches.ops - ops0) / trips if trips else 0.0
+                    results[variant].append((n / wall, pg / n * 1e6, own / n * 1e6, per_trip))
             for variant, rows in results.items():
-                rate, pg_us, own_us = (statistics.median(r[i] for r in rows) for i in range(3))
+                rate, pg_us, own_us, per_trip = (
+                    statistics.median(r[i] for r in rows) for i in range(4)
+                )
+                batched = f"  {per_trip:4.1f} ops per batch" if per_trip else ""
                 print(
                     f"c={concurrency} {variant:>30}: {rate:6.0f} calls/s  PostgreSQL CPU "
-                    f"{pg_us:6.1f} us/call  this process {own_us:6.1f} us/call "
+                    f"{pg_us:6.1f} us/call  this process {own_us:6.1f} us/call{batched} "
                     f"(medians of {rounds})"
                 )
         finally:

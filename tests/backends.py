@@ -25,8 +25,9 @@ BACKENDS = ["writeback", "sqlite", "postgresql"]
 #: its locks before the disk sync (``PostgresMetering.form``), which the backend
 #: otherwise only takes while another reservation of the process is on its way, and
 #: with the common case's one-statement functions off (``common_case``), so that
-#: ``keyfob_reserve`` is held to the rules for single-counter limits too.
-RULE_BACKENDS = [*BACKENDS, "postgresql-procedure", "postgresql-general"]
+#: ``keyfob_reserve`` is held to the rules for single-counter limits too, and with the
+#: common case never batched (``batching``: each op in a round trip of its own).
+RULE_BACKENDS = [*BACKENDS, "postgresql-procedure", "postgresql-general", "postgresql-unbatched"]
 
 
 def configure(store: Store, kind: str) -> None:
@@ -35,6 +36,8 @@ def configure(store: Store, kind: str) -> None:
         store.metering.form = "procedure"  # type: ignore[attr-defined]
     if kind == "postgresql-general":
         store.metering.common_case = False  # type: ignore[attr-defined]
+    if kind == "postgresql-unbatched":
+        store.metering.batching = False  # type: ignore[attr-defined]
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -476,5 +477,129 @@ async def test_a_settlement_lost_with_postgresql_is_replayed(tmp_path: Path) -> 
             [e1] = [e for e in await store.ledger.entries(grant_id=ids[2]) if e.id == "e1"]
             assert (e1.status, e1.cost_micro_usd) == ("settled", 60)
             assert not store.metering.replays.due  # type: ignore[attr-defined]
+        finally:
+            await db.close()
+
+
+async def another_grant(
+    store: Store, ids: tuple[str, str, str, str], cap: int
+) -> tuple[str, str, str, str]:
+    """``seed``'s person with one more app, grant and live token."""
+    from keyfob.store.records import Token
+
+    client = await store.clients.add(
+        name="app", redirect_uris=["http://127.0.0.1/cb"], is_public=True, secret_hash=None
+    )
+    grant = await store.grants.upsert(
+        user_id=ids[0], client_id=client.id, models=["m"], cap_micro_usd=cap
+    )
+    token = f"tok-{grant.id}"
+    await store.tokens.save(
+        Token(token, "access", grant.id, client.id, "fam", "", None, 0, 1e12, None, None)
+    )
+    return ids[0], client.id, grant.id, token
+
+
+async def test_batches_of_many_grants_keep_every_rule(tmp_path: Path) -> None:
+    """PostgreSQL sends the common case's ops that overlap together (``pg_batch``):
+    400 calls over 8 grants, each grant's cap fitting 40 worst cases, race through one
+    process: the ops went several to a round trip, no two batches deadlocked (counters
+    are locked in one order), and each grant holds its own cap and its own spend."""
+    async with backend_store("postgresql", tmp_path) as store:
+        cap, worst, actual = 40_000, 1_000, 300
+        first = await seed(store, cap)
+        grants = [first, *[await another_grant(store, first, cap) for _ in range(7)]]
+        batches = store.metering.batches  # type: ignore[attr-defined]
+        trips0, ops0 = batches.round_trips, batches.ops
+
+        async def call(i: int) -> tuple[str, bool]:
+            ids = grants[i % len(grants)]
+            limits = (window_limit(ids[2], KEY, cap),)
+            r = await store.metering.reserve(request(ids, f"b{i}", worst, limits))
+            if isinstance(r, Refused):
+                return ids[2], False
+            await asyncio.sleep(0.001 * (i % 3))
+            await store.metering.settle(f"b{i}", settled(actual))
+            return ids[2], True
+
+        done = await asyncio.gather(*(call(i) for i in range(400)))
+        trips, ops = batches.round_trips - trips0, batches.ops - ops0
+        admitted = sum(ok for _g, ok in done)
+        assert admitted >= 320  # those refused at first may fit once others settled
+        assert ops >= 400 + 320 and trips < ops / 4, (trips, ops)  # each settled as it was reserved
+        for _user, _client, grant_id, _token in grants:
+            admitted = sum(ok for g, ok in done if g == grant_id)
+            assert admitted >= cap // worst
+            assert await store.ledger.counter(grant_id, KEY) == (admitted * actual, 0)
+            assert admitted * actual <= cap
+
+
+async def test_one_ops_error_in_a_batch_is_its_own(tmp_path: Path) -> None:
+    """A batch that fails for one op's sake (here a reservation under an entry id the
+    ledger already has) is sent again op by op: that op fails alone, every other call
+    in it is reserved and settled as if it had been sent alone."""
+    import asyncpg
+
+    async with backend_store("postgresql", tmp_path) as store:
+        ids = await seed(store, 10**9)
+        limits = (window_limit(ids[2], KEY, 10**9),)
+        assert isinstance(await store.metering.reserve(request(ids, "dup", 100, limits)), Reserved)
+        await store.metering.settle("dup", settled(50))
+        batches = store.metering.batches  # type: ignore[attr-defined]
+        trips0 = batches.round_trips
+        names = [f"ok{i}" for i in range(6)] + ["dup"] + [f"ok{i}" for i in range(6, 12)]
+        got = await asyncio.gather(
+            *(store.metering.reserve(request(ids, n, 100, limits)) for n in names),
+            return_exceptions=True,
+        )
+        assert batches.round_trips - trips0 < len(names)  # some went together
+        [failed] = [(n, g) for n, g in zip(names, got, strict=True) if isinstance(g, Exception)]
+        assert failed[0] == "dup"
+        assert isinstance(failed[1], asyncpg.exceptions.UniqueViolationError)
+        assert all(isinstance(g, Reserved) for n, g in zip(names, got, strict=True) if n != "dup")
+        await asyncio.gather(*(store.metering.settle(n, settled(40)) for n in names if n != "dup"))
+        assert await store.ledger.counter(ids[2], KEY) == (50 + 12 * 40, 0)
+
+
+async def test_a_batch_with_a_reservation_waits_for_the_disk(tmp_path: Path) -> None:
+    """keyfob_meter_many's settlements alone commit without waiting for the WAL flush
+    (as keyfob_settle_one), but a batch that holds a reservation commits waiting for it,
+    the session's own setting put back, so no call goes upstream before it is on disk."""
+    import asyncpg
+
+    from tests.backends import PG_ADMIN
+
+    async with backend_store("postgresql", tmp_path) as store:
+        user_id, client_id, grant_id, token = await seed(store, 10**9)
+        name = store.engine.url.database
+        db = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+        nulls: list[None] = [None]
+
+        def op(kind: int, entry: str) -> list[Any]:
+            reserve = kind == 1
+            return [
+                [kind], [entry], [grant_id], [KEY], [time.time()],
+                nulls if reserve else ["settled"], nulls if reserve else [10],
+                nulls if reserve else ["upstream"], nulls, nulls, nulls, nulls,
+                nulls if reserve else [False], nulls, nulls,
+                [token] if reserve else nulls, [grant_id] if reserve else nulls,
+                [user_id] if reserve else nulls, [client_id] if reserve else nulls, nulls,
+                ["m"] if reserve else nulls, ["chat"] if reserve else nulls,
+                [False] if reserve else nulls, [100] if reserve else nulls, nulls, nulls,
+                nulls, nulls, nulls, [1e12] if reserve else nulls,
+                [10**9] if reserve else nulls, [100] if reserve else nulls,
+            ]  # fmt: skip
+
+        many = "SELECT * FROM keyfob_meter_many(" + ", ".join(f"${i}" for i in range(1, 33)) + ")"
+        try:
+            async with db.transaction():
+                row = await db.fetchrow(many, *op(1, "w1"))
+                assert row is not None and row["o_reserved"] == [100]
+                assert await db.fetchval("SHOW synchronous_commit") == "on"
+            async with db.transaction():
+                row = await db.fetchrow(many, *op(0, "w1"))
+                assert row is not None and row["o_spent"] == [10]
+                assert await db.fetchval("SHOW synchronous_commit") == "off"  # its own only
+            assert await db.fetchval("SHOW synchronous_commit") == "on"
         finally:
             await db.close()

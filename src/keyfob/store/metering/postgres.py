@@ -47,6 +47,7 @@ from keyfob.metering.types import (
     ReserveRequest,
     Settlement,
 )
+from keyfob.store.metering.pg_batch import Batches
 from keyfob.store.metering.pg_connections import LOST, Connections
 from keyfob.store.metering.sqlite_tx import dead_settlement, keys_json, keys_of
 from keyfob.tokens import new_sortable_id
@@ -238,6 +239,10 @@ class PostgresMetering:
     #: tests hold ``keyfob_reserve`` to the rules for single-counter limits too.
     common_case = True
 
+    #: False: every common-case op in a round trip of its own, never batched with the
+    #: process's other calls (``pg_batch``; the shared tests run both).
+    batching = True
+
     def __init__(self, pool: Connections, replays: Replays | None = None) -> None:
         self.pool = pool
         #: Reservations of this process on their way to PostgreSQL now.
@@ -246,6 +251,7 @@ class PostgresMetering:
         self._one: dict[str, tuple[str, str]] = {}
         self.replays = replays or Replays()
         pool.on_lost = self.replays.lost
+        self.batches = Batches(pool)
 
     @classmethod
     async def open(
@@ -267,6 +273,7 @@ class PostgresMetering:
         return cls(pool, Replays(keep_s))
 
     async def close(self) -> None:
+        await self.batches.close()
         await self.pool.close()
 
     # -- reserve -------------------------------------------------------------------------
@@ -306,7 +313,7 @@ class PostgresMetering:
             [lim] = req.limits
             row = await self._reserve_call(req, counter)
             await self.replay_if_due()
-            if row is not None and row["reserved"] is not None:
+            if row is not None and row[1] is not None:
                 if len(self._one) >= ONE_MAX:
                     self._one.clear()
                 self._one[req.entry_id] = (counter.scope, counter.key)
@@ -359,6 +366,10 @@ class PostgresMetering:
                 else:
                     sql = _RESERVE_ONE_DURABLY if durably else _RESERVE_ONE
                     args = self._one_arguments(req, one)
+                    if self.batching and self.form == "auto":
+                        return await _retried(
+                            functools.partial(self.batches.reserve_one, req, args)
+                        )
                 self._reserving += 1
                 try:
                     return await _retried(functools.partial(self.pool.fetchrow, sql, *args))
@@ -369,8 +380,11 @@ class PostgresMetering:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
                 await self.replay_if_due()
-                found = await self.pool.fetchrow(
-                    "SELECT status FROM ledger WHERE id = $1", req.entry_id
+                found = await _retried(  # a read: safe to repeat on another loss
+                    functools.partial(
+                        self.pool.fetchrow, "SELECT status FROM ledger WHERE id = $1", req.entry_id
+                    ),
+                    lost_too=True,
                 )
                 if found is not None:
                     await self.settle(req.entry_id, _NOT_SENT)
@@ -527,6 +541,13 @@ class PostgresMetering:
     async def _settle_call(
         self, entry_id: str, s: Settlement, now: float, one: tuple[str, str] | None = None
     ) -> list[Any]:
+        if one is not None and self.batching:
+            scope, key = one
+            got = await _retried(
+                lost_too=True,  # as below
+                fn=lambda: self.batches.settle_one(entry_id, s, now, scope, key),
+            )
+            return [] if got is None else [(scope, key, got[0], got[1])]
         sql, more = (_SETTLE, ()) if one is None else (_SETTLE_ONE, one)
         return await _retried(
             lost_too=True,  # a settlement only moves a row still reserved: safe to repeat

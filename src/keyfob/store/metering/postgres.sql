@@ -368,3 +368,59 @@ BEGIN
   RETURNING c.scope::text, c.key::text, c.spent::bigint, c.reserved::bigint;
 END
 $$;
+
+-- Several calls' common-case settlements and reservations in one round trip and one
+-- transaction (store/metering/pg_batch.py: what a process sends while its earlier
+-- round trips are on their way). Each op is exactly keyfob_settle_one (kind 0) or
+-- keyfob_reserve_one (kind 1) with its own arguments; o_spent/o_reserved give each op's
+-- counter after it, NULL where that function would have returned no row (the caller
+-- then asks keyfob_settle or keyfob_reserve, as for a lone call). The caller orders the
+-- ops by (scope, key), settlements before reservations of the same counter, so two
+-- batches lock counters in one order (no cycle) and a reservation sees the room its
+-- process's settlements freed.
+--
+-- Durability as each op alone: the settlements' commit would not wait for the WAL flush
+-- (keyfob_settle_one), but a batch that holds any reservation commits waiting for it
+-- (the session's setting is put back), so nothing goes upstream before it is on disk.
+CREATE OR REPLACE FUNCTION keyfob_meter_many(
+  p_kind integer[], p_id text[], p_scope text[], p_key text[], p_now double precision[],
+  p_status text[], p_cost bigint[], p_source text[], p_input integer[], p_output integer[],
+  p_cached integer[], p_reasoning integer[], p_recon boolean[], p_upstream integer[],
+  p_error text[],
+  p_token text[], p_grant text[], p_user text[], p_client text[], p_provider text[],
+  p_model text[], p_endpoint text[], p_streamed boolean[], p_amount bigint[],
+  p_tokens integer[], p_basis double precision[], p_downgraded text[], p_instance text[],
+  p_start double precision[], p_expires double precision[], p_cap bigint[], p_need bigint[],
+  OUT o_spent bigint[], OUT o_reserved bigint[]
+) LANGUAGE plpgsql AS $$
+DECLARE
+  n integer := coalesce(array_length(p_kind, 1), 0);
+  commit_mode text := current_setting('synchronous_commit');
+  held boolean := false;
+  v_spent bigint; v_reserved bigint;
+BEGIN
+  o_spent := array_fill(NULL::bigint, ARRAY[n]);
+  o_reserved := array_fill(NULL::bigint, ARRAY[n]);
+  FOR i IN 1 .. n LOOP
+    v_spent := NULL; v_reserved := NULL;
+    IF p_kind[i] = 0 THEN
+      SELECT s.spent, s.reserved INTO v_spent, v_reserved
+        FROM keyfob_settle_one(p_id[i], p_status[i], p_cost[i], p_source[i], p_input[i],
+          p_output[i], p_cached[i], p_reasoning[i], p_recon[i], p_upstream[i], p_error[i],
+          p_now[i], p_scope[i], p_key[i]) s;
+    ELSE
+      SELECT r.spent, r.reserved INTO v_spent, v_reserved
+        FROM keyfob_reserve_one(p_id[i], p_token[i], p_grant[i], p_user[i], p_client[i],
+          p_provider[i], p_model[i], p_endpoint[i], p_streamed[i], p_amount[i], p_tokens[i],
+          p_now[i], p_basis[i], p_downgraded[i], p_instance[i], p_scope[i], p_key[i],
+          p_start[i], p_expires[i], p_cap[i], p_need[i]) r;
+      held := held OR v_reserved IS NOT NULL;
+    END IF;
+    o_spent[i] := v_spent;
+    o_reserved[i] := v_reserved;
+  END LOOP;
+  IF held THEN
+    PERFORM set_config('synchronous_commit', commit_mode, true);
+  END IF;
+END
+$$;
