@@ -1,8 +1,9 @@
 """``python -m bench.pg_metering``: PostgreSQL's own CPU and the round trip per metering call.
 
 Why: the wire bench gives hosted mode's PostgreSQL CPU per gateway call as one figure;
-this drives the metering backend alone (``keyfob_reserve`` then ``keyfob_settle``, one
-grant, one calendar cap: the gateway's common case) on a fresh database, so a change to
+this drives the metering backend alone (a reservation, then its settlement in a task
+nobody awaits, as the gateway's; one grant, one calendar cap: the gateway's common
+case) on a fresh database, so a change to
 ``postgres.sql`` or the commit mode shows as microseconds of PostgreSQL's CPU (every
 process of the server: backends, WAL writer, checkpointer, from ``/proc``) and of wall
 time per call, sequentially and with calls in flight. Needs PostgreSQL on loopback
@@ -22,6 +23,7 @@ from typing import Literal
 
 import asyncpg  # type: ignore[import-untyped]
 
+from keyfob.metering import pending
 from keyfob.metering.types import Counter, Limit, Reserved, ReserveRequest, Settlement
 from keyfob.store import Store
 from keyfob.store.records import Token
@@ -96,11 +98,18 @@ async def run(n: int, concurrency: int, rounds: int) -> None:
                 )  # fmt: skip
                 r = await store.metering.reserve(req)
                 assert isinstance(r, Reserved)
-                await store.metering.settle(req.entry_id, done)
+                # settled as the gateway does: in a task nobody awaits (metering.pending)
+                unawaited = pending.UNAWAITED.set(True)
+                try:
+                    pending.track(asyncio.ensure_future(store.metering.settle(req.entry_id, done)))
+                finally:
+                    pending.UNAWAITED.reset(unawaited)
+                await asyncio.sleep(0)  # the answer goes out: the settlement's task starts
 
             async def worker(k: int) -> None:
                 for i in range(k, n, concurrency):
                     await call(i)
+                await pending.settled()
 
             await asyncio.gather(*(worker(k) for k in range(concurrency)))  # warm-up: n calls
             results: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in VARIANTS}

@@ -603,3 +603,37 @@ async def test_a_batch_with_a_reservation_waits_for_the_disk(tmp_path: Path) -> 
             assert await db.fetchval("SHOW synchronous_commit") == "on"
         finally:
             await db.close()
+
+
+async def test_a_settlement_waiting_for_company_is_written_alone_soon(tmp_path: Path) -> None:
+    """A settlement nobody awaits, sent while another round trip of the process is on its
+    way, waits for a reservation to go with; with none coming it is still written within
+    ``SETTLE_WAIT_S`` (plus a round trip), without any read to hurry it."""
+    import asyncpg
+
+    from keyfob.metering import pending
+    from keyfob.store.metering.pg_batch import SETTLE_WAIT_S
+    from tests.backends import PG_ADMIN
+
+    async with backend_store("postgresql", tmp_path) as store:
+        ids = await seed(store, 10**9)
+        limits = (window_limit(ids[2], KEY, 10**9),)
+        assert isinstance(await store.metering.reserve(request(ids, "s1", 100, limits)), Reserved)
+        db = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{store.engine.url.database}")
+        try:
+            flying = asyncio.ensure_future(store.metering.reserve(request(ids, "s2", 100, limits)))
+            await asyncio.sleep(0)  # s2's round trip is on its way
+            unawaited = pending.UNAWAITED.set(True)
+            try:
+                settling = asyncio.ensure_future(store.metering.settle("s1", settled(70)))
+            finally:
+                pending.UNAWAITED.reset(unawaited)
+            assert isinstance(await flying, Reserved)
+            started = time.monotonic()
+            while await db.fetchval("SELECT status FROM ledger WHERE id = 's1'") == "reserved":
+                assert time.monotonic() - started < SETTLE_WAIT_S + 1.0
+                await asyncio.sleep(0.0005)
+            await settling
+            assert await db.fetchval("SELECT cost_micro_usd FROM ledger WHERE id = 's1'") == 70
+        finally:
+            await db.close()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from keyfob import metrics
 from keyfob.allowance.service import Reservation, left_once_settled
@@ -32,6 +34,18 @@ from keyfob.pricing.usage import TokenUsage
 from keyfob.providers import UpstreamError
 
 log = logging.getLogger("keyfob.gateway")
+
+
+def _task(settling: Coroutine[Any, Any, int], awaited: bool) -> asyncio.Task[int]:
+    """``settling`` in a task of its own; marked as awaited by nobody unless
+    ``awaited`` (``pending.UNAWAITED``: the backend may hold it back for company)."""
+    if awaited:
+        return asyncio.ensure_future(settling)
+    token = pending.UNAWAITED.set(True)
+    try:
+        return asyncio.ensure_future(settling)  # the task copies the context now
+    finally:
+        pending.UNAWAITED.reset(token)
 
 
 def _done(task: asyncio.Task[int]) -> None:
@@ -91,7 +105,9 @@ class Meter:
         On SQLite the settlement usually completes synchronously (``settle_now``): with
         no suspension point nothing can cancel it half-way, so no task or shield is
         needed. Otherwise (a busy database, PostgreSQL) it runs in its own task."""
-        left = self.settle_soon(s)
+        if self._task is not None:
+            pending.hurry()  # started by ``settle_soon``: someone waits for it now
+        left = self._start(s, awaited=True)
         if self._task is None:
             return left
         return await asyncio.shield(self._task)
@@ -105,6 +121,9 @@ class Meter:
         Exact when the settlement completed inline (SQLite); otherwise what the
         reservation left plus what this call did not use, as the backend will find it
         unless other calls of the grant moved the counters meanwhile."""
+        return self._start(s, awaited=False)
+
+    def _start(self, s: Settlement, *, awaited: bool) -> int:
         if self._left is not None:
             return self._left
         if self._task is None:
@@ -126,7 +145,7 @@ class Meter:
             if left is not None:
                 self._left = left
                 return left
-            self._task = asyncio.ensure_future(self.kf.allowance.settle(self.reservation, s))
+            self._task = _task(self.kf.allowance.settle(self.reservation, s), awaited)
             self._task.add_done_callback(_done)
             pending.track(self._task)
         return left_once_settled(self.reservation, self.cost_micro_usd or 0)

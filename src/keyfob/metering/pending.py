@@ -20,18 +20,44 @@ still running.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from typing import Any
+import weakref
+from typing import Any, Protocol
 
 log = logging.getLogger("keyfob.metering")
 
 _TASKS: set[asyncio.Future[Any]] = set()
+
+#: True in a settlement's task that nobody awaits (``Meter.settle_soon``): a backend may
+#: hold its write back briefly to send it with a later round trip.
+UNAWAITED: contextvars.ContextVar[bool] = contextvars.ContextVar("unawaited", default=False)
+
+
+class Hurries(Protocol):
+    def hurry(self) -> None:
+        """Send at once what waits to be sent with a later round trip."""
+
+
+#: Backends holding settlements back for company (``store/metering/pg_batch.py``).
+_HOLDERS: weakref.WeakSet[Hurries] = weakref.WeakSet()
+
+
+def hurry_with(holder: Hurries) -> None:
+    """``holder.hurry()`` is called whenever someone waits for the settlements."""
+    _HOLDERS.add(holder)
 
 
 def track(task: asyncio.Future[Any]) -> None:
     """Keep ``task`` (a settlement) until it ends (the reference also keeps it alive)."""
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
+
+
+def hurry() -> None:
+    """Have every holder send what it holds back now."""
+    for holder in list(_HOLDERS):
+        holder.hurry()
 
 
 def unfinished() -> bool:
@@ -48,6 +74,7 @@ async def settled(timeout_s: float = 5.0) -> None:
     todo = [t for t in _TASKS if not t.done()]
     if not todo:
         return
+    hurry()
     _done, late = await asyncio.wait(todo, timeout=timeout_s)
     if late:
         log.warning("%d settlement(s) still on their way after %g s", len(late), timeout_s)

@@ -31,6 +31,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from keyfob.metering import pending
 from keyfob.metering.types import ReserveRequest, Settlement
 from keyfob.store.metering.pg_connections import LOST, Connections
 
@@ -42,6 +43,13 @@ log = logging.getLogger("keyfob.metering")
 LANES = 2
 #: At most this many ops in one statement (its arguments stay small).
 MAX_OPS = 64
+#: A settlement nobody awaits, sent while another round trip of the process is on its
+#: way, waits this long for a reservation to go with (calls overlap: the next one is
+#: near) before it goes alone; a read or a refusal in the process sends it at once
+#: (``metering.pending``). Alone in the process it goes at once: waiting would only
+#: put its work on the next reservation's path (measured: a lone client's calls took
+#: 14% longer when each reservation carried the last settlement, ``bench.pg_metering``).
+SETTLE_WAIT_S = 0.002
 
 _MANY = (
     "SELECT o_spent, o_reserved FROM keyfob_meter_many("  # noqa: S608 (constants)
@@ -71,6 +79,8 @@ class _Op:
     #: The op's function's arguments, in its own order.
     args: list[Any]
     future: asyncio.Future[Outcome] = field(default_factory=lambda: _loop().create_future())
+    #: A settlement that may wait for a reservation to go with (``SETTLE_WAIT_S``).
+    lazy: bool = False
 
 
 def _loop() -> asyncio.AbstractEventLoop:
@@ -110,6 +120,12 @@ class Batches:
         self._queue: list[_Op] = []
         self._flying = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The lazy settlements queued may go alone now (their wait is over, or someone
+        #: waits for them).
+        self._due = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        pending.hurry_with(self)
         #: Round trips sent and ops carried (``bench.pg_metering`` prints the ratio).
         self.round_trips = 0
         self.ops = 0
@@ -146,17 +162,65 @@ class Batches:
         return await self._submit(_Op(1, args[15], args[16], args))
 
     async def _submit(self, op: _Op) -> Outcome:
+        self._loop = asyncio.get_running_loop()
+        op.lazy = (
+            op.kind == 0 and SETTLE_WAIT_S > 0 and self._flying > 0 and pending.UNAWAITED.get()
+        )
+        if not self._queue and self._flying < self.lanes and not op.lazy:
+            return await self._at_once(op)
         self._queue.append(op)
         self._kick()
         return await op.future
 
+    async def _at_once(self, op: _Op) -> Outcome:
+        """Nothing queued and a lane free: the op's own statement, in the caller's task
+        (no batch task, no future: the lone call's path stays as short as it was)."""
+        self._flying += 1
+        self.round_trips += 1
+        self.ops += 1
+        try:
+            row = await self.pool.fetchrow(_SETTLE_ONE if op.kind == 0 else _RESERVE_ONE, *op.args)
+        finally:
+            self._flying -= 1
+            self._kick()
+        return None if row is None or row[1] is None else (row[0], row[1])
+
+    def hurry(self) -> None:
+        """Send the settlements waiting for company now."""
+        try:
+            if asyncio.get_running_loop() is not self._loop:
+                return  # another loop's store (its own reads hurry it)
+        except RuntimeError:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due = True
+        self._kick()
+
+    def _ready(self) -> bool:
+        if not self._queue:
+            return False
+        if self._due or len(self._queue) >= MAX_OPS:
+            return True
+        return any(not op.lazy for op in self._queue)
+
     def _kick(self) -> None:
-        while self._queue and self._flying < self.lanes:
+        """Send what may go while a lane is free; lazy settlements left waiting always
+        have a timer that sends them (none waits past ``SETTLE_WAIT_S`` for company)."""
+        while self._flying < self.lanes and self._ready():
             ops, self._queue = self._queue[:MAX_OPS], self._queue[MAX_OPS:]
             self._flying += 1
             task = asyncio.ensure_future(self._send(ops))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if not self._queue:
+            self._due = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif self._timer is None and not self._due and self._loop is not None:
+            self._timer = self._loop.call_later(SETTLE_WAIT_S, self.hurry)
 
     async def _send(self, ops: list[_Op]) -> None:
         try:
@@ -210,6 +274,10 @@ class Batches:
                 op.future.set_result(None if reserved is None else (spent, reserved))
 
     async def close(self) -> None:
+        """Send what waits, give the round trips on their way a moment, then stop."""
+        self.hurry()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
 
