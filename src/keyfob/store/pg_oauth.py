@@ -31,8 +31,7 @@ from keyfob.store.apps import (
     Successors,
     TokensRepo,
 )
-from keyfob.store.metering.pg_connections import Connections
-from keyfob.store.metering.postgres import _retried
+from keyfob.store.metering.pg_connections import Connections, retried
 from keyfob.store.records import Client, Token
 
 
@@ -107,12 +106,12 @@ class PgTokensRepo(TokensRepo):
         spent token again would revoke its family."""
         family = token.family_id
         if token.used_at is not None:  # known replay: nothing to spend, the family ends
-            await _retried(functools.partial(self.pool.execute, _REVOKE_FAMILY, family, now))
+            await retried(functools.partial(self.pool.execute, _REVOKE_FAMILY, family, now))
             raise RefreshReplayed
         ends = self._ends_seen.get(token.grant_id)  # unseen: tried as "never"
         for _ in range(MAX_ROUNDS):
             args = _rotation_args(token, now, ends, successors(ends))
-            row = await _retried(functools.partial(self.pool.fetchrow, _ROTATE, *args))
+            row = await retried(functools.partial(self.pool.fetchrow, _ROTATE, *args))
             outcome = row["outcome"]
             if outcome == ROTATED:
                 return

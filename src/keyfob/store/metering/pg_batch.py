@@ -29,11 +29,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
-
 from keyfob.metering import pending
 from keyfob.metering.types import ReserveRequest, Settlement
-from keyfob.store.metering.pg_connections import LOST, Connections
+from keyfob.store.metering.pg_connections import CONFLICTS, LOST, Connections
 
 log = logging.getLogger("keyfob.metering")
 
@@ -289,6 +287,4 @@ def _pick(op: _Op, at_settle: int | None, at_reserve: int | None) -> Any:
 
 def _conflict(exc: BaseException) -> bool:
     """A batch PostgreSQL rolled back to break a lock cycle: each op's caller tries again."""
-    return isinstance(
-        exc, (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
-    )
+    return isinstance(exc, CONFLICTS)

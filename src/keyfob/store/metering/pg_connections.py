@@ -10,7 +10,7 @@ never LISTENs and never SETs. A connection that fails, or comes back inside a
 transaction, is closed rather than reused.
 
 A connection found lost is reported (``on_lost``): the backend then replays its recent
-settlements, whose commits may not have been flushed (``postgres.Replays``).
+settlements, whose commits may not have been flushed (``pg_replays.Replays``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -114,3 +114,30 @@ class Connections:
         while self._free:
             with contextlib.suppress(Exception):
                 await self._free.pop().close(timeout=5)
+
+
+#: A transaction PostgreSQL rolled back to break a lock cycle or a serialisation
+#: conflict is tried again this many times in all (it changed nothing).
+ATTEMPTS = 4
+
+T = TypeVar("T")
+
+
+CONFLICTS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+async def retried(fn: Callable[[], Awaitable[T]], *, lost_too: bool = False) -> T:
+    """``fn()``, again after a deadlock or serialisation failure: PostgreSQL rolled the
+    whole statement or transaction back, so trying again can neither lose nor double a
+    hold or a charge. The lock order makes these rare; this makes them invisible.
+    ``lost_too``: also after a lost connection, for what is safe to repeat whether or
+    not it committed (a settlement)."""
+    retry = (*CONFLICTS, *LOST) if lost_too else CONFLICTS
+    for attempt in range(ATTEMPTS):
+        try:
+            return await fn()
+        except retry:
+            if attempt == ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.005 * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -26,12 +26,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
-
-import asyncpg  # type: ignore[import-untyped]
+from typing import Any, Literal
 
 from keyfob.metering import rules
 from keyfob.metering.types import (
@@ -48,8 +45,10 @@ from keyfob.metering.types import (
     Settlement,
 )
 from keyfob.store.metering.pg_batch import Batches
-from keyfob.store.metering.pg_connections import LOST, Connections
-from keyfob.store.metering.sqlite_tx import dead_settlement, keys_json, keys_of
+from keyfob.store.metering.pg_connections import ATTEMPTS, LOST, Connections, retried
+from keyfob.store.metering.pg_replays import REPLAY_MIN_S, Replays
+from keyfob.store.metering.pg_seed import seed_counters
+from keyfob.store.metering.sqlite_tx import dead_settlement
 from keyfob.tokens import new_sortable_id
 
 _ARGS = ", ".join(f"${i}" for i in range(1, 25))
@@ -82,43 +81,13 @@ log = logging.getLogger("keyfob.metering")
 MAX_SEED_ROUNDS = 4
 
 
-#: A transaction PostgreSQL rolled back to break a lock cycle or a serialisation
-#: conflict is tried again this many times in all (it changed nothing).
-ATTEMPTS = 4
-
-T = TypeVar("T")
-
-
-_CONFLICTS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
-
-
-async def _retried(fn: Callable[[], Awaitable[T]], *, lost_too: bool = False) -> T:
-    """``fn()``, again after a deadlock or serialisation failure: PostgreSQL rolled the
-    whole statement or transaction back, so trying again can neither lose nor double a
-    hold or a charge. The lock order makes these rare; this makes them invisible.
-    ``lost_too``: also after a lost connection, for what is safe to repeat whether or
-    not it committed (a settlement)."""
-    retry = (*_CONFLICTS, *LOST) if lost_too else _CONFLICTS
-    for attempt in range(ATTEMPTS):
-        try:
-            return await fn()
-        except retry:
-            if attempt == ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(0.005 * (attempt + 1))
-    raise AssertionError("unreachable")
-
+#: A dead process's open reservations are charged this many at a time.
+DEAD_AT_ONCE = 256
 
 #: How a reservation whose call never went upstream is released.
 _NOT_SENT = Settlement(
     "failed", 0, "none", error="the metering connection was lost before the call was sent"
 )
-
-
-def dollar(sql: str) -> str:
-    """``?`` placeholders (shared with SQLite) as asyncpg's ``$1, $2, ...``."""
-    parts = sql.split("?")
-    return "".join(p + (f"${i + 1}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
 
 
 def plain_url(url: str) -> str:
@@ -168,58 +137,6 @@ def _shape(limits: tuple[Limit, ...]) -> _Shape:
         _SHAPES.clear()
     _SHAPES[id(limits)] = (limits, shape)
     return shape
-
-
-#: Settlements kept for replay at least this long, and longer when PostgreSQL's WAL
-#: writer is configured slower: an asynchronous commit is flushed within three
-#: ``wal_writer_delay`` (200 ms by default).
-REPLAY_MIN_S = 2.0
-#: At most this many settlements are kept (about 20 s of a busy process's calls).
-REPLAY_MAX = 50_000
-
-
-class Replays:
-    """The settlements of the last seconds, applied again after connections were lost.
-
-    Why: a settlement commits without waiting for the WAL flush; if PostgreSQL itself
-    crashes before the flush, the settlement is gone and its row is still reserved (the
-    call stays held at its bound: never an overspend, but money held until someone
-    settles it). A crash ends every connection, so a lost connection is the sign: the
-    next metering call first settles the recent ones again. Settling is idempotent
-    (``keyfob_settle`` moves only a row still reserved), so a replay after a mere network
-    blip changes nothing."""
-
-    def __init__(self, keep_s: float = REPLAY_MIN_S) -> None:
-        self.keep_s = keep_s
-        self._recent: deque[tuple[float, str, Settlement, float]] = deque()
-        #: Bumped by every loss; a replay clears ``due`` only if none happened meanwhile.
-        self._losses = 0
-        self._replayed = 0
-        self.lock = asyncio.Lock()
-
-    @property
-    def due(self) -> bool:
-        return self._replayed != self._losses
-
-    def lost(self) -> None:
-        self._losses += 1
-
-    def add(self, entry_id: str, s: Settlement, now: float) -> None:
-        at = time.monotonic()
-        self._recent.append((at, entry_id, s, now))
-        if self.due:
-            return  # keep everything until the replay ran
-        while self._recent and (
-            self._recent[0][0] < at - self.keep_s or len(self._recent) > REPLAY_MAX
-        ):
-            self._recent.popleft()
-
-    def start(self) -> tuple[int, list[tuple[str, Settlement, float]]]:
-        """What to replay now, and the loss count it answers for."""
-        return self._losses, [(e, s, now) for _, e, s, now in self._recent]
-
-    def finished(self, losses: int) -> None:
-        self._replayed = losses
 
 
 class PostgresMetering:
@@ -367,12 +284,10 @@ class PostgresMetering:
                     sql = _RESERVE_ONE_DURABLY if durably else _RESERVE_ONE
                     args = self._one_arguments(req, one)
                     if self.batching and self.form == "auto":
-                        return await _retried(
-                            functools.partial(self.batches.reserve_one, req, args)
-                        )
+                        return await retried(functools.partial(self.batches.reserve_one, req, args))
                 self._reserving += 1
                 try:
-                    return await _retried(functools.partial(self.pool.fetchrow, sql, *args))
+                    return await retried(functools.partial(self.pool.fetchrow, sql, *args))
                 finally:
                     self._reserving -= 1
             except LOST:
@@ -380,7 +295,7 @@ class PostgresMetering:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
                 await self.replay_if_due()
-                found = await _retried(  # a read: safe to repeat on another loss
+                found = await retried(  # a read: safe to repeat on another loss
                     functools.partial(
                         self.pool.fetchrow, "SELECT status FROM ledger WHERE id = $1", req.entry_id
                     ),
@@ -452,69 +367,8 @@ class PostgresMetering:
         ]
 
     async def seed(self, counters: Sequence[Counter], basis: float | None) -> None:
-        """Compute counters from the ledger (``rules.seed_sql``) in one transaction.
-
-        Locks are taken in the order a settlement takes them, ledger rows before counters,
-        so the two never wait on each other in a cycle: first the open rows of every
-        counter's period (in id order), then the counters (in (scope, key) order). A
-        settlement in progress therefore finishes first (and is summed as settled), one
-        that starts later reads the key added to its row, and a reservation holding a
-        counter waits for it to be computed."""
-        await _retried(lambda: self._seed_once(counters, basis), lost_too=True)
-
-    async def _seed_once(self, counters: Sequence[Counter], basis: float | None) -> None:
-        ordered = sorted(counters, key=lambda c: (c.scope, c.key))
-        async with self.pool.acquire() as conn, conn.transaction():
-            scopes = sorted({c.scope for c in ordered})
-            since = min(c.starts_at for c in ordered if c.starts_at is not None)
-            await conn.execute(
-                "SELECT id FROM ledger WHERE grant_id = ANY($1) AND created_at >= $2 "
-                "AND status = 'reserved' ORDER BY id FOR UPDATE",
-                scopes,
-                since,
-            )
-            for c in ordered:
-                await conn.execute(
-                    "INSERT INTO counters (scope, key, spent, reserved, expires_at) "
-                    "VALUES ($1, $2, 0, 0, $3) ON CONFLICT DO NOTHING",
-                    c.scope,
-                    c.key,
-                    c.expires_at,
-                )
-                await conn.execute(
-                    "SELECT 1 FROM counters WHERE scope = $1 AND key = $2 FOR UPDATE",
-                    c.scope,
-                    c.key,
-                )
-            for c in ordered:
-                where, args = rules.period_where(c)
-                open_rows = await conn.fetch(
-                    dollar(
-                        f"SELECT id, window_keys_json FROM ledger WHERE {where} "  # noqa: S608 (constants)
-                        "AND status = 'reserved' ORDER BY id"
-                    ),
-                    *args,
-                )
-                sql, args = rules.seed_sql(c)
-                sums = await conn.fetchrow(dollar(sql), *args)
-                assert sums is not None
-                for r in open_rows:
-                    more = rules.tagged(keys_of(r["window_keys_json"]), c.key)
-                    if more is not None:
-                        await conn.execute(
-                            "UPDATE ledger SET window_keys_json = $1 WHERE id = $2",
-                            keys_json(more),
-                            r["id"],
-                        )
-                await conn.execute(
-                    "UPDATE counters SET spent = $3, reserved = $4, seeded_for = $5 "
-                    "WHERE scope = $1 AND key = $2",
-                    c.scope,
-                    c.key,
-                    int(sums[0]),
-                    int(sums[1]),
-                    basis,
-                )
+        """Compute counters from the ledger (``pg_seed``)."""
+        await retried(lambda: seed_counters(self.pool, counters, basis), lost_too=True)
 
     # -- settle --------------------------------------------------------------------------
 
@@ -543,13 +397,13 @@ class PostgresMetering:
     ) -> list[Any]:
         if one is not None and self.batching:
             scope, key = one
-            got = await _retried(
+            got = await retried(
                 lost_too=True,  # as below
                 fn=lambda: self.batches.settle_one(entry_id, s, now, scope, key),
             )
             return [] if got is None else [(scope, key, got[0], got[1])]
         sql, more = (_SETTLE, ()) if one is None else (_SETTLE_ONE, one)
-        return await _retried(
+        return await retried(
             lost_too=True,  # a settlement only moves a row still reserved: safe to repeat
             fn=lambda: self.pool.fetch(
                 sql,
@@ -592,8 +446,13 @@ class PostgresMetering:
             *args,
         )
         now = time.time()
-        for r in rows:
-            await self.settle(r["id"], dead_settlement(int(r["reserved_micro_usd"])), now)
+        for at in range(0, len(rows), DEAD_AT_ONCE):  # concurrently, over the connections
+            await asyncio.gather(
+                *(
+                    self.settle(r["id"], dead_settlement(int(r["reserved_micro_usd"])), now)
+                    for r in rows[at : at + DEAD_AT_ONCE]
+                )
+            )
         return len(rows)
 
     async def collect(self, now: float) -> int:
