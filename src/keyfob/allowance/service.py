@@ -303,10 +303,11 @@ class AllowanceService:
             self.instance_id,
         )
         result = await self.store.metering.reserve(req)
-        if isinstance(result, Refused) and pending.unfinished():
+        if isinstance(result, Refused) and pending.unfinished(grant.user_id):
             # calls of this process that ended may still be settling (their answers did
-            # not wait): a sequential client is never refused for room its last call freed
-            await pending.settled()
+            # not wait): a sequential client is never refused for room its last call
+            # freed (the person's calls only: every limit, the wallet too, is theirs)
+            await pending.settled(user_id=grant.user_id)
             result = await self.store.metering.reserve(req)
         if isinstance(result, Refused):
             raise await self._exhausted(grant, plan, result, amount, now)

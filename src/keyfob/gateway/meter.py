@@ -147,7 +147,7 @@ class Meter:
                 return left
             self._task = _task(self.kf.allowance.settle(self.reservation, s), awaited)
             self._task.add_done_callback(_done)
-            pending.track(self._task)
+            pending.track(self._task, self.user_id)  # the person the call spent for
         return left_once_settled(self.reservation, self.cost_micro_usd or 0)
 
     def from_usage(

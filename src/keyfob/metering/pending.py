@@ -28,6 +28,8 @@ from typing import Any, Protocol
 log = logging.getLogger("keyfob.metering")
 
 _TASKS: set[asyncio.Future[Any]] = set()
+#: The person each settlement's call spent for (a refusal waits only for those).
+_WHOSE: dict[asyncio.Future[Any], str] = {}
 
 #: True in a settlement's task that nobody awaits (``Meter.settle_soon``): a backend may
 #: hold its write back briefly to send it with a later round trip.
@@ -48,10 +50,18 @@ def hurry_with(holder: Hurries) -> None:
     _HOLDERS.add(holder)
 
 
-def track(task: asyncio.Future[Any]) -> None:
-    """Keep ``task`` (a settlement) until it ends (the reference also keeps it alive)."""
+def track(task: asyncio.Future[Any], user_id: str = "") -> None:
+    """Keep ``task`` (a settlement of a call spending for ``user_id``) until it ends (the
+    reference also keeps it alive)."""
     _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
+    if user_id:
+        _WHOSE[task] = user_id
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _TASKS.discard(task)
+    _WHOSE.pop(task, None)
 
 
 def hurry() -> None:
@@ -60,18 +70,24 @@ def hurry() -> None:
         holder.hurry()
 
 
-def unfinished() -> bool:
-    return any(not t.done() for t in _TASKS)
+def unfinished(user_id: str | None = None) -> bool:
+    """Settlements still on their way (of calls spending for ``user_id``, when given)."""
+    return bool(_unfinished(user_id))
 
 
-async def settled(timeout_s: float = 5.0) -> None:
-    """Wait for the settlements started before this call (not for later ones); a
-    settlement that fails is logged where it runs, and one slower than ``timeout_s``
+def _unfinished(user_id: str | None) -> list[asyncio.Future[Any]]:
+    return [t for t in _TASKS if not t.done() and (user_id is None or _WHOSE.get(t) == user_id)]
+
+
+async def settled(timeout_s: float = 5.0, user_id: str | None = None) -> None:
+    """Wait for the settlements started before this call (not for later ones; only those
+    of calls spending for ``user_id``, when given: what a refusal of theirs could free);
+    a settlement that fails is logged where it runs, and one slower than ``timeout_s``
     leaves the caller reading a little before it (never raises)."""
     me = asyncio.current_task()
     if me in _TASKS:
         return  # a settlement reading (its notices) never waits for the others
-    todo = [t for t in _TASKS if not t.done()]
+    todo = _unfinished(user_id)
     if not todo:
         return
     hurry()
