@@ -46,7 +46,8 @@ MAX_OPS = 64
 #: near) before it goes alone; a read or a refusal in the process sends it at once
 #: (``metering.pending``). Alone in the process it goes at once: waiting would only
 #: put its work on the next reservation's path (measured: a lone client's calls took
-#: 14% longer when each reservation carried the last settlement, ``bench.pg_metering``).
+#: 14% longer when each reservation carried the last settlement, ``bench.pg_metering``;
+#: on the wire, hosted added p50 at c=1 0.75 ms against 0.64-0.67 without the wait).
 SETTLE_WAIT_S = 0.002
 
 _MANY = (
