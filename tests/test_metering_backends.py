@@ -136,6 +136,21 @@ async def test_settle_is_idempotent_and_revocation_refuses(store: Store) -> None
     assert await store.ledger.counter(ids[2], KEY) == (1_500, 0)
 
 
+async def test_a_grant_that_does_not_exist_gets_no_ledger_row(store: Store) -> None:
+    """No backend writes a ledger row for a grant it does not have (on PostgreSQL no
+    foreign key says so since migration 0025: the reservation's own check must), nor
+    for another grant's token."""
+    ids = await seed(store, 10_000)
+    other = await another_grant(store, ids, 10_000)
+    for n, (grant_id, token) in enumerate((("no-such-grant", ids[3]), (ids[2], other[3]))):
+        forged = (ids[0], ids[1], grant_id, token)
+        limits = (window_limit(grant_id, KEY, 10_000),)
+        with pytest.raises(CredentialRevoked):
+            await store.metering.reserve(request(forged, f"x{n}", 100, limits))
+        assert await store.ledger.entry(f"x{n}") is None
+    assert await store.ledger.entries(limit=10) == []
+
+
 async def test_dead_reservations_are_charged_once(store: Store) -> None:
     ids = await seed(store, 10_000)
     limits = (window_limit(ids[2], KEY, 10_000),)
