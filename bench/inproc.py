@@ -152,6 +152,11 @@ def main() -> int:
         help="whose calls --profile records",
     )
     ap.add_argument(
+        "--profile-out",
+        default="",
+        help="also dump the profile's stats to this file (pstats format)",
+    )
+    ap.add_argument(
         "--no-hosted", action="store_true", help="skip hosted mode (no PostgreSQL/Redis here)"
     )
     ap.add_argument("--stream", action="store_true", help="streamed calls")
@@ -210,6 +215,8 @@ def main() -> int:
                 )
                 if prof:
                     prof.disable()
+                    if args.profile_out:
+                        prof.dump_stats(args.profile_out)
                     pstats.Stats(prof).sort_stats("tottime").print_stats(45)
                     pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
                 return got

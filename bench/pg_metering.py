@@ -29,15 +29,21 @@ from keyfob.store import Store
 from keyfob.store.records import Token
 
 #: The reservation's forms (``store/metering/postgres.py``): the backend's choice (the
-#: common case's one-statement functions; one transaction when alone in the process, the
-#: procedure that releases its locks before the disk sync while others are on their
-#: way), each form alone, and the general functions (``keyfob_reserve``/``_settle``).
-VARIANTS: dict[str, tuple[Literal["auto", "one", "procedure"], bool, bool]] = {
-    "as chosen (batched)": ("auto", True, True),
-    "unbatched, as chosen": ("auto", True, False),
-    "always the procedure": ("procedure", True, False),
-    "always one transaction": ("one", True, False),
-    "general functions, as chosen": ("auto", False, False),
+#: common case's one-statement functions, committed without waiting for the WAL flush),
+#: then with every reservation flushed (``durability = "disk"``: one transaction when
+#: alone in the process, the procedure that releases its locks before the disk sync
+#: while others are on their way, and each form alone), and the general functions
+#: (``keyfob_reserve``/``_settle``, always flushed).
+VARIANTS: dict[
+    str, tuple[Literal["auto", "one", "procedure"], bool, bool, Literal["commit", "disk"]]
+] = {
+    "as chosen (batched)": ("auto", True, True, "commit"),
+    "unbatched, as chosen": ("auto", True, False, "commit"),
+    "disk: as chosen (batched)": ("auto", True, True, "disk"),
+    "disk: unbatched, as chosen": ("auto", True, False, "disk"),
+    "disk: always the procedure": ("procedure", True, False, "disk"),
+    "disk: always one transaction": ("one", True, False, "disk"),
+    "general functions, as chosen": ("auto", False, False, "commit"),
 }
 
 
@@ -114,7 +120,8 @@ async def run(n: int, concurrency: int, rounds: int) -> None:
             await asyncio.gather(*(worker(k) for k in range(concurrency)))  # warm-up: n calls
             results: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in VARIANTS}
             for _ in range(rounds):
-                for variant, (form, common, batching) in VARIANTS.items():  # interleaved
+                for variant, (form, common, batching, durability) in VARIANTS.items():
+                    store.metering.durability = durability  # type: ignore[attr-defined]
                     store.metering.form = form  # type: ignore[attr-defined]
                     store.metering.common_case = common  # type: ignore[attr-defined]
                     store.metering.batching = batching  # type: ignore[attr-defined]

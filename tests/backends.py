@@ -22,18 +22,30 @@ from keyfob.store.records import Token
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ["writeback", "sqlite", "postgresql"]
 #: The rules suite also runs PostgreSQL with every reservation in the form that releases
-#: its locks before the disk sync (``PostgresMetering.form``), which the backend
-#: otherwise only takes while another reservation of the process is on its way, and
+#: its locks before the disk sync (``PostgresMetering.form``, with every reservation
+#: flushed), which the backend otherwise only takes while another reservation of the
+#: process is on its way, and
 #: with the common case's one-statement functions off (``common_case``), so that
 #: ``keyfob_reserve`` is held to the rules for single-counter limits too, and with the
-#: common case never batched (``batching``: each op in a round trip of its own).
-RULE_BACKENDS = [*BACKENDS, "postgresql-procedure", "postgresql-general", "postgresql-unbatched"]
+#: common case never batched (``batching``: each op in a round trip of its own), and
+#: with every reservation flushed before it returns (``durability = "disk"``; the
+#: default commits the common case's without waiting for the flush).
+RULE_BACKENDS = [
+    *BACKENDS,
+    "postgresql-procedure",
+    "postgresql-general",
+    "postgresql-unbatched",
+    "postgresql-disk",
+]
 
 
 def configure(store: Store, kind: str) -> None:
     """The PostgreSQL metering variant a backend kind names."""
     if kind == "postgresql-procedure":
+        store.metering.durability = "disk"  # type: ignore[attr-defined]
         store.metering.form = "procedure"  # type: ignore[attr-defined]
+    if kind == "postgresql-disk":
+        store.metering.durability = "disk"  # type: ignore[attr-defined]
     if kind == "postgresql-general":
         store.metering.common_case = False  # type: ignore[attr-defined]
     if kind == "postgresql-unbatched":

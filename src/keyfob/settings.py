@@ -53,6 +53,8 @@ Mode = Literal["personal", "hosted"]
 #: holds an invite code), ``open`` (anyone). Hosted mode only; personal mode is closed.
 SIGNUP_MODES = ("closed", "invite", "open")
 LogFormat = Literal["text", "json"]
+#: ``db_reservation_durability`` (``store/metering/postgres.py``, ``durability``).
+ReservationDurability = Literal["commit", "disk"]
 
 assert typing.get_args(Mode) == MODES
 
@@ -205,6 +207,16 @@ class Settings:
         100,
         "asyncpg prepared-statement cache per connection; 0 behind PgBouncer in "
         "transaction pooling mode.",
+        group="database",
+    )
+    db_reservation_durability: ReservationDurability = setting(
+        "commit",
+        "What a reservation under one calendar cap waits for before its call goes "
+        "upstream: commit (visible to every process at once, on disk within three "
+        "wal_writer_delay; survives a kill -9 of any gateway, and a crash of PostgreSQL "
+        "is repaired by the gateways' replay) or disk (the WAL flush: also survives a "
+        "crash of PostgreSQL and of the gateway together, one disk sync per call). "
+        "Other reservations always wait for the disk.",
         group="database",
     )
     # redis

@@ -147,6 +147,7 @@ class Store:
                     min_size=1,
                     max_size=opts.metering,
                     statement_cache_size=opts.statement_cache_size,
+                    durability="disk" if opts.reservation_durability == "disk" else "commit",
                 )
             except BaseException:
                 await engine.dispose()

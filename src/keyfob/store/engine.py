@@ -31,6 +31,9 @@ class PoolOptions:
     timeout_s: float = 10.0
     #: asyncpg's prepared-statement cache; 0 behind PgBouncer (transaction pooling).
     statement_cache_size: int = 100
+    #: What a common-case reservation waits for before its call goes upstream: "commit"
+    #: or "disk" (``PostgresMetering.durability``).
+    reservation_durability: str = "commit"
 
     @classmethod
     def of(cls, settings: Any) -> PoolOptions:
@@ -39,6 +42,7 @@ class PoolOptions:
             settings.db_max_overflow,
             settings.db_pool_timeout_s,
             settings.db_statement_cache_size,
+            settings.db_reservation_durability,
         )
 
     @property

@@ -16,7 +16,8 @@ The rules are the same as each op alone: a batch runs exactly ``keyfob_settle_on
 ``keyfob_reserve_one`` for each op, in (scope, key) order with settlements first (so two
 batches never lock counters in a cycle, and a reservation sees the room the process's
 settlements just freed), and commits waiting for the WAL flush when it holds any
-reservation. What an op's function would not have done (no row) is answered as None,
+reservation, unless reservations are committed unflushed (``unflushed``: the backend's
+``durability``). What an op's function would not have done (no row) is answered as None,
 and the caller asks the general function, as for a lone call. A batch that fails for
 another reason than a lost connection or a conflict is sent again op by op, so one op's
 error is never another call's.
@@ -64,6 +65,21 @@ _RESERVE_ONE = (
     "SELECT spent, reserved FROM keyfob_reserve_one("  # noqa: S608 (constants)
     + ", ".join(f"${i}" for i in range(1, 22))
     + ")"
+)
+
+#: The same, their commit not waiting for the WAL flush (``PostgresMetering.durability``
+#: "commit"; ``keyfob_meter_many`` puts back the setting it found, so whichever of the two
+#: runs first, it ends off).
+_UNFLUSHED = ", set_config('synchronous_commit', 'off', true) AS unflushed"
+_MANY_UNFLUSHED = (
+    "SELECT m.o_spent, m.o_reserved FROM keyfob_meter_many("  # noqa: S608 (constants)
+    + ", ".join(f"${i}" for i in range(1, 33))
+    + f") AS m{_UNFLUSHED}"
+)
+RESERVE_ONE_UNFLUSHED = (
+    "SELECT r.spent, r.reserved FROM keyfob_reserve_one("  # noqa: S608 (constants)
+    + ", ".join(f"${i}" for i in range(1, 22))
+    + f") AS r{_UNFLUSHED}"
 )
 
 #: (spent, reserved) of the op's counter after it, or None: its function did nothing.
@@ -116,6 +132,8 @@ class Batches:
     def __init__(self, pool: Connections, lanes: int = LANES) -> None:
         self.pool = pool
         self.lanes = lanes
+        #: Reservations commit without waiting for the WAL flush (set by the backend).
+        self.unflushed = False
         self._queue: list[_Op] = []
         self._flying = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -178,11 +196,16 @@ class Batches:
         self.round_trips += 1
         self.ops += 1
         try:
-            row = await self.pool.fetchrow(_SETTLE_ONE if op.kind == 0 else _RESERVE_ONE, *op.args)
+            row = await self.pool.fetchrow(self._statement(op), *op.args)
         finally:
             self._flying -= 1
             self._kick()
         return None if row is None or row[1] is None else (row[0], row[1])
+
+    def _statement(self, op: _Op) -> str:
+        if op.kind == 0:
+            return _SETTLE_ONE
+        return RESERVE_ONE_UNFLUSHED if self.unflushed else _RESERVE_ONE
 
     def hurry(self) -> None:
         """Send the settlements waiting for company now."""
@@ -252,7 +275,7 @@ class Batches:
 
     async def _alone(self, op: _Op) -> None:
         try:
-            row = await self.pool.fetchrow(_SETTLE_ONE if op.kind == 0 else _RESERVE_ONE, *op.args)
+            row = await self.pool.fetchrow(self._statement(op), *op.args)
         except Exception as exc:
             if not op.future.done():
                 op.future.set_exception(exc)
@@ -266,7 +289,7 @@ class Batches:
         columns += [
             [_pick(o, at_settle, at_reserve) for o in ops] for at_settle, at_reserve in _COLUMNS
         ]
-        row = await self.pool.fetchrow(_MANY, *columns)
+        row = await self.pool.fetchrow(_MANY_UNFLUSHED if self.unflushed else _MANY, *columns)
         assert row is not None
         for op, spent, reserved in zip(ops, row[0], row[1], strict=True):
             if not op.future.done():

@@ -51,9 +51,25 @@ class Connections:
         self._free: deque[Any] = deque()
         self._room = asyncio.Semaphore(max(1, max_size))
         self._closed = False
+        #: ids of connections this pool is ending itself (not a loss).
+        self._ending: set[int] = set()
 
     async def _connect(self) -> Any:
-        return await asyncpg.connect(self.dsn, statement_cache_size=self.statement_cache_size)
+        conn = await asyncpg.connect(self.dsn, statement_cache_size=self.statement_cache_size)
+        conn.add_termination_listener(self._ended)
+        return conn
+
+    def _ended(self, conn: Any) -> None:
+        """A connection ended: by the server (a crash, a restart, a terminated backend:
+        reported at once, not at its next use) or by this pool (closed on purpose)."""
+        if id(conn) in self._ending:
+            self._ending.discard(id(conn))
+        elif not self._closed:
+            self.on_lost()
+
+    def _end(self, conn: Any) -> None:
+        self._ending.add(id(conn))
+        conn.terminate()
 
     async def warm(self, n: int) -> None:
         """Open ``n`` connections now (start-up: an unreachable database fails here)."""
@@ -94,8 +110,8 @@ class Connections:
                 # anything else (lost, cancelled mid-statement) leaves it unknown: closed
                 if reusable and not self._closed and not conn.is_in_transaction():
                     self._free.append(conn)
-                else:
-                    conn.terminate()
+                elif not conn.is_closed():
+                    self._end(conn)  # a loss, if it is one, was reported above
 
     async def fetchrow(self, sql: str, *args: Any) -> Any:
         async with self.acquire() as conn:

@@ -13,16 +13,20 @@ Correctness: a limit of one counter holds with a conditional upsert (``spent + r
 (rolling windows, rates) takes the grant's row lock first, which serialises the
 reservations of that grant. Counters are always locked in (scope, key) order.
 
-Durability: a reservation's commit waits for the WAL flush (the call goes upstream only
-once it is in the ledger); a settlement's does not (``keyfob_settle`` turns
-``synchronous_commit`` off for its own transaction), and ``Replays`` applies the recent
-settlements again after the connections were lost, in case PostgreSQL itself crashed
-before flushing them. What that buys and costs: docs/ARCHITECTURE.md, "Hosted metering".
+Durability: a reservation is committed before its call goes upstream, and by default
+(``db_reservation_durability = commit``) the common case's commit does not wait for the
+WAL flush: the hold is visible to every process at once and on disk within three
+``wal_writer_delay``; a settlement's commit never waits for it (``keyfob_settle`` turns
+``synchronous_commit`` off for its own transaction). ``Replays`` puts back the recent
+reservations and applies the recent settlements again after the connections were lost,
+in case PostgreSQL itself crashed before flushing them. ``disk`` flushes every
+reservation first. What each buys and costs: docs/ARCHITECTURE.md, "Hosted metering".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -44,12 +48,15 @@ from keyfob.metering.types import (
     ReserveRequest,
     Settlement,
 )
-from keyfob.store.metering.pg_batch import Batches
+from keyfob.store.metering.pg_batch import RESERVE_ONE_UNFLUSHED, Batches
 from keyfob.store.metering.pg_connections import ATTEMPTS, LOST, Connections, retried
 from keyfob.store.metering.pg_replays import REPLAY_MIN_S, Replays
 from keyfob.store.metering.pg_seed import seed_counters
 from keyfob.store.metering.sqlite_tx import dead_settlement
 from keyfob.tokens import new_sortable_id
+
+#: What a common-case reservation waits for (``PostgresMetering.durability``).
+Durability = Literal["commit", "disk"]
 
 _ARGS = ", ".join(f"${i}" for i in range(1, 25))
 #: A reservation in one transaction, flushed before its locks are released.
@@ -60,6 +67,12 @@ _ONE_ARGS = ", ".join(f"${i}" for i in range(1, 22))
 #: The common case (one limit of one money counter) in one statement, each form.
 _RESERVE_ONE = f"SELECT spent, reserved FROM keyfob_reserve_one({_ONE_ARGS})"  # noqa: S608 (constants)
 _RESERVE_ONE_DURABLY = f"CALL keyfob_reserve_one_durably({_ONE_ARGS})"
+#: A common-case reservation a crash of PostgreSQL undid, put back (``pg_replays``).
+_RESTORE_ONE = f"SELECT keyfob_restore_one({_ONE_ARGS})"
+#: After a lost connection the replay is tried this many times (20 ms apart at first,
+#: then up to 0.5 s: about 30 s in all, a PostgreSQL restart), then left to the next
+#: metering call.
+REPLAY_TRIES = 80
 _SETTLE_ONE = (
     "SELECT scope, key, spent, reserved FROM keyfob_settle_one("  # noqa: S608 (constants)
     + ", ".join(f"${i}" for i in range(1, 15))
@@ -160,19 +173,44 @@ class PostgresMetering:
     #: process's other calls (``pg_batch``; the shared tests run both).
     batching = True
 
-    def __init__(self, pool: Connections, replays: Replays | None = None) -> None:
+    @property
+    def durability(self) -> Durability:
+        """What a common-case reservation waits for before its call goes upstream
+        (``db_reservation_durability``): ``"commit"``, its commit (visible to every
+        process at once, on disk within three ``wal_writer_delay``; a crash of
+        PostgreSQL meanwhile is repaired by this process's replay), or ``"disk"``, the
+        WAL flush. Every other reservation is always flushed. Why and what it costs:
+        docs/ARCHITECTURE.md, invariant 2."""
+        return self._durability
+
+    @durability.setter
+    def durability(self, value: Durability) -> None:
+        self._durability = value
+        self.batches.unflushed = value == "commit"
+
+    def __init__(
+        self, pool: Connections, replays: Replays | None = None, durability: Durability = "commit"
+    ) -> None:
         self.pool = pool
         #: Reservations of this process on their way to PostgreSQL now.
         self._reserving = 0
         #: entry id -> (scope, key): calls in flight reserved by ``keyfob_reserve_one``.
         self._one: dict[str, tuple[str, str]] = {}
         self.replays = replays or Replays()
-        pool.on_lost = self.replays.lost
+        self._replaying: asyncio.Task[None] | None = None
+        pool.on_lost = self._lost
         self.batches = Batches(pool)
+        self.durability = durability
 
     @classmethod
     async def open(
-        cls, url: str, *, min_size: int = 1, max_size: int = 10, statement_cache_size: int = 100
+        cls,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        statement_cache_size: int = 100,
+        durability: Durability = "commit",
     ) -> PostgresMetering:
         """Connections of its own (``pg_connections``: no reset round trip per call).
         ``statement_cache_size=0`` for PgBouncer in transaction pooling (server-side
@@ -187,7 +225,7 @@ class PostgresMetering:
             await pool.close()
             raise
         keep_s = max(REPLAY_MIN_S, 3 * (delay_ms[0] if delay_ms else 200) / 1000 + 1.0)
-        return cls(pool, Replays(keep_s))
+        return cls(pool, Replays(keep_s), durability)
 
     async def close(self) -> None:
         await self.batches.close()
@@ -204,12 +242,51 @@ class PostgresMetering:
         async with self.replays.lock:
             if not self.replays.due:
                 return
-            losses, todo = self.replays.start()
-            # independent rows: as many at once as there are connections
+            losses, reservations, todo = self.replays.start()
+            # independent rows: as many at once as there are connections; the
+            # reservations first, so each settlement finds its row
+            back = await asyncio.gather(*(self._restore(args) for args in reservations))
             await asyncio.gather(*(self._settle_call(e, s, now) for e, s, now in todo))
             self.replays.finished(losses)
+            restored = sum(back)
+            if restored:
+                log.warning(
+                    "put back %d reservations PostgreSQL lost (a crash before its WAL flush)",
+                    restored,
+                )
             if todo:
                 log.info("replayed %d recent settlements after lost connections", len(todo))
+
+    async def _restore(self, args: list[Any]) -> bool:
+        """Put back one reservation if the ledger lacks it (idempotent: safe to repeat)."""
+        row = await retried(
+            functools.partial(self.pool.fetchrow, _RESTORE_ONE, *args), lost_too=True
+        )
+        return bool(row is not None and row[0])
+
+    def _lost(self) -> None:
+        """A connection found lost (in use, or closed by the server while idle): replay
+        soon, not only at this process's next metering call, so that the reservations a
+        crash of PostgreSQL undid are held again before other processes decide against
+        the room they seem to leave."""
+        self.replays.lost()
+        if self._replaying is not None and not self._replaying.done():
+            return
+        with contextlib.suppress(RuntimeError):  # no loop (closing): the next call replays
+            self._replaying = asyncio.get_running_loop().create_task(self._replay_soon())
+
+    async def _replay_soon(self) -> None:
+        for attempt in range(REPLAY_TRIES):
+            await asyncio.sleep(min(0.02 * (attempt + 1), 0.5))
+            try:
+                await self.replay_if_due()
+            except LOST:
+                continue
+            except Exception:  # the next metering call replays, and says why
+                log.exception("replay after lost connections failed")
+                return
+            if not self.replays.due:
+                return
 
     def _one_counter(self, req: ReserveRequest) -> Counter | None:
         """The counter of a call in the common case (``keyfob_reserve_one``), or None."""
@@ -281,8 +358,17 @@ class PostgresMetering:
                     sql = _RESERVE_DURABLY if durably else _RESERVE
                     args = self._arguments(req)
                 else:
-                    sql = _RESERVE_ONE_DURABLY if durably else _RESERVE_ONE
                     args = self._one_arguments(req, one)
+                    if self._durability == "commit":
+                        row = await retried(
+                            functools.partial(self.batches.reserve_one, req, args)
+                            if self.batching
+                            else functools.partial(self.pool.fetchrow, RESERVE_ONE_UNFLUSHED, *args)
+                        )
+                        if row is not None and row[1] is not None:
+                            self.replays.reserved(args)
+                        return row
+                    sql = _RESERVE_ONE_DURABLY if durably else _RESERVE_ONE
                     if self.batching and self.form == "auto":
                         return await retried(functools.partial(self.batches.reserve_one, req, args))
                 self._reserving += 1

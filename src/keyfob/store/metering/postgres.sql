@@ -424,3 +424,39 @@ BEGIN
   END IF;
 END
 $$;
+
+-- A common-case reservation committed without waiting for the WAL flush
+-- (db_reservation_durability = commit) and lost with it to a crash of PostgreSQL
+-- itself, put back by the gateway that made it (store/metering/pg_replays.py) when it
+-- finds its connections lost: its call may be upstream, so the hold and the ledger row
+-- come back as keyfob_reserve_one made them, whatever the cap and the token say now
+-- (the money may be spent already; the settlement that follows moves it as usual). It
+-- takes keyfob_reserve_one's arguments. A row the ledger has, in any status, is left
+-- alone: the reservation was not lost, or was settled since. Returns whether it put the
+-- reservation back. Its own commit waits for the flush (the session's setting).
+CREATE OR REPLACE FUNCTION keyfob_restore_one(
+  p_entry_id text, p_token_hash text, p_grant_id text, p_user_id text, p_client_id text,
+  p_provider_id text, p_model text, p_endpoint text, p_streamed boolean,
+  p_amount bigint, p_tokens integer, p_now double precision, p_basis double precision,
+  p_downgraded_from text, p_instance_id text,
+  p_scope text, p_key text, p_start double precision, p_expires double precision,
+  p_cap bigint, p_need bigint
+) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM 1 FROM ledger WHERE id = p_entry_id;
+  IF FOUND THEN
+    RETURN false;
+  END IF;
+  INSERT INTO counters AS c (scope, key, spent, reserved, seeded_for, expires_at)
+  VALUES (p_scope, p_key, 0, p_need, p_basis, p_expires)
+  ON CONFLICT (scope, key) DO UPDATE SET reserved = c.reserved + excluded.reserved;
+  INSERT INTO ledger (id, grant_id, user_id, client_id, provider_id, model, endpoint,
+                      streamed, status, reserved_micro_usd, window_keys_json,
+                      needs_reconciliation, created_at, tokens_reserved, from_wallet,
+                      downgraded_from, instance_id)
+  VALUES (p_entry_id, p_grant_id, p_user_id, p_client_id, p_provider_id, p_model,
+          p_endpoint, p_streamed, 'reserved', p_amount, to_json(ARRAY[p_key])::text,
+          false, p_now, p_tokens, false, p_downgraded_from, p_instance_id);
+  RETURN true;
+END
+$$;
