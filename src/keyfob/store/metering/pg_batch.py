@@ -175,7 +175,7 @@ class Batches:
         )
 
     async def reserve_one(self, req: ReserveRequest, args: list[Any]) -> Outcome:
-        """``args``: keyfob_reserve_one's (``PostgresMetering._one_arguments``)."""
+        """``args``: keyfob_reserve_one's (``pg_arguments.one_arguments``)."""
         return await self._submit(_Op(1, args[15], args[16], args))
 
     async def _submit(self, op: _Op) -> Outcome:

@@ -31,7 +31,6 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from keyfob.metering import rules
@@ -41,13 +40,12 @@ from keyfob.metering.types import (
     CounterState,
     CredentialRevoked,
     GrantChanged,
-    Limit,
-    Measure,
     Refused,
     Reserved,
     ReserveRequest,
     Settlement,
 )
+from keyfob.store.metering.pg_arguments import arguments, one_arguments
 from keyfob.store.metering.pg_batch import RESERVE_ONE_UNFLUSHED, Batches
 from keyfob.store.metering.pg_connections import ATTEMPTS, LOST, Connections, retried
 from keyfob.store.metering.pg_replays import REPLAY_MIN_S, Replays
@@ -107,49 +105,6 @@ def plain_url(url: str) -> str:
     """A SQLAlchemy URL (``postgresql+asyncpg://``) as asyncpg's DSN."""
     scheme, _, rest = url.partition("://")
     return "postgresql://" + rest if scheme.startswith("postgres") else url
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """The arrays ``keyfob_reserve`` takes for one plan's limits (all but the holds)."""
-
-    scopes: list[str]
-    keys: list[str]
-    starts: list[float | None]
-    expires: list[float | None]
-    limit_of: list[int]
-    caps: list[int]
-    single: list[bool]
-    measures: list[Measure]
-
-
-#: id(limits) -> (the limits, their shape); the entry keeps the tuple alive, so its id is
-#: not reused meanwhile. Keyed by identity: hashing the nested limits costs more than
-#: building the arrays.
-_SHAPES: dict[int, tuple[tuple[Limit, ...], _Shape]] = {}
-
-
-def _shape(limits: tuple[Limit, ...]) -> _Shape:
-    """Memoised per plan: the allowance service hands over the same limits for every call
-    of a grant and model until a period or bucket moves on (``allowance/plan.py``)."""
-    found = _SHAPES.get(id(limits))
-    if found is not None and found[0] is limits:
-        return found[1]
-    shape = _Shape([], [], [], [], [], [], [], [])
-    for j, lim in enumerate(limits, start=1):
-        for c in lim.counters:
-            shape.scopes.append(c.scope)
-            shape.keys.append(c.key)
-            shape.starts.append(c.starts_at)
-            shape.expires.append(c.expires_at)
-            shape.limit_of.append(j)
-        shape.caps.append(lim.cap)
-        shape.single.append(len(lim.counters) == 1)
-        shape.measures.append(rules.measure_of(lim.counters[-1].key))
-    if len(_SHAPES) >= 4096:
-        _SHAPES.clear()
-    _SHAPES[id(limits)] = (limits, shape)
-    return shape
 
 
 class PostgresMetering:
@@ -356,9 +311,9 @@ class PostgresMetering:
                 durably = self.form == "procedure" or (self.form == "auto" and self._reserving)
                 if one is None:
                     sql = _RESERVE_DURABLY if durably else _RESERVE
-                    args = self._arguments(req)
+                    args = arguments(req)
                 else:
-                    args = self._one_arguments(req, one)
+                    args = one_arguments(req, one)
                     if self._durability == "commit":
                         row = await retried(
                             functools.partial(self.batches.reserve_one, req, args)
@@ -391,66 +346,6 @@ class PostgresMetering:
                     await self.settle(req.entry_id, _NOT_SENT)
                     req.entry_id = new_sortable_id()
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def _one_arguments(req: ReserveRequest, c: Counter) -> list[Any]:
-        [lim] = req.limits
-        return [
-            req.entry_id,
-            req.token_hash,
-            req.grant_id,
-            req.user_id,
-            req.client_id,
-            req.provider_id,
-            req.model,
-            req.endpoint,
-            req.streamed,
-            req.amount_micro_usd,
-            req.tokens_reserved,
-            req.now,
-            req.basis,
-            req.downgraded_from,
-            req.instance_id,
-            c.scope,
-            c.key,
-            c.starts_at,
-            c.expires_at,
-            lim.cap,
-            rules.hold_of("usd", req.amount_micro_usd, req.tokens_reserved),
-        ]
-
-    @staticmethod
-    def _arguments(req: ReserveRequest) -> list[Any]:
-        shape = _shape(req.limits)
-        needs = [
-            rules.hold_of(m, req.amount_micro_usd, req.tokens_reserved) for m in shape.measures
-        ]
-        return [
-            req.entry_id,
-            req.token_hash,
-            req.grant_id,
-            req.user_id,
-            req.client_id,
-            req.provider_id,
-            req.model,
-            req.endpoint,
-            req.streamed,
-            req.amount_micro_usd,
-            req.tokens_reserved,
-            req.now,
-            req.basis,
-            req.downgraded_from,
-            req.instance_id,
-            shape.scopes,
-            shape.keys,
-            shape.starts,
-            shape.expires,
-            shape.limit_of,
-            shape.caps,
-            needs,
-            shape.single,
-            req.refill.period_key if req.refill is not None else None,
-        ]
 
     async def seed(self, counters: Sequence[Counter], basis: float | None) -> None:
         """Compute counters from the ledger (``pg_seed``)."""
