@@ -1,7 +1,7 @@
 # One entry per task; CI (.ci/run) calls the same ones.
 PYTHON ?= python3
 
-.PHONY: install test test-llama test-js lint typecheck format bench services browser
+.PHONY: install test test-llama test-js lint typecheck format bench bench-quick bench-tools services browser
 
 install:  ## the project and its test tools, editable; the Python client for apps too
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -34,6 +34,9 @@ services:  ## start PostgreSQL and Redis if not running; nginx and PgBouncer ins
 	bash scripts/services.sh
 	bash scripts/nginx.sh
 
-bench:
+bench-tools:  ## wrk and nginx for the benchmark (installed from Debian when missing)
+	bash scripts/bench_tools.sh
+
+bench: bench-tools
 	$(PYTHON) -m bench
-bench-quick: ; $(PYTHON) -m bench --quick
+bench-quick: bench-tools ; $(PYTHON) -m bench --quick
