@@ -127,3 +127,43 @@ async def test_a_crash_of_postgresql_loses_no_reservation(
             assert not put_back
     finally:
         await store.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_settlement_made_while_postgresql_is_down_lands_when_it_is_back(
+    server: own_postgres.OwnPostgres,
+) -> None:
+    """The gateway's settlement fails while the server is down (the answer went out
+    already); the replay applies it once the server is back, with no further call of
+    the gateway's, rather than leaving the row reserved for the reaper."""
+    url = await server.create_database("settle_down")
+    store = await Store.open(url)
+    try:
+        ids = await seed(store, CAP)
+        limits = (window_limit(ids[2], KEY, CAP),)
+        for entry in ("d1", "d2"):
+            r = await store.metering.reserve(request(ids, entry, WORST, limits))
+            assert isinstance(r, Reserved)
+        await asyncio.sleep(0.1)
+        server.crash()
+        for entry in ("d1", "d2"):
+            with pytest.raises((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+                await store.metering.settle(entry, DONE)
+        server.start()
+        db = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            started = time.monotonic()
+            while await db.fetchval("SELECT count(*) FROM ledger WHERE status = 'settled'") < 2:
+                assert time.monotonic() - started < 40, "the settlements never landed"
+                await asyncio.sleep(0.1)
+            counter = await db.fetchrow(
+                "SELECT spent, reserved FROM counters WHERE scope = $1 AND key = $2", ids[2], KEY
+            )
+            assert counter is not None and (counter["spent"], counter["reserved"]) == (
+                2 * ACTUAL,
+                0,
+            )
+        finally:
+            await db.close()
+    finally:
+        await store.close()

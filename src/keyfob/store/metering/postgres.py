@@ -184,6 +184,10 @@ class PostgresMetering:
 
     async def close(self) -> None:
         await self.batches.close()
+        if self._replaying is not None:  # a replay still waiting for the server
+            self._replaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replaying
         await self.pool.close()
 
     # -- reserve -------------------------------------------------------------------------
@@ -362,6 +366,9 @@ class PostgresMetering:
         self, entry_id: str, s: Settlement, now: float | None = None
     ) -> tuple[CounterState, ...]:
         now = time.time() if now is None else now
+        # kept for replay first: a settlement that fails because PostgreSQL is away is
+        # applied by the replay once it is back, not left reserved for the reaper
+        self.replays.add(entry_id, s, now)
         await self.replay_if_due()
         rows = None
         one = self._one.pop(entry_id, None)
@@ -369,7 +376,6 @@ class PostgresMetering:
             rows = await self._settle_call(entry_id, s, now, one) or None
         if rows is None:  # not the common case, or not any more: keyfob_settle decides
             rows = await self._settle_call(entry_id, s, now)
-        self.replays.add(entry_id, s, now)
         await self.replay_if_due()  # a loss this settlement found on its way
         return tuple(CounterState(r[0], r[1], int(r[2]), int(r[3])) for r in rows)
 
