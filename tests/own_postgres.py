@@ -5,6 +5,7 @@ machine's shared server. PostgreSQL refuses to run as root: as root, it runs as 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -33,6 +34,15 @@ def available() -> bool:
     except KeyError:
         return False
     return True
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc ("" when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2 :].split()[0]
 
 
 def _user() -> str | None:
@@ -75,7 +85,6 @@ class OwnPostgres:
                 user=_user(),  # a child of this process: reaped here, never a zombie
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                start_new_session=True,  # its own process group: a crash takes every process
             )
         deadline = time.monotonic() + 60
         while True:
@@ -92,13 +101,50 @@ class OwnPostgres:
             assert time.monotonic() < deadline, "PostgreSQL not ready in 60 s"
             time.sleep(0.05)
 
+    def pause_wal_writer(self) -> None:
+        """Stop the WAL writer (SIGSTOP): asynchronous commits from now on stay in shared
+        memory (until the WAL buffers fill), so that a crash is certain to undo them.
+        Without it the writer writes out every completed page, and a crash only loses the
+        last partial page, which may hold no reservation at all."""
+        for pid, cmdline in self._children():
+            if b"walwriter" in cmdline:
+                os.kill(pid, signal.SIGSTOP)
+                return
+        raise AssertionError("no WAL writer found")
+
+    def _children(self) -> list[tuple[int, bytes]]:
+        """The server's processes but the postmaster: (pid, command line). Each is a
+        session of its own (PostgreSQL calls setsid), so no process group holds them."""
+        assert self.proc is not None
+        found = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+                cmdline = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == self.proc.pid:
+                found.append((int(d.name), cmdline))
+        return found
+
     def crash(self) -> None:
         """kill -9 of every PostgreSQL process at once: what is in its shared memory (the
         WAL not yet written out) is gone; the next start recovers from the WAL on disk."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        children = self._children()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        for pid, _ in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         self.proc = None
+        for pid, _ in children:  # gone (their parent, init, reaps them) before a restart
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X", ""):
+                assert time.monotonic() < deadline, f"server process {pid} survived SIGKILL"
+                time.sleep(0.01)
 
     def stop(self) -> None:
         """Stop it (as a crash: nothing of it is kept) and remove its folder."""
